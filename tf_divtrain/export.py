@@ -1,0 +1,125 @@
+"""SavedModel export of a trained ensemble, and the loader every other tool uses.
+
+Contract of ``<out_dir>/saved_model/`` (loadable with ``tf.saved_model.load``):
+
+* ``serve(images)`` and the ``serving_default`` signature: float32 images ``[B, H, W, C]`` in
+  [0, 1], any B -> ``{"probabilities": [B, classes]`` (the ensemble's average softmax),
+  ``"member_logits": [B, N, classes]}``. Gradients flow through ``serve``; members run in
+  inference mode (BatchNorm uses its moving statistics).
+* ``metadata``: a string variable holding JSON (dataset, input_shape, num_classes, models, mode,
+  seed, ...), read back by :func:`load_ensemble`.
+
+The ensemble is saved as a ``tf.Module`` with ``tf.saved_model.save``, so each weight is stored
+once (``keras.Model.export`` would store it twice).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Optional
+
+import tensorflow as tf
+
+from tf_divtrain import models as models_lib
+
+SAVED_MODEL_DIR = "saved_model"
+
+
+class _ServingModule(tf.Module):
+    def __init__(self, ensemble: models_lib.Ensemble, metadata: dict):
+        super().__init__(name="tf_divtrain_ensemble")
+        self.members = list(ensemble.members)
+        self.metadata = tf.Variable(json.dumps(metadata, sort_keys=True), trainable=False,
+                                    dtype=tf.string, name="metadata")
+        shape = [None] + list(metadata["input_shape"])
+        self.serve = tf.function(self._serve,
+                                 input_signature=[tf.TensorSpec(shape, tf.float32, name="images")])
+
+    def _serve(self, images):
+        logits = tf.stack([m(images, training=False) for m in self.members], axis=1)
+        return {"probabilities": models_lib.ensemble_probabilities(logits), "member_logits": logits}
+
+
+def export_ensemble(ensemble: models_lib.Ensemble, export_dir: str, metadata: dict,
+                    overwrite: bool = False) -> str:
+    """Writes the SavedModel to ``export_dir`` atomically (a temp dir renamed into place).
+
+    ``metadata`` must hold at least ``dataset``, ``input_shape`` and ``num_classes``. An existing
+    export is replaced only when ``overwrite`` is True.
+    """
+    for key in ("dataset", "input_shape", "num_classes"):
+        if key not in metadata:
+            raise ValueError(f"export metadata lacks {key!r}.")
+    metadata = dict(metadata, input_shape=list(metadata["input_shape"]),
+                    num_members=ensemble.size)
+    if os.path.exists(export_dir) and not overwrite:
+        raise FileExistsError(f"{export_dir} already exists; pass overwrite=True to replace it.")
+    module = _ServingModule(ensemble, metadata)
+    tmp = export_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+    if os.path.exists(export_dir):
+        shutil.rmtree(export_dir)
+    os.replace(tmp, export_dir)
+    return export_dir
+
+
+class LoadedEnsemble:
+    """A callable ensemble restored from an export directory.
+
+    ``member_logits(x)`` -> [B, N, C]; ``probabilities(x)`` -> [B, C]; ``__call__`` = member_logits
+    (the logits-function interface the attacks take). ``metadata`` is the dict saved at export.
+    """
+
+    def __init__(self, path: str, module):
+        self.path = path
+        self._module = module
+        self.metadata = json.loads(module.metadata.numpy().decode("utf-8"))
+
+    @property
+    def size(self) -> int:
+        return int(self.metadata["num_members"])
+
+    @property
+    def input_shape(self):
+        return tuple(self.metadata["input_shape"])
+
+    @property
+    def dataset(self) -> str:
+        return self.metadata["dataset"]
+
+    def member_logits(self, x, training: bool = False):
+        del training  # exported members always run in inference mode
+        return self._module.serve(tf.convert_to_tensor(x, tf.float32))["member_logits"]
+
+    def probabilities(self, x, training: bool = False):
+        del training
+        return self._module.serve(tf.convert_to_tensor(x, tf.float32))["probabilities"]
+
+    def __call__(self, x, training: bool = False):
+        return self.member_logits(x)
+
+
+def find_export(path: str) -> str:
+    """Accepts a training out_dir or the saved_model dir itself; returns the saved_model dir."""
+    for cand in (os.path.join(path, SAVED_MODEL_DIR), path):
+        if os.path.isfile(os.path.join(cand, "saved_model.pb")):
+            return cand
+    raise FileNotFoundError(
+        f"No tf_divtrain export found at {path!r} (looked for {path}/{SAVED_MODEL_DIR}/saved_model.pb "
+        f"and {path}/saved_model.pb). Train it first with `python -m tf_divtrain.train "
+        f"--out_dir={path} ...`, which exports on completion.")
+
+
+def load_ensemble(path: str, expect_dataset: Optional[str] = None) -> LoadedEnsemble:
+    """Loads an export written by :func:`export_ensemble` (``path`` = out_dir or saved_model dir)."""
+    sm = find_export(path)
+    module = tf.saved_model.load(sm)
+    if not hasattr(module, "metadata") or not hasattr(module, "serve"):
+        raise ValueError(f"{sm} is a SavedModel but not a tf_divtrain export (no metadata/serve).")
+    ens = LoadedEnsemble(sm, module)
+    if expect_dataset is not None and ens.dataset != expect_dataset:
+        raise ValueError(f"{sm} was trained on {ens.dataset!r}, not {expect_dataset!r}.")
+    return ens

@@ -1,0 +1,91 @@
+"""Gradient Alignment Loss maths (paper §3.2-3.3, Eqs 6-9), as pure TensorFlow functions.
+
+Shapes: B = batch, N = ensemble members, D = flattened input size.
+Per-member input gradients are ``[B, N, D]``; member logits ``[B, N, C]``; per-member CE ``[B, N]``.
+Everything here is per example; callers reduce over the batch (so distribution strategies can
+scale by the global batch).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+
+def member_cross_entropy(member_logits, labels):
+    """Per-example, per-member cross-entropy J(theta_i, x, y): [B, N, C], [B] -> [B, N]."""
+    n = tf.shape(member_logits)[1]
+    labels = tf.tile(tf.cast(labels, tf.int64)[:, None], [1, n])
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=member_logits)
+
+
+def member_input_gradients(members: Sequence, x, labels, training: bool = False):
+    """grad_x J_i(theta_i, x, y) for every member i, in ONE backward pass.
+
+    Each member is fed its own ``tf.identity`` copy of ``x``; the gradient of the summed losses
+    with respect to copy i is exactly member i's input gradient (the other members' losses do not
+    depend on copy i). Per-example gradients are exact too: example b's loss depends only on row b.
+
+    Returns ``(grads [B, N, D], member_logits [B, N, C], ce [B, N])``. The logits/CE come from the
+    same forward pass, so a training step reuses them for the CE term (no second forward). Call it
+    under an outer ``GradientTape`` to differentiate GAL w.r.t. the parameters (double backprop).
+    """
+    copies = [tf.identity(x) for _ in members]
+    with tf.GradientTape() as tape:
+        tape.watch(copies)
+        logits = tf.stack([m(c, training=training) for m, c in zip(members, copies)], axis=1)
+        ce = member_cross_entropy(logits, labels)
+        total = tf.reduce_sum(ce)
+    grads = tape.gradient(total, copies)
+    batch = tf.shape(x)[0]
+    grads = tf.stack([tf.reshape(g, [batch, -1]) for g in grads], axis=1)
+    return grads, logits, ce
+
+
+def pairwise_cosine(grads, eps: float = 1e-12):
+    """Eq 6 for every pair: [B, N, D] -> [B, N, N] cosine similarities.
+
+    Zero vectors are safe: ``l2_normalize`` divides by sqrt(max(|g|^2, eps)), so a zero gradient
+    gives cosine 0 with a finite derivative (no NaN/Inf, also under double backprop).
+    """
+    unit = tf.math.l2_normalize(grads, axis=-1, epsilon=eps)
+    return tf.linalg.matmul(unit, unit, transpose_b=True)
+
+
+def _pairs(cos):
+    """Upper-triangle entries a < b of [B, N, N] -> [B, N(N-1)/2]."""
+    n = cos.shape[-1]
+    if n is None or n < 2:
+        raise ValueError(f"GAL/coherence need at least 2 ensemble members, got {n}.")
+    a, b = np.triu_indices(n, k=1)
+    flat = tf.reshape(cos, [-1, n * n])
+    return tf.gather(flat, a * n + b, axis=1)
+
+
+def coherence(grads):
+    """Eq 7: max over pairs a != b of CS(g_a, g_b), per example: [B, N, D] -> [B]."""
+    return tf.reduce_max(_pairs(pairwise_cosine(grads)), axis=-1)
+
+
+def gradient_alignment_loss(grads):
+    """Eq 8: GAL = log sum_{a<b} exp(CS_ab), per example ([B, N, D] -> [B]).
+
+    Computed with ``reduce_logsumexp`` (stable). The DivTrain loss averages it over the batch.
+    For N = 2 it equals the single cosine similarity.
+    """
+    return tf.reduce_logsumexp(_pairs(pairwise_cosine(grads)), axis=-1)
+
+
+def mean_pairwise_cosine(grads):
+    """Mean of CS_ab over pairs a < b, per example: [B, N, D] -> [B]."""
+    return tf.reduce_mean(_pairs(pairwise_cosine(grads)), axis=-1)
+
+
+def div_loss_per_example(ce, gal, gal_lambda: float):
+    """Eq 9 per example: (1/N) sum_i CE_i + lambda * GAL; ce [B, N], gal [B] -> [B].
+
+    The paper's loss is this averaged over the batch (done by the caller).
+    """
+    return tf.reduce_mean(ce, axis=-1) + gal_lambda * gal
