@@ -54,6 +54,11 @@ def pairwise_cosine(grads, eps: float = 1e-12):
     return tf.linalg.matmul(unit, unit, transpose_b=True)
 
 
+def pair_cosines(grads):
+    """CS_ab (Eq 6) for the unique pairs a < b: [B, N, D] -> [B, N(N-1)/2] (row-major pair order)."""
+    return _pairs(pairwise_cosine(grads))
+
+
 def _pairs(cos):
     """Upper-triangle entries a < b of [B, N, N] -> [B, N(N-1)/2]."""
     n = cos.shape[-1]
@@ -66,7 +71,17 @@ def _pairs(cos):
 
 def coherence(grads):
     """Eq 7: max over pairs a != b of CS(g_a, g_b), per example: [B, N, D] -> [B]."""
-    return tf.reduce_max(_pairs(pairwise_cosine(grads)), axis=-1)
+    return coherence_from_pairs(pair_cosines(grads))
+
+
+def coherence_from_pairs(pairs):
+    """Eq 7 from precomputed pair cosines [B, P] -> [B]."""
+    return tf.reduce_max(pairs, axis=-1)
+
+
+def gal_from_pairs(pairs):
+    """Eq 8 from precomputed pair cosines [B, P] -> [B] (stable logsumexp)."""
+    return tf.reduce_logsumexp(pairs, axis=-1)
 
 
 def gradient_alignment_loss(grads):
@@ -75,12 +90,12 @@ def gradient_alignment_loss(grads):
     Computed with ``reduce_logsumexp`` (stable). The DivTrain loss averages it over the batch.
     For N = 2 it equals the single cosine similarity.
     """
-    return tf.reduce_logsumexp(_pairs(pairwise_cosine(grads)), axis=-1)
+    return gal_from_pairs(pair_cosines(grads))
 
 
 def mean_pairwise_cosine(grads):
     """Mean of CS_ab over pairs a < b, per example: [B, N, D] -> [B]."""
-    return tf.reduce_mean(_pairs(pairwise_cosine(grads)), axis=-1)
+    return tf.reduce_mean(pair_cosines(grads), axis=-1)
 
 
 def div_loss_per_example(ce, gal, gal_lambda: float):
