@@ -107,10 +107,11 @@ def _validate(name: str, path: str, arrays: dict) -> dict:
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if x.dtype != np.uint8:
             raise DataError(f"{path}: x_{split} has dtype {x.dtype}, expected uint8 pixels 0..255.")
+        raw_shape = x.shape
         if x.ndim == 3 and shape[2] == 1:
             x = x[..., None]
         if x.ndim != 4 or tuple(x.shape[1:]) != shape:
-            raise DataError(f"{path}: x_{split} has shape {x.shape}, expected (n, {shape[0]}, "
+            raise DataError(f"{path}: x_{split} has shape {raw_shape}, expected (n, {shape[0]}, "
                             f"{shape[1]}{', ' + str(shape[2]) if shape[2] != 1 else ''}) for {name}.")
         if not np.issubdtype(y.dtype, np.integer):
             raise DataError(f"{path}: y_{split} has dtype {y.dtype}, expected integer labels.")

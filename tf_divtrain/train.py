@@ -45,6 +45,8 @@ flags.DEFINE_integer("log_every", 20, "TensorBoard logging interval in steps.")
 flags.DEFINE_integer("checkpoint_every", 100, "Checkpoint interval in steps (also every epoch).")
 flags.DEFINE_bool("fresh", False, "Move an existing run with a different config aside and start over.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.DEFINE_bool("deterministic", True, "Deterministic ops (same seed -> same weights on the same "
+                  "machine); turn off on GPU for speed.")
 
 flags.mark_flag_as_required("out_dir")
 for _name in ("noise_eps", "adv_eps"):

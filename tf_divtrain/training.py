@@ -48,7 +48,8 @@ ADV_MODES = ("ens_adv", "ens_adv_div")
 
 # Config keys that may change between a run and its resumption (they do not change the result).
 RESUMABLE_KEYS = ("epochs", "max_steps", "out_dir", "strategy", "jit_compile", "log_every",
-                  "checkpoint_every", "data_dir", "fresh", "progress", "eval_examples", "download")
+                  "checkpoint_every", "data_dir", "fresh", "progress", "eval_examples", "download",
+                  "deterministic")
 
 
 class TrainingError(RuntimeError):
@@ -84,6 +85,7 @@ class TrainConfig:
     fresh: bool = False
     progress: bool = True
     download: bool = False
+    deterministic: bool = True  # tf.config.experimental.enable_op_determinism (slower on GPU)
 
     def validate(self) -> "TrainConfig":
         data_lib.check_dataset_name(self.dataset)
@@ -326,6 +328,8 @@ def train(cfg: TrainConfig) -> dict:
         static = load_static_model(cfg.static_model, cfg.dataset, ds.input_shape)
     prepare_out_dir(cfg)
     keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
     trainer = Trainer(cfg, ds.input_shape, ds.num_classes, static)
     ckpt_dir = os.path.join(cfg.out_dir, "checkpoints")
     manager = tf.train.CheckpointManager(trainer.checkpoint, ckpt_dir, max_to_keep=3)

@@ -1,0 +1,386 @@
+"""Builds ``results/<preset>/REPORT.md`` from what run_all.sh produced.
+
+``python -m tf_divtrain.report --preset=cpu --results_dir=results/cpu``
+
+Reads, per Table 2 row: the training runs' ``config.json`` / ``metrics.json`` (under ``work/``),
+``<row>/eval/results.json`` (evaluate), ``<row>/analysis/analysis.json`` (analyze), the stage
+timings ``stage_times.tsv``, and an optional hand-written ``notes.md`` (discussion). It states, cell
+by cell, whether the paper's orderings hold. Every number comes from those files.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+from typing import Dict, List, Optional
+
+from absl import app, flags
+
+ROLES = (("surrogate", "S"), ("static", "static"), ("base", "T_Base"), ("div", "T_Div"),
+         ("ens", "T_Ens"), ("ensdiv", "T_Ens+Div"))
+TARGETS = ("T_Base", "T_Div", "T_Ens", "T_Ens+Div")
+ATTACK_ORDER = ("fgsm", "rfgsm", "ifgsm", "mifgsm", "pgd_cw")
+ATTACK_NAMES = {"fgsm": "FGSM", "rfgsm": "R-FGSM", "ifgsm": "I-FGSM", "mifgsm": "MI-FGSM",
+                "pgd_cw": "PGD-CW"}
+ROWS = {"mnist_conv3": "CONV-3 (MNIST)", "cifar10_conv4": "CONV-4 (CIFAR-10)",
+        "cifar10_resnet20": "RESNET-20 (CIFAR-10)", "cifar10_mix": "MIX (CIFAR-10)"}
+
+# The paper's Table 2 (accuracy %, "eps1 / eps2" pairs in ATTACK_ORDER), for side-by-side display.
+PAPER_TABLE2 = {
+    "mnist_conv3": {
+        "T_Base": (99.4, [(91.4, 9.7), (92.0, 9.7), (86.1, 0.7), (85.7, 2.6), (92.3, 9.7)]),
+        "T_Div": (99.2, [(97.1, 34.3), (97.8, 30.6), (97.6, 20.4), (96.9, 16.9), (97.1, 35.9)]),
+        "T_Ens": (99.4, [(98.9, 61.3), (99.0, 42.5), (99.0, 56.3), (98.8, 45.9), (98.8, 44.8)]),
+        "T_Ens+Div": (99.3, [(98.9, 73.7), (99.0, 79.3), (99.0, 87.0), (98.8, 61.4), (98.2, 71.3)]),
+    },
+    "cifar10_conv4": {
+        "T_Base": (85.1, [(14.1, 7.8), (16.8, 3.2), (9.5, 2.8), (9.0, 7.4), (8.8, 5.9)]),
+        "T_Div": (82.4, [(45.3, 14.7), (56.0, 15.1), (51.4, 5.6), (35.0, 7.5), (43.9, 11.6)]),
+        "T_Ens": (82.9, [(64.6, 43.2), (70.5, 54.9), (69.4, 54.3), (59.9, 38.6), (62.1, 42.8)]),
+        "T_Ens+Div": (80.5, [(68.5, 54.2), (72.0, 66.7), (72.4, 66.3), (66.9, 55.4), (66.9, 54.3)]),
+    },
+    "cifar10_resnet20": {
+        "T_Base": (88.9, [(28.8, 13.1), (25.7, 7.1), (8.6, 3.2), (10.2, 6.3), (18.7, 10.2)]),
+        "T_Div": (84.0, [(58.4, 32.4), (64.3, 23.9), (67.7, 44.2), (50.0, 11.7), (53.2, 25.4)]),
+        "T_Ens": (87.9, [(70.9, 44.3), (77.2, 50.9), (79.6, 65.5), (66.5, 30.5), (65.9, 37.8)]),
+        "T_Ens+Div": (84.7, [(74.9, 50.7), (78.1, 57.6), (79.7, 71.5), (74.1, 47.4), (71.3, 46.3)]),
+    },
+    "cifar10_mix": {
+        "T_Base": (89.7, [(27.9, 9.6), (30.9, 6.1), (13.9, 3.1), (10.6, 5.9), (26.0, 7.6)]),
+        "T_Div": (88.2, [(55.8, 23.2), (65.1, 25.0), (61.8, 19.7), (42.4, 7.1), (55.9, 22.2)]),
+        "T_Ens": (87.4, [(72.6, 49.6), (76.9, 58.4), (77.1, 61.4), (66.9, 27.9), (70.0, 47.1)]),
+        "T_Ens+Div": (86.4, [(73.4, 52.2), (77.9, 64.1), (77.2, 67.5), (69.2, 39.7), (71.8, 50.4)]),
+    },
+}
+# The paper's training settings, to list every reduction a preset makes.
+PAPER_EPOCHS = {"mnist_conv3": 10, "cifar10_conv4": 20, "cifar10_resnet20": 40, "cifar10_mix": 40}
+PAPER_TEST_EXAMPLES = {"mnist": 10000, "cifar10": 10000}
+
+
+def _load(path: str) -> Optional[dict]:
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _pct(v) -> str:
+    return "—" if v is None else f"{100.0 * v:.1f}"
+
+
+def _eps_key(e) -> str:
+    return f"{float(e):g}"
+
+
+def _target_rows(results: dict) -> Dict[str, dict]:
+    return {r["label"]: r for r in results["rows"] if r.get("role") == "target"}
+
+
+def table2_side_by_side(row: str, results: dict) -> str:
+    """Our Table 2 row next to the paper's, one line each, same layout."""
+    eps = [_eps_key(e) for e in results["eps"]]
+    attacks = [a for a in ATTACK_ORDER if a in results["attacks"]]
+    head = ["TARGET", "source", "CLEAN"] + [ATTACK_NAMES[a] for a in attacks]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    ours = _target_rows(results)
+    paper = PAPER_TABLE2.get(row, {})
+    for label in TARGETS:
+        if label in ours:
+            r = ours[label]
+            best = {e: min(r["attacks"][a][e] for a in attacks) for e in eps}
+            cells = []
+            for a in attacks:
+                parts = [(f"**{_pct(r['attacks'][a][e])}**" if r["attacks"][a][e] == best[e]
+                          else _pct(r["attacks"][a][e])) for e in eps]
+                cells.append(" / ".join(parts))
+            lines.append("| " + " | ".join([label, "ours", _pct(r["clean"])] + cells) + " |")
+        if label in paper:
+            clean, pairs = paper[label]
+            idx = [ATTACK_ORDER.index(a) for a in attacks]
+            cells = [f"{pairs[i][0]} / {pairs[i][1]}" for i in idx]
+            lines.append("| " + " | ".join([label, "paper", f"{clean}"] + cells) + " |")
+    sur = [r for r in results["rows"] if r.get("role") == "surrogate"]
+    if sur:
+        r = sur[0]
+        cells = [" / ".join(_pct(r["attacks"][a][e]) for e in eps) for a in attacks]
+        lines.append("| " + " | ".join(["S (white-box sanity)", "ours", _pct(r["clean"])] + cells) + " |")
+    return "\n".join(lines)
+
+
+def ordering_checks(results: dict, analysis: Optional[dict]) -> List[str]:
+    """Cell-by-cell statements of the paper's orderings; each line says holds / does not hold."""
+    out = []
+    ours = _target_rows(results)
+    eps = [_eps_key(e) for e in results["eps"]]
+    attacks = [a for a in ATTACK_ORDER if a in results["attacks"]]
+    for better, worse, strict in (("T_Div", "T_Base", True), ("T_Ens+Div", "T_Ens", False)):
+        if better not in ours or worse not in ours:
+            continue
+        rel = ">" if strict else "≥"
+        held = total = 0
+        cells = []
+        for a in attacks:
+            for e in eps:
+                b, w = ours[better]["attacks"][a][e], ours[worse]["attacks"][a][e]
+                ok = b > w if strict else b >= w
+                held += ok
+                total += 1
+                cells.append(f"{ATTACK_NAMES[a]}@{e}: {_pct(b)} vs {_pct(w)} "
+                             f"{'holds' if ok else '**does not hold**'}")
+        out.append(f"- **{better} {rel} {worse}** under attack: holds in {held} of {total} cells. "
+                   + "; ".join(cells) + ".")
+        cb, cw = ours[better]["clean"], ours[worse]["clean"]
+        out.append(f"  Clean accuracy: {better} {_pct(cb)} vs {worse} {_pct(cw)} (the paper expects "
+                   f"a small drop for the diverse ensemble).")
+    if analysis:
+        ens = analysis.get("ensembles", {})
+        coh = {k: v.get("coherence", {}).get("mean") for k, v in ens.items() if "coherence" in v}
+        for div, base in (("T_Div", "T_Base"), ("T_Ens+Div", "T_Ens")):
+            if coh.get(div) is not None and coh.get(base) is not None:
+                ok = coh[div] < coh[base]
+                out.append(f"- **Lower coherence for {div} than {base}** (Fig. 4): mean "
+                           f"{coh[div]:.3f} vs {coh[base]:.3f} — "
+                           f"{'holds' if ok else '**does not hold**'}.")
+        gaas = {k: v.get("gaas") for k, v in ens.items() if v.get("gaas")}
+        for div, base in (("T_Div", "T_Base"),):
+            if div in gaas and base in gaas:
+                cells, held, total = [], 0, 0
+                for e, per_k in gaas[div]["results"].items():
+                    for k, r in per_k.items():
+                        rb = gaas[base]["results"][e][k]
+                        ok = r["p_all"] <= rb["p_all"]
+                        held += ok
+                        total += 1
+                        cells.append(f"eps {e}, k={k}: {r['p_all']:.3f} vs {rb['p_all']:.3f} "
+                                     f"{'holds' if ok else '**does not hold**'}")
+                out.append(f"- **Fewer GAAS directions for {div} than {base}** (Fig. 5, probability "
+                           f"that all k directions are adversarial, ≤): holds in {held} of {total} "
+                           f"cells. " + "; ".join(cells) + ".")
+    return out
+
+
+def _training_table(work: str) -> List[str]:
+    lines = ["| model | mode | members | steps | batch | clean acc (ensemble) | members' clean acc | "
+             "GAL | coherence | mean cosine | img/s | train s |", "|" + "---|" * 12]
+    for role, label in ROLES:
+        m = _load(os.path.join(work, role, "metrics.json"))
+        if not m:
+            continue
+        c, g = m["config"], m.get("test_gradient_stats") or {}
+        fmt = lambda k: f"{g[k]:.3f}" if k in g else "—"  # noqa: E731
+        lines.append(
+            f"| {label} | {c['mode']} | {len(m['member_accuracy'])} | {m['steps']} | {c['batch_size']} | "
+            f"{_pct(m['ensemble_accuracy'])} | {', '.join(_pct(a) for a in m['member_accuracy'])} | "
+            f"{fmt('gal')} | {fmt('coherence')} | {fmt('mean_cosine')} | "
+            f"{(m.get('images_per_sec_this_session') or 0):.0f} | {m['train_seconds_this_session']:.0f} |")
+    return lines
+
+
+def _reductions(row: str, work: str, results: Optional[dict], analysis: Optional[dict]) -> List[str]:
+    out = []
+    m = next((_load(os.path.join(work, r, "metrics.json")) for r in ("base", "div", "surrogate")
+              if os.path.isfile(os.path.join(work, r, "metrics.json"))), None)
+    if m:
+        c = m["config"]
+        n_train = 60000 if c["dataset"] != "cifar10" else 50000
+        if c.get("train_examples"):
+            n_train = c["train_examples"]
+        steps = m["steps"]
+        epochs = steps * c["batch_size"] / n_train
+        paper_ep = PAPER_EPOCHS.get(row)
+        if c.get("max_steps") and paper_ep and epochs < paper_ep - 1e-9:
+            out.append(f"- Training length: {steps} steps of batch {c['batch_size']} = {epochs:.2f} "
+                       f"epochs per model instead of the paper's {paper_ep} epochs (same for every "
+                       f"model, so T_Base/T_Div and T_Ens/T_Ens+Div see the same number of steps).")
+        if c.get("train_examples"):
+            out.append(f"- Training set: first {c['train_examples']} examples instead of all.")
+        if len(m["member_accuracy"]) != 5:
+            out.append(f"- Ensemble size {len(m['member_accuracy'])} instead of 5.")
+    if results:
+        full = PAPER_TEST_EXAMPLES.get(results["dataset"])
+        if full and results["num_examples"] < full:
+            out.append(f"- Transfer attacks: first {results['num_examples']} test images instead of "
+                       f"the full test set ({full}).")
+    if analysis:
+        sub = analysis.get("subset_sizes", {})
+        out.append(f"- Analyses: coherence on {sub.get('coherence')} test images, GAAS on "
+                   f"{sub.get('gaas')}, transferability on {sub.get('transfer')}, white-box on "
+                   f"{sub.get('whitebox')} (the paper does not state its subset sizes).")
+    return out or ["- None: the paper's settings."]
+
+
+def _analysis_sections(analysis: dict, rel: str) -> List[str]:
+    out = []
+    ens = analysis.get("ensembles", {})
+    files = analysis.get("files", {})
+    if any("coherence" in v for v in ens.values()):
+        out += ["### Coherence of member input gradients (Fig. 4)", "",
+                f"![coherence histogram]({rel}/coherence_hist.png)", "",
+                "| ensemble | n | mean | median | q25 | q75 |", "|---|---|---|---|---|---|"]
+        for label, v in ens.items():
+            c = v.get("coherence")
+            if c:
+                out.append(f"| {label} | {c['n']} | {c['mean']:.3f} | {c['median']:.3f} | "
+                           f"{c['q25']:.3f} | {c['q75']:.3f} |")
+        out.append("")
+    gaas = {k: v["gaas"] for k, v in ens.items() if v.get("gaas")}
+    if gaas:
+        any_g = next(iter(gaas.values()))
+        out += ["### Gradient-aligned adversarial subspace (Fig. 5)", "",
+                f"![GAAS]({rel}/gaas.png)", "", f"Definition: {any_g.get('definition', '')}", "",
+                "| ensemble | eps | " + " | ".join(f"k={k}" for k in next(iter(any_g['results'].values()))) + " |",
+                "|---|---|" + "---|" * len(next(iter(any_g['results'].values())))]
+        for label, g in gaas.items():
+            for e, per_k in g["results"].items():
+                out.append(f"| {label} | {e} | " + " | ".join(
+                    f"{r['p_all']:.3f} (mean {r['mean_num_adversarial']:.1f} adv.)" for r in per_k.values()) + " |")
+        out.append("")
+    tms = {k: v["transfer"] for k, v in ens.items() if v.get("transfer")}
+    if tms:
+        out += ["### Transferability between members", ""]
+        first = next(iter(tms.values()))
+        out.append(f"{first.get('definition', '')} PGD, eps {first['eps']}, {first['nb_iter']} "
+                   f"iterations. Lower off-diagonal values = less transfer inside the ensemble.")
+        out.append("")
+        for label, tm in tms.items():
+            out.append(f"**{label}** (mean off-diagonal {tm['mean_off_diagonal']:.3f}): "
+                       f"![transfer {label}]({rel}/transfer_{_safe(label)}.png)")
+            out.append("")
+            n = len(tm["matrix"])
+            out.append("| crafted on \\ evaluated on | " + " | ".join(f"m{j}" for j in range(n)) + " |")
+            out.append("|---|" + "---|" * n)
+            for i, r in enumerate(tm["matrix"]):
+                out.append(f"| m{i} | " + " | ".join("—" if v is None else f"{v:.2f}" for v in r) + " |")
+            out.append("")
+    wbs = {k: v["whitebox"] for k, v in ens.items() if v.get("whitebox")}
+    if wbs:
+        out += ["### White-box check (each target attacked directly)", "",
+                "PGD with random start on the ensemble's average CE. Diversity Training claims only "
+                "black-box robustness: near-clean accuracy here would signal gradient masking.", "",
+                "| ensemble | clean | " + " | ".join(f"PGD@{e}" for e in next(iter(wbs.values()))["adversarial_accuracy"])
+                + " | masking suspected |", "|---|---|" + "---|" * (len(next(iter(wbs.values()))["adversarial_accuracy"]) + 1)]
+        for label, wb in wbs.items():
+            out.append(f"| {label} | {_pct(wb['clean_accuracy'])} | " + " | ".join(
+                _pct(a) for a in wb["adversarial_accuracy"].values()) +
+                f" | {'**yes**' if wb['gradient_masking_suspected'] else 'no'} |")
+        out.append("")
+    if analysis.get("warnings"):
+        out += ["Warnings from the analysis:", ""] + [f"- {w}" for w in analysis["warnings"]] + [""]
+    return out
+
+
+def _safe(label: str) -> str:
+    from tf_divtrain.analysis import safe_label
+
+    return safe_label(label)
+
+
+def _stage_table(results_dir: str) -> List[str]:
+    path = os.path.join(results_dir, "stage_times.tsv")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        rows = [l.rstrip("\n").split("\t") for l in f][1:]
+    out = ["| stage | seconds | status | command |", "|---|---|---|---|"]
+    total = 0
+    for name, secs, status, cmd in rows:
+        total += int(secs) if status == "ok" else 0
+        out.append(f"| {name} | {secs} | {status} | `{cmd}` |")
+    out.append(f"| **total (ok stages)** | {total} ({total / 60:.1f} min) | | |")
+    return out
+
+
+def _versions() -> str:
+    import numpy as np
+    import tensorflow as tf
+
+    parts = [f"Python {platform.python_version()}", f"TensorFlow {tf.__version__}",
+             f"NumPy {np.__version__}"]
+    for mod in ("keras", "cleverhans", "matplotlib"):
+        try:
+            parts.append(f"{mod} {__import__(mod).__version__}")
+        except Exception:  # noqa: BLE001 -- a version string is best effort
+            pass
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    parts.append(f"CPU {cpu}, {os.cpu_count()} cores")
+    return ", ".join(parts)
+
+
+def build_report(preset: str, results_dir: str) -> str:
+    work = os.path.join(results_dir, "work")
+    lines = [f"# Diversity Training reproduction — preset `{preset}`", "",
+             f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by "
+             f"`python -m tf_divtrain.report` from the files run_all.sh wrote; every number below "
+             f"is read from those files.", "", f"Software and machine: {_versions()}.", ""]
+    notes = os.path.join(results_dir, "notes.md")
+    for row in ROWS:
+        w = os.path.join(work, row)
+        results = _load(os.path.join(results_dir, row, "eval", "results.json"))
+        analysis = _load(os.path.join(results_dir, row, "analysis", "analysis.json"))
+        if not os.path.isdir(w) and results is None:
+            continue
+        lines += [f"## {ROWS[row]}", "", "### Reductions against the paper", ""]
+        lines += _reductions(row, w, results, analysis) + [""]
+        lines += ["### Training runs", ""] + _training_table(w) + [""]
+        lines += ["GAL / coherence / mean cosine: input-gradient statistics of the members on the "
+                  "first 500 test images after training (inference mode).", ""]
+        if results:
+            lines += ["### Table 2 row: accuracy (%) under transfer attacks, ours next to the paper's",
+                      "", f"eps = {' / '.join(_eps_key(e) for e in results['eps'])}; attacks crafted on "
+                      f"the surrogate S ({results['num_examples']} test images, seed {results['seed']}); "
+                      "bold = most successful attack per eps for our rows.", "",
+                      table2_side_by_side(row, results), ""]
+            cr = results.get("crafting", {})
+            if cr:
+                lines += ["Crafting speed on the surrogate: " + "; ".join(
+                    f"{ATTACK_NAMES.get(a, a)}@{e}: {v['images_per_sec']:.0f} img/s"
+                    + (" (cached)" if v.get("cached") else "")
+                    for a, per in cr.items() for e, v in per.items() if v.get("images_per_sec")) + ".", ""]
+        lines += ["### Do the paper's orderings hold?", ""]
+        checks = ordering_checks(results, analysis) if results else []
+        lines += (checks or ["- Not evaluated yet."]) + [""]
+        if analysis:
+            lines += _analysis_sections(analysis, f"{row}/analysis")
+    if os.path.isfile(notes):
+        with open(notes) as f:
+            lines += ["## Discussion", "", f.read().strip(), ""]
+    st = _stage_table(results_dir)
+    if st:
+        lines += ["## Stages: commands and wall time", ""] + st + [""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("preset", "cpu", "Preset name (for the title).")
+flags.DEFINE_string("results_dir", None, "results/<preset> directory written by run_all.sh.")
+flags.mark_flag_as_required("results_dir")
+
+
+def main(argv):
+    del argv
+    if not os.path.isdir(FLAGS.results_dir):
+        print(f"error: {FLAGS.results_dir} does not exist; run run_all.sh first.", file=sys.stderr)
+        sys.exit(2)
+    text = build_report(FLAGS.preset, FLAGS.results_dir)
+    path = os.path.join(FLAGS.results_dir, "REPORT.md")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    print(f"wrote {path}")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
