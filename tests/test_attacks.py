@@ -1,0 +1,301 @@
+"""Attacks (paper §2.3, §4.1) on real MNIST slices, checked against independent computations."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method
+from cleverhans.tf2.attacks.momentum_iterative_method import momentum_iterative_method
+from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
+from cleverhans.tf2 import utils as ch_utils
+
+from tf_divtrain import attacks, models
+
+EPS = 0.1
+TOL = 1e-6  # float32 rounding of x + clip(delta) - x
+
+
+def tiny_cnn(seed):
+    init = keras.initializers.GlorotUniform
+    return keras.Sequential([
+        keras.Input((28, 28, 1)),
+        keras.layers.Conv2D(4, 3, strides=2, kernel_initializer=init(seed)),
+        keras.layers.LeakyReLU(negative_slope=0.2),
+        keras.layers.Flatten(),
+        keras.layers.Dense(10, kernel_initializer=init(seed + 1)),
+    ])
+
+
+def linear_model(seed):
+    init = keras.initializers.GlorotUniform
+    bias = keras.initializers.RandomNormal(seed=seed + 7)
+    return keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(),
+                             keras.layers.Dense(10, kernel_initializer=init(seed), bias_initializer=bias)])
+
+
+@pytest.fixture(scope="module")
+def batch(mnist):
+    return mnist.x_test[:16], mnist.y_test[:16]
+
+
+@pytest.fixture(scope="module")
+def tiny_ens():
+    return models.Ensemble([tiny_cnn(1), tiny_cnn(11)])
+
+
+def hand_mean_ce(member_logits_list, y):
+    """Independent mean-over-members CE: -log softmax(Z_i)[y] averaged over i."""
+    ces = []
+    for z in member_logits_list:
+        logp = z - tf.reduce_logsumexp(z, axis=-1, keepdims=True)
+        ces.append(-tf.gather(logp, y, batch_dims=1))
+    return tf.add_n(ces) / len(ces)
+
+
+def hand_grad(members, x, y):
+    x = tf.convert_to_tensor(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(hand_mean_ce([m(x) for m in members], tf.constant(y)))
+    return tape.gradient(loss, x).numpy()
+
+
+def in_ball(x_adv, x, eps):
+    x_adv = np.asarray(x_adv)
+    return (np.all(np.abs(x_adv - x) <= eps + TOL) and x_adv.min() >= 0.0 and x_adv.max() <= 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", attacks.ATTACKS)
+def test_every_attack_stays_in_ball_and_moves(name, tiny_ens, batch):
+    x, y = batch
+    for eps in (0.1, 0.3):
+        x_adv = attacks.make_attack(name, tiny_ens, eps)(x, y, 3).numpy()
+        assert x_adv.shape == x.shape and x_adv.dtype == np.float32
+        assert in_ball(x_adv, x, eps), name
+        assert np.abs(x_adv - x).max() > eps / 2, f"{name} did not perturb the input"
+
+
+def test_fgsm_equals_independent_gradient_sign(tiny_ens, batch):
+    x, y = batch
+    g = hand_grad(tiny_ens.members, x, y)
+    expected = np.clip(x + EPS * np.sign(g), 0.0, 1.0)
+    np.testing.assert_allclose(attacks.fgsm(tiny_ens, x, y, EPS).numpy(), expected, atol=1e-7)
+    np.testing.assert_allclose(attacks.make_attack("fgsm", tiny_ens, EPS)(x, y, 0).numpy(), expected,
+                               atol=1e-7)
+
+
+def test_ensemble_ce_is_mean_member_ce():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(5, 3, 7)).astype(np.float32)
+    y = rng.integers(0, 7, size=5)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    expected = -logp[np.arange(5), :, y].mean(axis=1)
+    np.testing.assert_allclose(attacks.ensemble_ce(labels=y, logits=z).numpy(), expected, rtol=1e-5)
+
+
+def test_cw_margin_loss_matches_numpy_formula():
+    z = np.array([[[1.0, 5.0, 2.0, 0.0], [3.0, 1.0, 0.5, 2.5]],       # y=1: margins -3, +2
+                  [[0.0, 100.0, 0.0, 0.0], [10.0, -50.0, 0.0, 0.0]],  # y=0: 100 (capped), -10
+                  [[2.0, 2.0, 2.0, 2.0], [0.0, 0.0, 9.0, 1.0]]],      # y=3: 0, 8
+                 dtype=np.float32)
+    y = np.array([1, 0, 3])
+
+    def numpy_cw(z, y, kappa):
+        out = np.zeros(len(y))
+        for b in range(len(y)):
+            hs = []
+            for i in range(z.shape[1]):
+                other = max(z[b, i, j] for j in range(z.shape[2]) if j != y[b])
+                hs.append(min(other - z[b, i, y[b]], kappa))
+            out[b] = np.mean(hs)
+        return out
+
+    for kappa in (50.0, 5.0, 0.0):
+        got = attacks.cw_margin_loss(y, z, confidence=kappa).numpy()
+        np.testing.assert_allclose(got, numpy_cw(z, y, kappa), rtol=1e-6)
+    # by hand for kappa=50: mean(-3, 2) ; mean(50, -10) ; mean(0, 8)
+    np.testing.assert_allclose(attacks.cw_margin_loss(y, z).numpy(), [-0.5, 20.0, 4.0])
+    # single-model logits [B, C] = one member
+    np.testing.assert_allclose(attacks.cw_margin_loss(y, z[:, 0]).numpy(), [-3.0, 50.0, 0.0])
+
+
+def numpy_mifgsm(weights, biases, x, y, eps, k, mu):
+    """Eq 5 + Eq 4 for an ensemble of linear softmax models, gradients by hand in NumPy."""
+    x = x.reshape(len(x), -1).astype(np.float64)
+    onehot = np.eye(10)[y]
+    adv, g = x.copy(), np.zeros_like(x)
+    for _ in range(k):
+        grad = np.zeros_like(x)
+        for w, b in zip(weights, biases):  # d CE / dx = W (softmax - onehot)
+            z = adv @ w + b
+            p = np.exp(z - z.max(1, keepdims=True))
+            p /= p.sum(1, keepdims=True)
+            grad += (p - onehot) @ w.T / len(weights)
+        g = mu * g + grad / np.abs(grad).sum(1, keepdims=True)
+        adv = np.clip(np.clip(adv + eps / k * np.sign(g), x - eps, x + eps), 0, 1)
+    return adv
+
+
+def test_mifgsm_follows_eq5_momentum(batch):
+    x, y = batch
+    ms = [linear_model(3), linear_model(5)]
+    ens = models.Ensemble(ms)
+    ws = [m.layers[-1].kernel.numpy().astype(np.float64) for m in ms]
+    bs = [m.layers[-1].bias.numpy().astype(np.float64) for m in ms]
+    got = attacks.mifgsm(ens, x, y, 0.3, nb_iter=10, decay=1.0).numpy().reshape(len(x), -1)
+    with_momentum = numpy_mifgsm(ws, bs, x, y, 0.3, 10, 1.0)
+    without = numpy_mifgsm(ws, bs, x, y, 0.3, 10, 0.0)
+    assert np.mean(np.abs(got - with_momentum) < 1e-5) > 0.999
+    assert np.mean(np.abs(with_momentum - without) > 1e-5) > 0.01, "momentum must matter here"
+    assert in_ball(got, x.reshape(len(x), -1), 0.3)
+
+
+def test_mifgsm_equals_cleverhans_on_single_model(batch):
+    x, y = batch
+    model = tiny_cnn(21)
+    ours = attacks.mifgsm(model, x, y, EPS, nb_iter=10, decay=1.0).numpy()
+    ref = momentum_iterative_method(model, tf.constant(x), eps=EPS, eps_iter=EPS / 10, nb_iter=10,
+                                    norm=np.inf, clip_min=0.0, clip_max=1.0, y=tf.constant(y),
+                                    decay_factor=1.0, sanity_checks=False).numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-6)
+
+
+def test_rfgsm_without_random_step_equals_cleverhans_fgsm(tiny_ens, batch):
+    x, y = batch
+    fn = attacks.as_logits_fn(tiny_ens)
+    ref = fast_gradient_method(fn, tf.constant(x), EPS, np.inf, loss_fn=attacks.ensemble_ce,
+                               clip_min=0.0, clip_max=1.0, y=tf.constant(y),
+                               sanity_checks=False).numpy()
+    np.testing.assert_allclose(attacks.rfgsm(tiny_ens, x, y, EPS, 0, rand_eps=0.0).numpy(), ref, atol=1e-7)
+    np.testing.assert_allclose(attacks.rfgsm(tiny_ens, x, y, EPS, 0, variant="tramer", alpha=0.0).numpy(),
+                               ref, atol=1e-7)
+
+
+@pytest.mark.parametrize("variant", ["paper", "tramer"])
+def test_rfgsm_seeded_and_random(variant, tiny_ens, batch):
+    x, y = batch
+    a = attacks.rfgsm(tiny_ens, x, y, EPS, 7, variant=variant).numpy()
+    b = attacks.rfgsm(tiny_ens, x, y, EPS, 7, variant=variant).numpy()
+    c = attacks.rfgsm(tiny_ens, x, y, EPS, 8, variant=variant).numpy()
+    fg = attacks.fgsm(tiny_ens, x, y, EPS).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c) and not np.array_equal(a, fg)
+    assert in_ball(a, x, EPS)
+    if variant == "tramer":  # alpha * random sign then (eps - alpha) step: |delta| in {0, eps/2, eps}
+        d = np.abs(a - x)[(a > 0) & (a < 1) & (x > 0.2) & (x < 0.8)]
+        assert np.all(np.isclose(d, 0, atol=1e-6) | np.isclose(d, EPS / 2, atol=1e-6)
+                      | np.isclose(d, EPS, atol=1e-6))
+
+
+def reference_pgd(members, loss, x, y, eps, step, n, x0):
+    """Independent PGD loop: GradientTape + hand losses + projection."""
+    adv = tf.constant(x0)
+    for _ in range(n):
+        with tf.GradientTape() as tape:
+            tape.watch(adv)
+            zs = [m(adv) for m in members]
+            if loss == "ce":
+                val = hand_mean_ce(zs, tf.constant(y))
+            else:  # mean over members of min(max_{j != y} Z_j - Z_y, 50)
+                onehot = tf.one_hot(y, 10)
+                hs = [tf.minimum(tf.reduce_max(z - 1e9 * onehot, -1) - tf.reduce_sum(z * onehot, -1), 50.)
+                      for z in zs]
+                val = tf.add_n(hs) / len(hs)
+            total = tf.reduce_sum(val)
+        g = tape.gradient(total, adv)
+        adv = tf.clip_by_value(adv + step * tf.sign(g), 0, 1)
+        adv = tf.clip_by_value(x + tf.clip_by_value(adv - x, -eps, eps), 0, 1)
+    return adv.numpy()
+
+
+def test_ifgsm_follows_eqs_3_4(tiny_ens, batch):
+    x, y = batch
+    expected = reference_pgd(tiny_ens.members, "ce", x, y, EPS, EPS / 10, 10, x)
+    np.testing.assert_allclose(attacks.ifgsm(tiny_ens, x, y, EPS).numpy(), expected, atol=1e-6)
+
+
+def test_pgd_cw_from_its_random_start(tiny_ens, batch):
+    x, y = batch
+    x0 = attacks.random_start(x, EPS, 5).numpy()
+    assert in_ball(x0, x, EPS) and not np.array_equal(x0, x)
+    expected = reference_pgd(tiny_ens.members, "cw", x, y, EPS, 2.5 * EPS / 30, 30, x0)
+    got = attacks.pgd_cw(tiny_ens, x, y, EPS, seed=5).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    np.testing.assert_array_equal(got, attacks.pgd_cw(tiny_ens, x, y, EPS, seed=5).numpy())
+    # general pgd with rand_init=False is CleverHans PGD (= BIM)
+    ref = projected_gradient_descent(attacks.as_logits_fn(tiny_ens), tf.constant(x), EPS, 0.02, 5,
+                                     np.inf, loss_fn=attacks.ensemble_ce, clip_min=0., clip_max=1.,
+                                     y=tf.constant(y), rand_init=False, sanity_checks=False).numpy()
+    np.testing.assert_allclose(attacks.pgd(tiny_ens, x, y, EPS, 0.02, 5, rand_init=False).numpy(), ref,
+                               atol=1e-7)
+
+
+def test_compiled_attack_does_not_retrace_across_batches(tiny_ens, mnist):
+    x, y = mnist.x_test[:70], mnist.y_test[:70]
+    atk = attacks.make_attack("rfgsm", tiny_ens, EPS)
+    outs = [atk(x[i:i + 25], y[i:i + 25], tf.constant([0, b], tf.int64))
+            for b, i in enumerate(range(0, 70, 25))]  # batches 25, 25, 20
+    ch_traces = ch_utils.compute_gradient.experimental_get_tracing_count()
+    outs += [atk(x[:25], y[:25], 9), atk(x[:13], y[:13], tf.constant([1, 2]))]
+    assert atk.tracing_count == 1 and atk.python_traces == 1
+    assert ch_utils.compute_gradient.experimental_get_tracing_count() == ch_traces
+    assert all(in_ball(o, xx, EPS) for o, xx in zip(outs, [x[:25], x[25:50], x[50:], x[:25], x[:13]]))
+    mi = attacks.make_attack("mifgsm", tiny_ens, EPS)
+    for i in range(0, 70, 25):
+        mi(x[i:i + 25], y[i:i + 25], 0)
+    assert mi.tracing_count == 1 and mi.python_traces == 1
+
+
+def test_bad_inputs_raise():
+    ens = models.Ensemble([tiny_cnn(1)])
+    with pytest.raises(ValueError, match="Unknown attack 'cw'.*fgsm, rfgsm, ifgsm, mifgsm, pgd_cw"):
+        attacks.make_attack("cw", ens, 0.1)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"outside \[0, 1\]"):
+            attacks.make_attack("fgsm", ens, bad)
+    with pytest.raises(ValueError, match="not a number"):
+        attacks.make_attack("fgsm", ens, "big")
+    with pytest.raises(ValueError, match="Unknown option"):
+        attacks.make_attack("fgsm", ens, 0.1, nb_iter=3)
+    with pytest.raises(ValueError, match="variant"):
+        attacks.rfgsm(ens, np.zeros((1, 28, 28, 1), np.float32), [0], 0.1, variant="x")
+
+
+# ---------------------------------------------------------------------------------------------
+# A briefly trained conv3 surrogate: iterative attacks must be at least as strong as FGSM.
+
+@pytest.fixture(scope="module")
+def trained_conv3(mnist):
+    ens = models.build_ensemble("conv3", (28, 28, 1), 10, 2, seed=0)
+    opt = keras.optimizers.Adam(1e-3)
+    from tf_divtrain import gal
+
+    @tf.function
+    def step(xb, yb):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(gal.member_cross_entropy(ens.member_logits(xb, training=True), yb))
+        grads = tape.gradient(loss, ens.trainable_variables)
+        opt.apply_gradients(zip(grads, ens.trainable_variables))
+        return loss
+
+    x, y = mnist.x_train[:3200], mnist.y_train[:3200]
+    for i in range(100):
+        step(x[i * 32 % 3200:(i * 32 % 3200) + 32], y[i * 32 % 3200:(i * 32 % 3200) + 32])
+    return ens
+
+
+def test_iterative_attacks_at_least_as_strong_as_fgsm(trained_conv3, mnist):
+    x, y = mnist.x_test[:100], mnist.y_test[:100]
+    eps = 0.1
+
+    def acc(xx):
+        return float(np.mean(np.argmax(trained_conv3.probabilities(xx).numpy(), -1) == y))
+
+    clean = acc(x)
+    assert clean > 0.7, f"surrogate did not train (clean acc {clean})"
+    accs = {n: acc(attacks.make_attack(n, trained_conv3, eps)(x, y, 0)) for n in attacks.ATTACKS}
+    assert accs["fgsm"] < clean
+    for n in ("ifgsm", "mifgsm", "pgd_cw"):
+        assert accs[n] <= accs["fgsm"], accs

@@ -1,0 +1,200 @@
+"""Transfer evaluation (Table 2 pipeline): validation, cache, reports, CLI end to end."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from tf_divtrain import attacks, evaluation, export, models
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+META = {"dataset": "mnist", "input_shape": [28, 28, 1], "num_classes": 10}
+
+
+def tiny_member(seed, input_shape=(28, 28, 1)):
+    init = keras.initializers.GlorotUniform
+    return keras.Sequential([
+        keras.Input(input_shape),
+        keras.layers.Conv2D(4, 3, strides=2, kernel_initializer=init(seed)),
+        keras.layers.LeakyReLU(negative_slope=0.2),
+        keras.layers.Flatten(),
+        keras.layers.Dense(10, kernel_initializer=init(seed + 1)),
+    ])
+
+
+def fit_briefly(ens, x, y, steps=40):
+    """A few Adam steps so that accuracies are not all chance level."""
+    import tensorflow as tf
+    from tf_divtrain import gal
+
+    opt = keras.optimizers.Adam(3e-3)
+    for i in range(steps):
+        sl = slice(i * 64 % len(x), i * 64 % len(x) + 64)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(gal.member_cross_entropy(ens.member_logits(x[sl], training=True), y[sl]))
+        opt.apply_gradients(zip(tape.gradient(loss, ens.trainable_variables), ens.trainable_variables))
+    return ens
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory, mnist):
+    root = tmp_path_factory.mktemp("exports")
+    x, y = mnist.x_train[:2560], mnist.y_train[:2560]
+    out = {}
+    for name, seeds in (("surrogate", (1, 3)), ("base", (5, 7)), ("div", (9, 11))):
+        ens = fit_briefly(models.Ensemble([tiny_member(s) for s in seeds]), x, y)
+        out[name] = export.export_ensemble(ens, str(root / name), dict(META))
+    out["fashion"] = export.export_ensemble(models.Ensemble([tiny_member(13)]), str(root / "fashion"),
+                                            dict(META, dataset="fashion_mnist"))
+    out["cifar_shape"] = export.export_ensemble(
+        models.Ensemble([tiny_member(15, (32, 32, 3))]), str(root / "cifar_shape"),
+        dict(META, input_shape=[32, 32, 3]))
+    return out
+
+
+def test_cache_hit_returns_identical_arrays_without_recomputing(exports, mnist, tmp_path, monkeypatch):
+    sur = export.load_ensemble(exports["surrogate"])
+    sid = evaluation.fingerprint(export.find_export(exports["surrogate"]))
+    x, y = mnist.x_test[:40], mnist.y_test[:40]
+    calls = []
+    real = attacks.make_attack
+
+    def counting(*a, **k):
+        calls.append(a[0])
+        return real(*a, **k)
+
+    monkeypatch.setattr(evaluation.attacks_lib, "make_attack", counting)
+    kw = dict(cache_dir=str(tmp_path), batch_size=16, seed=3, progress=False)
+    first, info1 = evaluation.craft_cached(sur, sid, "mnist", "rfgsm", 0.3, x, y, **kw)
+    second, info2 = evaluation.craft_cached(sur, sid, "mnist", "rfgsm", 0.3, x, y, **kw)
+    assert calls == ["rfgsm"]  # crafted once
+    assert info1["cached"] is False and info2["cached"] is True
+    np.testing.assert_array_equal(first, second)
+    assert info2["images_per_sec"] == pytest.approx(info1["images_per_sec"])
+    assert np.all(np.abs(first - x) <= 0.3 + 1e-6) and not np.array_equal(first, x)
+    # other key parts -> a different file, crafted anew
+    evaluation.craft_cached(sur, sid, "mnist", "rfgsm", 0.3, x, y, **dict(kw, seed=4))
+    evaluation.craft_cached(sur, sid, "mnist", "rfgsm", 0.1, x, y, **kw)
+    assert calls == ["rfgsm"] * 3
+    files = sorted(os.listdir(tmp_path))
+    assert len([f for f in files if f.endswith(".npy")]) == 3
+    assert not [f for f in files if ".tmp" in f]  # atomic writes leave no temp files
+    # the cached array is the one batched crafting gives (batch b uses seed [3, b])
+    atk = real("rfgsm", sur, 0.3)
+    np.testing.assert_allclose(first[16:32], atk(x[16:32], y[16:32], np.array([3, 1])).numpy(), atol=1e-6)
+
+
+def test_validation_errors_before_any_work(exports, tmp_path):
+    t = [("T_Base", exports["base"])]
+    common = dict(num_examples=10, cache_dir=str(tmp_path / "c"), progress=False)
+    with pytest.raises(evaluation.EvaluationError, match="Unknown attack.*valid names: fgsm"):
+        evaluation.evaluate(exports["surrogate"], t, "mnist", attacks=["fgsm", "deepfool"], **common)
+    with pytest.raises(evaluation.EvaluationError, match=r"outside \[0, 1\]"):
+        evaluation.evaluate(exports["surrogate"], t, "mnist", eps=[0.1, 3.0], **common)
+    with pytest.raises(evaluation.EvaluationError, match="trained on 'fashion_mnist'.*'mnist'"):
+        evaluation.evaluate(exports["surrogate"], [("T", exports["fashion"])], "mnist", **common)
+    with pytest.raises(evaluation.EvaluationError, match="surrogate.*trained on 'mnist'.*'fashion_mnist'"):
+        evaluation.evaluate(exports["surrogate"], t, "fashion_mnist", **common)
+    with pytest.raises(evaluation.EvaluationError, match=r"inputs of shape \[32, 32, 3\]"):
+        evaluation.evaluate(exports["surrogate"], [("T", exports["cifar_shape"])], "mnist", **common)
+    missing = str(tmp_path / "no_such_run")
+    with pytest.raises(evaluation.EvaluationError, match=f"target T_X.*{missing}.*tf_divtrain.train"):
+        evaluation.evaluate(exports["surrogate"], [("T_X", missing)], "mnist", **common)
+    with pytest.raises(evaluation.EvaluationError, match=f"surrogate.*{missing}"):
+        evaluation.evaluate(missing, t, "mnist", **common)
+    with pytest.raises(evaluation.EvaluationError, match="LABEL=DIR"):
+        evaluation.evaluate(exports["surrogate"], "runs/base", "mnist", **common)
+    assert not os.path.exists(tmp_path / "c")  # nothing was crafted
+
+
+def test_table2_format_bold_and_cells():
+    row = {"label": "T_Base", "role": "target", "clean": 0.994,
+           "attacks": {"fgsm": {"0.1": 0.914, "0.3": 0.097}, "ifgsm": {"0.1": 0.861, "0.3": 0.007},
+                       "mifgsm": {"0.1": 0.857, "0.3": 0.026}}}
+    sur = {"label": evaluation.SURROGATE_LABEL, "role": "surrogate", "clean": 1.0,
+           "attacks": {"fgsm": {"0.1": 0.5, "0.3": 0.0}, "ifgsm": {"0.1": 0.0, "0.3": 0.0},
+                       "mifgsm": {"0.1": 0.2, "0.3": 0.0}}}
+    res = {"dataset": "mnist", "num_examples": 1000, "eps": [0.1, 0.3],
+           "attacks": ["fgsm", "ifgsm", "mifgsm"], "surrogate": {"path": "s"}, "rows": [row, sur]}
+    lines = [l for l in evaluation.format_table2(res).splitlines() if l.startswith("|")]
+    assert lines[0] == "| TARGET | CLEAN | FGSM | I-FGSM | MI-FGSM |"
+    assert lines[2] == "| T_Base | 99.4 | 91.4 / 9.7 | 86.1 / **0.7** | **85.7** / 2.6 |"
+    assert lines[3].startswith(f"| *{evaluation.SURROGATE_LABEL}* | 100.0 | 50.0 / **0.0** | "
+                               "**0.0** / **0.0**")
+
+
+def test_cli_end_to_end(exports, tmp_path, data_dir):
+    out = tmp_path / "eval"
+    cmd = [sys.executable, "-m", "tf_divtrain.evaluate", f"--surrogate_dir={exports['surrogate']}",
+           f"--targets=T_Base={exports['base']},T_Div={exports['div']}", "--dataset=mnist",
+           f"--data_dir={data_dir}", "--num_examples=60", "--batch_size=25", f"--out_dir={out}",
+           "--noprogress"]
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| TARGET | CLEAN | FGSM | R-FGSM | I-FGSM | MI-FGSM | PGD-CW |" in proc.stdout
+
+    res = json.loads((out / "results.json").read_text())
+    assert res["eps"] == [0.1, 0.3] and res["attacks"] == list(attacks.ATTACKS)  # MNIST defaults
+    assert res["num_examples"] == 60
+    assert [r["label"] for r in res["rows"]] == ["T_Base", "T_Div", evaluation.SURROGATE_LABEL]
+    for r in res["rows"]:
+        assert 0.0 <= r["clean"] <= 1.0
+        assert set(r["attacks"]) == set(attacks.ATTACKS)
+        assert all(set(v) == {"0.1", "0.3"} for v in r["attacks"].values())
+    sur = res["rows"][-1]
+    assert sur["clean"] > 0.5  # the briefly trained surrogate learned something
+    assert min(sur["attacks"]["ifgsm"].values()) < sur["clean"]  # white-box attack bites
+    for a in attacks.ATTACKS:
+        for e in ("0.1", "0.3"):
+            c = res["crafting"][a][e]
+            assert c["cached"] is False and c["images_per_sec"] > 0 and os.path.isfile(c["path"])
+
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 * (1 + 5 * 2)
+    assert {r["label"] for r in rows} == {"T_Base", "T_Div", evaluation.SURROGATE_LABEL}
+    by = {(r["label"], r["attack"], r["eps"]): float(r["accuracy"]) for r in rows}
+    expected = res["rows"][1]["attacks"]["mifgsm"]["0.3"]
+    assert by[("T_Div", "mifgsm", "0.3")] == pytest.approx(expected, abs=1e-6)
+
+    table = [l for l in (out / "table2.md").read_text().splitlines() if l.startswith("|")]
+    assert table[0] == "| TARGET | CLEAN | FGSM | R-FGSM | I-FGSM | MI-FGSM | PGD-CW |"
+    assert [l.split("|")[1].strip() for l in table[2:]] == ["T_Base", "T_Div",
+                                                            f"*{evaluation.SURROGATE_LABEL}*"]
+    for line in table[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert len(cells) == 7 and all(" / " in c for c in cells[2:])
+        assert sum(c.count("**") for c in cells[2:]) >= 4  # >= one bold value per eps
+    assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # a missing export through the CLI: clear message naming the path, non-zero exit
+    bad = subprocess.run(cmd[:3] + [f"--surrogate_dir={tmp_path / 'nope'}"] + cmd[4:], capture_output=True,
+                         text=True, env=env, cwd=REPO, timeout=300)
+    assert bad.returncode != 0 and str(tmp_path / "nope") in (bad.stderr + bad.stdout)
+
+
+def test_cli_flag_validators():
+    from absl import flags as absl_flags
+
+    from tf_divtrain import evaluate
+
+    def parse(*args):
+        fv = absl_flags.FlagValues()
+        evaluate.define_flags(fv)
+        fv(["prog", "--surrogate_dir=s", "--targets=T=t", "--out_dir=o", *args])
+        return fv
+
+    fv = parse()
+    assert fv.attacks == list(attacks.ATTACKS) and fv.eps is None and fv.num_examples == 1000
+    assert parse("--eps=0.03,0.09", "--attacks=fgsm,pgd_cw").eps == ["0.03", "0.09"]
+    for bad, msg in (("--eps=0.1,1.5", r"\[0, 1\]"), ("--eps=abc", r"\[0, 1\]"),
+                     ("--attacks=fgsm,cw", "subset of fgsm"), ("--dataset=svhn", "must be one of"),
+                     ("--targets=runs/base", "LABEL=DIR"), ("--num_examples=0", "num_examples")):
+        with pytest.raises(absl_flags.IllegalFlagValueError, match=msg):
+            parse(bad)

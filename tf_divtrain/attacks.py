@@ -1,0 +1,395 @@
+"""White-box L-inf attacks on an N-member surrogate ensemble (paper §2.3, §4.1).
+
+Interface: a *logits function* ``logits_fn(x) -> member logits [B, N, C]`` -- an
+:class:`~tf_divtrain.models.Ensemble`, an export :class:`~tf_divtrain.export.LoadedEnsemble`, a
+single Keras model (wrapped to N = 1 by :func:`as_logits_fn`) or any callable.
+
+Objective (§4.1): "Since S is an ensemble of 5 models, we consider the average CE loss of all the
+models in S as the objective function to be maximized" -> :func:`ensemble_ce`, per example.
+
+Attacks (all untargeted, L-inf, true labels passed explicitly -- no label-leaking guess; every
+output lies in the eps-ball of the clean ``x`` and in [0, 1]; eps is on the [0, 1] pixel scale):
+
+* ``fgsm``   -- Eq 2, CleverHans ``fast_gradient_method``.
+* ``rfgsm``  -- random step then FGSM (no CleverHans version; see :func:`rfgsm` for both readings).
+* ``ifgsm``  -- Eqs 3-4, k = 10 steps of eps/10 from x (CleverHans ``projected_gradient_descent``
+  with ``rand_init=False``).
+* ``mifgsm`` -- Eq 5 momentum, mu = 1.0, k = 10, own loop (CleverHans' ``momentum_iterative_method``
+  has no ``loss_fn`` argument, so it cannot take the ensemble objective).
+* ``pgd_cw`` -- PGD (Madry et al. 2017) on the CW hinge with confidence kappa = 50, 30 iterations,
+  step 2.5 * eps / 30, random start uniform in the eps-ball (own seeded start + CleverHans FGM steps,
+  because CleverHans' random start is not seedable per call).
+
+Randomness is stateless (``tf.random.stateless_*``) and a function of an explicit seed: an int or
+an int [2] tensor, so results are deterministic given the seed on CPU and GPU alike.
+
+:func:`make_attack` returns a callable ``(x, y, seed) -> x_adv`` compiled once with a fixed
+``input_signature`` (batch dimension ``None``), so batches of any size reuse one trace.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import weakref
+from typing import Callable, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method
+from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
+
+from tf_divtrain import gal
+
+ATTACKS = ("fgsm", "rfgsm", "ifgsm", "mifgsm", "pgd_cw")
+DISPLAY_NAMES = {"fgsm": "FGSM", "rfgsm": "R-FGSM", "ifgsm": "I-FGSM", "mifgsm": "MI-FGSM",
+                 "pgd_cw": "PGD-CW"}
+NB_ITER = 10  # k for I-FGSM / MI-FGSM (§4.1)
+MI_DECAY = 1.0  # mu for MI-FGSM (§4.1)
+CW_CONFIDENCE = 50.0  # kappa for PGD-CW (§4.1)
+PGD_CW_ITER = 30  # iterations for PGD-CW (§4.1)
+PGD_CW_STEP_FACTOR = 2.5  # step = 2.5 * eps / nb_iter (Madry et al. 2017's rule; paper silent)
+CLIP_MIN, CLIP_MAX = 0.0, 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Logits functions and losses.
+
+class MemberLogitsFn:
+    """Stable callable ``x -> [B, N, C]`` around an ensemble, a Keras model or a function.
+
+    One object per model (see :func:`as_logits_fn`), so CleverHans' ``compute_gradient``
+    (a ``tf.function`` keyed on its Python arguments) sees the same callable every time.
+    A rank-2 output [B, C] (single model) becomes [B, 1, C].
+    """
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, x):
+        m = self.model
+        if hasattr(m, "member_logits"):
+            out = m.member_logits(x)
+        elif isinstance(m, keras.layers.Layer):
+            out = m(x, training=False)
+        else:
+            out = m(x)
+        if out.shape.rank == 2:
+            out = out[:, None, :]
+        if out.shape.rank != 3:
+            raise ValueError(f"logits_fn must return [B, N, C] or [B, C] logits, got shape {out.shape}.")
+        return out
+
+
+_WRAPPERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def as_logits_fn(model) -> MemberLogitsFn:
+    """Returns the (cached, per-model) :class:`MemberLogitsFn` for ``model``."""
+    if isinstance(model, MemberLogitsFn):
+        return model
+    try:
+        fn = _WRAPPERS.get(model)
+        if fn is None:
+            fn = _WRAPPERS[model] = MemberLogitsFn(model)
+        return fn
+    except TypeError:  # not weak-referenceable / not hashable: a fresh wrapper
+        return MemberLogitsFn(model)
+
+
+def _members(logits):
+    logits = tf.convert_to_tensor(logits)
+    return logits[:, None, :] if logits.shape.rank == 2 else logits
+
+
+def ensemble_ce(labels, logits):
+    """§4.1 objective: per-example mean over members of CE, ``[B], [B, N, C] -> [B]``.
+
+    Keyword signature ``(labels=, logits=)`` is what CleverHans 4 calls; [B, C] logits count as N=1.
+    """
+    return tf.reduce_mean(gal.member_cross_entropy(_members(logits), labels), axis=1)
+
+
+def cw_margin_loss(labels, logits, confidence: float = CW_CONFIDENCE):
+    """Untargeted CW hinge (Carlini & Wagner 2017, f6), per example: ``[B], [B, N, C] -> [B]``.
+
+    Per member i: ``h_i = min(max_{j != y} Z_ij - Z_iy, kappa)``; returned: ``mean_i h_i``.
+    Sign convention: the attack MAXIMISES it (it is minus CW's f6 = max(Z_y - max_{j!=y} Z_j,
+    -kappa)); it is positive once a member misclassifies and saturates at margin kappa.
+
+    Why the mean of member hinges (not the hinge of the mean logits): it is the same construction
+    §4.1 uses for CE ("average loss of all the models in S"), and the per-member cap means a member
+    already fooled by margin kappa stops contributing gradient while the others keep being pushed,
+    rather than one member with large logits dominating an averaged-logit margin.
+    """
+    logits = _members(logits)
+    num_classes = tf.shape(logits)[-1]
+    onehot = tf.one_hot(tf.cast(labels, tf.int64), num_classes, on_value=True, off_value=False,
+                        dtype=tf.bool)[:, None, :]
+    onehot = tf.broadcast_to(onehot, tf.shape(logits))
+    z_y = tf.reduce_sum(tf.where(onehot, logits, tf.zeros_like(logits)), axis=-1)
+    z_other = tf.reduce_max(tf.where(onehot, tf.fill(tf.shape(logits), logits.dtype.min), logits),
+                            axis=-1)
+    hinge = tf.minimum(z_other - z_y, tf.cast(confidence, logits.dtype))
+    return tf.reduce_mean(hinge, axis=1)
+
+
+@functools.lru_cache(maxsize=None)
+def cw_loss_fn(confidence: float = CW_CONFIDENCE) -> Callable:
+    """One stable ``loss_fn(labels=, logits=)`` object per confidence (no CleverHans retracing)."""
+    def loss_fn(labels, logits):
+        return cw_margin_loss(labels, logits, confidence)
+    loss_fn.__name__ = f"cw_margin_loss_k{confidence:g}"
+    return loss_fn
+
+
+def _loss_fn(loss: str, confidence: float = CW_CONFIDENCE) -> Callable:
+    if loss == "ce":
+        return ensemble_ce
+    if loss == "cw":
+        return cw_loss_fn(float(confidence))
+    raise ValueError(f"Unknown loss {loss!r}; valid: 'ce', 'cw'.")
+
+
+def input_gradient(logits_fn, loss_fn, x, y):
+    """grad_x of sum_b loss_fn(y, logits_fn(x))_b (= per-example gradients; members in inference)."""
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = loss_fn(labels=y, logits=logits_fn(x))
+    return tape.gradient(loss, x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers.
+
+def check_eps(eps) -> float:
+    """eps must be a number in [0, 1] (the pixel scale of every input)."""
+    try:
+        value = float(eps)
+    except (TypeError, ValueError):
+        raise ValueError(f"eps={eps!r} is not a number; it must be in [0, 1] (pixel scale).") from None
+    if not np.isfinite(value) or value < 0.0 or value > 1.0:
+        raise ValueError(f"eps={eps!r} is outside [0, 1]; images are on the [0, 1] pixel scale "
+                         f"(the paper uses 0.1/0.3 for MNIST, 0.03/0.09 for CIFAR-10).")
+    return value
+
+
+def check_attack(name: str) -> str:
+    if name not in ATTACKS:
+        raise ValueError(f"Unknown attack {name!r}; valid names: {', '.join(ATTACKS)}.")
+    return name
+
+
+def seed_pair(seed):
+    """int or [2] int tensor -> [2] int64 seed for the ``tf.random.stateless_*`` ops."""
+    s = tf.convert_to_tensor(seed)
+    if s.dtype != tf.int64:
+        s = tf.cast(s, tf.int64)
+    if s.shape.rank == 0:
+        s = tf.stack([s, tf.constant(0, tf.int64)])
+    return s
+
+
+def project(x_adv, x, eps):
+    """Back onto the L-inf eps-ball of the clean ``x`` and into [0, 1]."""
+    return tf.clip_by_value(x + tf.clip_by_value(x_adv - x, -eps, eps), CLIP_MIN, CLIP_MAX)
+
+
+def random_start(x, eps, seed):
+    """PGD start: ``clip(x + U(-eps, eps), 0, 1)`` with a stateless seed."""
+    x = tf.convert_to_tensor(x, tf.float32)
+    noise = tf.random.stateless_uniform(tf.shape(x), seed_pair(seed), -eps, eps, dtype=x.dtype)
+    return tf.clip_by_value(x + noise, CLIP_MIN, CLIP_MAX)
+
+
+def _prep(x, y):
+    return tf.convert_to_tensor(x, tf.float32), tf.cast(tf.convert_to_tensor(y), tf.int64)
+
+
+def _fgm_step(fn, x, y, step, loss_fn):
+    """One CleverHans L-inf FGM step: clip(x + step * sign(grad), 0, 1)."""
+    return fast_gradient_method(fn, x, step, np.inf, loss_fn=loss_fn, clip_min=CLIP_MIN,
+                                clip_max=CLIP_MAX, y=y, targeted=False, sanity_checks=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Attacks.
+
+def fgsm(logits_fn, x, y, eps):
+    """FGSM, Eq 2: ``clip(x + eps * sign(grad_x mean_i CE_i), 0, 1)`` (CleverHans FGM)."""
+    eps = check_eps(eps)
+    x, y = _prep(x, y)
+    return _fgm_step(as_logits_fn(logits_fn), x, y, eps, ensemble_ce)
+
+
+def rfgsm(logits_fn, x, y, eps, seed=0, variant: str = "paper", alpha: Optional[float] = None,
+          rand_eps: Optional[float] = None):
+    """R-FGSM: one random step, then an FGSM step; output projected to the eps-ball and [0, 1].
+
+    * ``variant="paper"`` (default, §4.1: "applies FGSM after taking a single random step sampled
+      from U(-eps, +eps)"): ``x1 = clip(x + U(-r, r), 0, 1)`` with ``r = rand_eps`` (default eps),
+      ``x2 = x1 + eps * sign(grad J(x1))``, then projection onto the eps-ball of the clean ``x``.
+    * ``variant="tramer"`` (Tramèr et al. 2017): ``x1 = clip(x + alpha * sign(N(0, I)), 0, 1)``,
+      ``x2 = x1 + (eps - alpha) * sign(grad J(x1))`` (alpha default eps/2; already in the ball).
+
+    ``rand_eps=0`` / ``alpha=0`` reduce it to FGSM.
+    """
+    eps = check_eps(eps)
+    x, y = _prep(x, y)
+    fn = as_logits_fn(logits_fn)
+    s = seed_pair(seed)
+    if variant == "paper":
+        r = eps if rand_eps is None else float(rand_eps)
+        if not 0.0 <= r <= 1.0:
+            raise ValueError(f"rand_eps={rand_eps} must be in [0, 1].")
+        x1 = tf.clip_by_value(x + tf.random.stateless_uniform(tf.shape(x), s, -r, r, dtype=x.dtype),
+                              CLIP_MIN, CLIP_MAX)
+        step = eps
+    elif variant == "tramer":
+        a = eps / 2.0 if alpha is None else float(alpha)
+        if not 0.0 <= a <= eps:
+            raise ValueError(f"alpha={alpha} must be in [0, eps={eps}] for the Tramèr variant.")
+        x1 = tf.clip_by_value(x + a * tf.sign(tf.random.stateless_normal(tf.shape(x), s, dtype=x.dtype)),
+                              CLIP_MIN, CLIP_MAX)
+        step = eps - a
+    else:
+        raise ValueError(f"Unknown R-FGSM variant {variant!r}; valid: 'paper', 'tramer'.")
+    return project(_fgm_step(fn, x1, y, step, ensemble_ce), x, eps)
+
+
+def pgd(logits_fn, x, y, eps, eps_iter, nb_iter, rand_init: bool = True, seed=0, loss: str = "ce",
+        confidence: float = CW_CONFIDENCE):
+    """L-inf PGD (Madry et al. 2017) maximising ``loss`` ('ce' = :func:`ensemble_ce`, 'cw' =
+    :func:`cw_margin_loss` with ``confidence``).
+
+    ``x_0 = x`` (``rand_init=False``: exactly CleverHans ``projected_gradient_descent``, i.e.
+    I-FGSM, Eqs 3-4) or ``random_start(x, eps, seed)``; then ``nb_iter`` times
+    ``x_{t+1} = project(clip(x_t + eps_iter * sign(grad), 0, 1))`` with CleverHans FGM steps.
+    """
+    eps = check_eps(eps)
+    eps_iter = float(eps_iter)
+    if not 0.0 <= eps_iter <= eps:
+        raise ValueError(f"eps_iter={eps_iter} must be in [0, eps={eps}].")
+    nb_iter = int(nb_iter)
+    if nb_iter < 1:
+        raise ValueError(f"nb_iter={nb_iter} must be >= 1.")
+    x, y = _prep(x, y)
+    fn = as_logits_fn(logits_fn)
+    loss_fn = _loss_fn(loss, confidence)
+    if not rand_init:
+        return projected_gradient_descent(fn, x, eps, eps_iter, nb_iter, np.inf, loss_fn=loss_fn,
+                                          clip_min=CLIP_MIN, clip_max=CLIP_MAX, y=y, targeted=False,
+                                          rand_init=False, sanity_checks=False)
+    adv = random_start(x, eps, seed)
+    for _ in range(nb_iter):  # CleverHans' PGD loop, with our seeded start
+        adv = project(_fgm_step(fn, adv, y, eps_iter, loss_fn), x, eps)
+    return adv
+
+
+def ifgsm(logits_fn, x, y, eps, nb_iter: int = NB_ITER):
+    """I-FGSM, Eqs 3-4: k = nb_iter steps of eps/k from x, each projected (§4.1: k = 10)."""
+    eps = check_eps(eps)
+    return pgd(logits_fn, x, y, eps, eps / nb_iter, nb_iter, rand_init=False, loss="ce")
+
+
+def mifgsm(logits_fn, x, y, eps, nb_iter: int = NB_ITER, decay: float = MI_DECAY):
+    """MI-FGSM (Dong et al. 2018), Eq 5 + Eq 4, on the ensemble-CE objective.
+
+    ``g_{t+1} = mu * g_t + grad_t / ||grad_t||_1`` (L1 over each example's pixels; g_0 = 0),
+    ``x_{t+1} = project(x_t + (eps/k) * sign(g_{t+1}))``, mu = ``decay`` = 1.0, k = ``nb_iter`` = 10.
+    Same iterates as CleverHans' ``momentum_iterative_method`` (which divides by the *mean* |grad|,
+    a per-example constant factor that sign() ignores), but with the ensemble loss.
+    """
+    eps = check_eps(eps)
+    nb_iter = int(nb_iter)
+    if nb_iter < 1:
+        raise ValueError(f"nb_iter={nb_iter} must be >= 1.")
+    x, y = _prep(x, y)
+    fn = as_logits_fn(logits_fn)
+    step = eps / nb_iter
+    axes = list(range(1, x.shape.rank))
+    momentum = tf.zeros_like(x)
+    adv = x
+    for _ in range(nb_iter):
+        grad = input_gradient(fn, ensemble_ce, adv, y)
+        l1 = tf.reduce_sum(tf.abs(grad), axis=axes, keepdims=True)
+        momentum = decay * momentum + grad / tf.maximum(l1, 1e-12)
+        adv = project(adv + step * tf.sign(momentum), x, eps)
+    return adv
+
+
+def pgd_cw(logits_fn, x, y, eps, nb_iter: int = PGD_CW_ITER, confidence: float = CW_CONFIDENCE,
+           eps_iter: Optional[float] = None, rand_init: bool = True, seed=0):
+    """PGD-CW (§2.3, §4.1): PGD on the CW hinge with kappa = 50, 30 iterations.
+
+    Paper-silent choices: step ``eps_iter = 2.5 * eps / nb_iter`` (Madry et al.'s rule: the walk
+    can cross the ball 2.5 times) and a random start uniform in the eps-ball (Madry et al.).
+    """
+    eps = check_eps(eps)
+    if eps_iter is None:
+        eps_iter = min(PGD_CW_STEP_FACTOR * eps / int(nb_iter), eps)
+    return pgd(logits_fn, x, y, eps, eps_iter, nb_iter, rand_init=rand_init, seed=seed, loss="cw",
+               confidence=confidence)
+
+
+_IMPLS = {"fgsm": fgsm, "rfgsm": rfgsm, "ifgsm": ifgsm, "mifgsm": mifgsm, "pgd_cw": pgd_cw}
+_SEEDED = {"rfgsm", "pgd_cw"}
+
+
+class Attack:
+    """``(x, y, seed) -> x_adv`` for one (attack, surrogate, eps), traced once.
+
+    The ``tf.function`` gets ``input_signature`` ``[None, *image_shape]`` float32, ``[None]`` int64,
+    ``[2]`` int64 on the first call, so every later batch (any size) reuses that one trace.
+    ``seed`` may be an int or a [2] int tensor (e.g. ``[seed, batch_index]``).
+    """
+
+    def __init__(self, name: str, logits_fn, eps, **options):
+        self.name = check_attack(name)
+        self.eps = check_eps(eps)
+        impl = _IMPLS[name]
+        allowed = set(inspect.signature(impl).parameters) - {"logits_fn", "x", "y", "eps", "seed"}
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise ValueError(f"Unknown option(s) {unknown} for attack {name!r}; valid: "
+                             f"{sorted(allowed) or 'none'}.")
+        self.options = dict(options)
+        self.logits_fn = as_logits_fn(logits_fn)
+        self._impl = impl
+        self._fn = None
+        self._image_shape = None
+        self.python_traces = 0
+
+    def _body(self, x, y, seed):
+        self.python_traces += 1  # runs only while tracing
+        kwargs = dict(self.options)
+        if self.name in _SEEDED:
+            kwargs["seed"] = seed
+        return self._impl(self.logits_fn, x, y, self.eps, **kwargs)
+
+    def __call__(self, x, y, seed=0):
+        x = tf.convert_to_tensor(x, tf.float32)
+        y = tf.cast(tf.convert_to_tensor(y), tf.int64)
+        if self._fn is None:
+            self._image_shape = tuple(x.shape[1:])
+            sig = [tf.TensorSpec((None,) + self._image_shape, tf.float32, name="x"),
+                   tf.TensorSpec((None,), tf.int64, name="y"),
+                   tf.TensorSpec((2,), tf.int64, name="seed")]
+            self._fn = tf.function(self._body, input_signature=sig)
+        elif tuple(x.shape[1:]) != self._image_shape:
+            raise ValueError(f"{self.name}: images of shape {tuple(x.shape[1:])}, but this attack was "
+                             f"compiled for {self._image_shape}.")
+        return self._fn(x, y, seed_pair(seed))
+
+    @property
+    def tracing_count(self) -> int:
+        return 0 if self._fn is None else self._fn.experimental_get_tracing_count()
+
+
+def make_attack(name: str, logits_fn, eps, **options) -> Attack:
+    """Compiled attack ``(x, y, seed) -> x_adv``; unknown name / eps outside [0, 1] -> ValueError.
+
+    ``options`` are the keyword arguments of the attack function (e.g. ``nb_iter``, ``variant``).
+    """
+    return Attack(name, logits_fn, eps, **options)

@@ -1,0 +1,111 @@
+"""CLI: black-box transfer evaluation, the paper's Table 2 (§4.1 "Attack Configuration").
+
+    python -m tf_divtrain.evaluate --flagfile=flags/evaluate_mnist.cfg \
+        --surrogate_dir=runs/surrogate --targets=T_Base=runs/base,T_Div=runs/div --out_dir=eval/mnist
+
+Crafts every (attack, eps) once on the surrogate (cached under --cache_dir), scores every target
+and the surrogate itself (white-box sanity row), writes results.json, results.csv, table2.md and
+accuracy.png into --out_dir and prints the table.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags
+
+from tf_divtrain import attacks as attacks_lib
+from tf_divtrain import data as data_lib
+from tf_divtrain import evaluation
+
+FLAGS = flags.FLAGS
+
+
+def _eps_ok(value):
+    if value is None:
+        return True
+    try:
+        return bool(value) and all(0.0 <= float(v) <= 1.0 for v in value)
+    except ValueError:
+        return False
+
+
+def _targets_ok(value):
+    if value is None:
+        return True
+    try:
+        evaluation.parse_targets(value)
+        return True
+    except evaluation.EvaluationError:
+        return False
+
+
+def define_flags(fv: flags.FlagValues = FLAGS) -> None:
+    """Defines the CLI flags on ``fv`` (idempotent). Done in :func:`run`, not at import, so that
+    importing this module next to other tf_divtrain CLIs never clashes on shared flag names."""
+    if "surrogate_dir" in fv:
+        return
+    d = dict(flag_values=fv)
+    flags.DEFINE_string("surrogate_dir", None, "Export (training out_dir or saved_model dir) of the "
+                        "surrogate ensemble S the attacks are crafted on.", **d)
+    flags.DEFINE_string("targets", None, "Comma list LABEL=DIR of target exports, e.g. "
+                        "T_Base=runs/base,T_Div=runs/div.", **d)
+    flags.DEFINE_string("dataset", None, "mnist | fashion_mnist | cifar10; default: the surrogate's "
+                        "dataset. Every export must have been trained on it.", **d)
+    flags.DEFINE_string("data_dir", None, "Folder with <dataset>.npz; default $TF_DIVTRAIN_DATA.", **d)
+    flags.DEFINE_list("eps", None, "L-inf perturbation sizes on the [0, 1] scale; default 0.1,0.3 "
+                      "(mnist, fashion_mnist) or 0.03,0.09 (cifar10).", **d)
+    flags.DEFINE_list("attacks", list(attacks_lib.ATTACKS),
+                      f"Subset of {','.join(attacks_lib.ATTACKS)}.", **d)
+    flags.DEFINE_integer("num_examples", 1000, "Evaluate on the first N test images.", lower_bound=1,
+                         **d)
+    flags.DEFINE_integer("batch_size", 250, "Crafting / evaluation batch size.", lower_bound=1, **d)
+    flags.DEFINE_integer("seed", 0, "Seed of the random steps (R-FGSM, PGD-CW start).", **d)
+    flags.DEFINE_string("out_dir", None, "Where the reports are written.", **d)
+    flags.DEFINE_string("cache_dir", None, "Adversarial-example cache; default <out_dir>/adv_cache.",
+                        **d)
+    flags.DEFINE_bool("progress", True, "Show a tqdm progress bar per attack.", **d)
+    flags.mark_flags_as_required(["surrogate_dir", "targets", "out_dir"], flag_values=fv)
+    flags.register_validator(
+        "dataset", lambda v: v is None or v in data_lib.DATASETS,
+        message=f"--dataset must be one of {', '.join(sorted(data_lib.DATASETS))}.", flag_values=fv)
+    flags.register_validator(
+        "attacks", lambda v: bool(v) and all(a in attacks_lib.ATTACKS for a in v),
+        message=f"--attacks must be a non-empty subset of {','.join(attacks_lib.ATTACKS)}.",
+        flag_values=fv)
+    flags.register_validator("eps", _eps_ok, message="--eps must be a comma list of numbers in "
+                             "[0, 1] (pixel scale), e.g. 0.1,0.3.", flag_values=fv)
+    flags.register_validator("targets", _targets_ok, message="--targets must be a comma list of "
+                             "LABEL=DIR, e.g. T_Base=runs/base,T_Div=runs/div.", flag_values=fv)
+
+
+def main(argv):
+    del argv
+    cache_dir = FLAGS.cache_dir or os.path.join(FLAGS.out_dir, "adv_cache")
+    eps = None if FLAGS.eps is None else [float(e) for e in FLAGS.eps]
+    try:
+        results = evaluation.evaluate(
+            FLAGS.surrogate_dir, FLAGS.targets, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
+            eps=eps, attacks=FLAGS.attacks, num_examples=FLAGS.num_examples,
+            batch_size=FLAGS.batch_size, seed=FLAGS.seed, cache_dir=cache_dir,
+            progress=FLAGS.progress)
+    except (evaluation.EvaluationError, data_lib.DataError) as e:
+        raise app.UsageError(str(e)) from None
+    paths = evaluation.write_reports(results, FLAGS.out_dir)
+    print(evaluation.format_table2(results))
+    for a, per_eps in results["crafting"].items():
+        for e, c in per_eps.items():
+            note = " (cached)" if c.get("cached") else ""
+            ips = c.get("images_per_sec")
+            print(f"crafting {a} eps={e}: " + (f"{ips:.1f} images/s{note}" if ips else f"n/a{note}"))
+    print("Wrote " + ", ".join(paths.values()))
+
+
+def run():
+    """Console script ``tf_divtrain-evaluate``."""
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,393 @@
+"""Black-box transfer evaluation (paper §4.1 "Attack Configuration", Table 2).
+
+Adversarial examples are crafted ONCE per (surrogate, attack, eps, test subset, seed) with
+white-box attacks on the surrogate ensemble S (:mod:`tf_divtrain.attacks`), cached on disk as
+``.npy`` and then fed to every target T. Accuracy = argmax of the ensemble's average softmax
+equals the label. The surrogate's own (white-box) accuracy is reported as a sanity row: it should
+be the lowest of all rows.
+
+Cache: ``<cache_dir>/<attack>_eps<eps>_n<N>_<key>.npy`` where ``key`` hashes the surrogate's
+fingerprint (sha256 of its ``saved_model.pb`` and ``variables/variables.index``), the dataset, the
+attack and its options, eps, N, the seed and the batch size (random starts are drawn per batch
+with seed ``[seed, batch_index]``). Files are written atomically (temp file + ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from tf_divtrain import attacks as attacks_lib
+from tf_divtrain import data as data_lib
+from tf_divtrain import export as export_lib
+
+DEFAULT_EPS = {"mnist": (0.1, 0.3), "fashion_mnist": (0.1, 0.3), "cifar10": (0.03, 0.09)}
+SURROGATE_LABEL = "S (white-box)"
+CACHE_VERSION = 1
+log = logging.getLogger(__name__)
+
+
+class EvaluationError(ValueError):
+    """Bad evaluation inputs (mismatched models, bad attack list, missing exports...)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation.
+
+def default_eps(dataset: str) -> Tuple[float, ...]:
+    """The paper's two perturbation sizes: 0.1/0.3 (MNIST-like), 0.03/0.09 (CIFAR-10)."""
+    return DEFAULT_EPS[data_lib.check_dataset_name(dataset)]
+
+
+def check_attacks(names: Sequence[str]) -> Tuple[str, ...]:
+    names = tuple(names)
+    if not names:
+        raise EvaluationError(f"No attacks given; valid names: {', '.join(attacks_lib.ATTACKS)}.")
+    bad = [n for n in names if n not in attacks_lib.ATTACKS]
+    if bad:
+        raise EvaluationError(f"Unknown attack(s) {bad}; valid names: {', '.join(attacks_lib.ATTACKS)}.")
+    if len(set(names)) != len(names):
+        raise EvaluationError(f"Attack list {list(names)} has duplicates.")
+    return names
+
+
+def check_eps_list(eps: Sequence[float]) -> Tuple[float, ...]:
+    eps = tuple(eps)
+    if not eps:
+        raise EvaluationError("No eps given.")
+    out = []
+    for e in eps:
+        try:
+            out.append(attacks_lib.check_eps(e))
+        except ValueError as err:
+            raise EvaluationError(str(err)) from None
+    if len(set(out)) != len(out):
+        raise EvaluationError(f"eps list {list(eps)} has duplicates.")
+    return tuple(out)
+
+
+def parse_targets(spec) -> List[Tuple[str, str]]:
+    """``"T_Base=runs/base,T_Div=runs/div"`` (or a list of such items) -> [(label, dir), ...]."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    out = []
+    for item in items:
+        if isinstance(item, (tuple, list)) and len(item) == 2:
+            item = f"{item[0]}={item[1]}"
+        item = str(item).strip()
+        if not item:
+            continue
+        if "=" not in item:
+            raise EvaluationError(f"Target {item!r} is not LABEL=DIR (e.g. T_Base=runs/base).")
+        label, path = (p.strip() for p in item.split("=", 1))
+        if not label or not path:
+            raise EvaluationError(f"Target {item!r} is not LABEL=DIR (e.g. T_Base=runs/base).")
+        out.append((label, path))
+    if not out:
+        raise EvaluationError("No targets given; pass LABEL=DIR items, e.g. T_Base=runs/base.")
+    labels = [l for l, _ in out]
+    if len(set(labels)) != len(labels) or SURROGATE_LABEL in labels:
+        raise EvaluationError(f"Target labels {labels} must be unique and not {SURROGATE_LABEL!r}.")
+    return out
+
+
+def check_export_dir(path: str, role: str) -> str:
+    """Existing export (out_dir or saved_model dir) -> its saved_model dir; else a clear error."""
+    try:
+        return export_lib.find_export(path)
+    except FileNotFoundError as e:
+        raise EvaluationError(f"{role}: {e}") from None
+
+
+def check_compatible(model, role: str, dataset: str) -> None:
+    """The export's metadata must match the requested dataset and its input shape."""
+    meta = model.metadata
+    shape = data_lib.DATASETS[dataset][0]
+    if meta.get("dataset") != dataset:
+        raise EvaluationError(f"{role} ({model.path}) was trained on {meta.get('dataset')!r}, but the "
+                              f"evaluation dataset is {dataset!r}; pass matching exports or --dataset.")
+    if tuple(meta.get("input_shape", ())) != tuple(shape):
+        raise EvaluationError(f"{role} ({model.path}) takes inputs of shape {meta.get('input_shape')}, "
+                              f"but {dataset} images are {list(shape)}.")
+    if int(meta.get("num_classes", -1)) != data_lib.DATASETS[dataset][1]:
+        raise EvaluationError(f"{role} ({model.path}) has {meta.get('num_classes')} classes, "
+                              f"{dataset} has {data_lib.DATASETS[dataset][1]}.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Crafting with an on-disk cache.
+
+def fingerprint(saved_model_dir: str) -> str:
+    """sha256 (16 hex) of an export's graph and variable index: identifies the surrogate."""
+    h = hashlib.sha256()
+    for rel in ("saved_model.pb", os.path.join("variables", "variables.index")):
+        p = os.path.join(saved_model_dir, rel)
+        h.update(rel.encode())
+        if os.path.isfile(p):
+            with open(p, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def cache_path(cache_dir: str, surrogate_id: str, dataset: str, attack: str, eps: float,
+               num_examples: int, seed: int, batch_size: int, options: Optional[dict] = None) -> str:
+    key = json.dumps({"v": CACHE_VERSION, "surrogate": surrogate_id, "dataset": dataset,
+                      "attack": attack, "eps": float(eps), "n": int(num_examples), "seed": int(seed),
+                      "batch_size": int(batch_size), "options": options or {}}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return os.path.join(cache_dir, f"{attack}_eps{eps:g}_n{num_examples}_{digest}.npy")
+
+
+def _atomic_save(path: str, array: np.ndarray) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}.npy"
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def craft(attack_fn, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
+          desc: str = "", progress: bool = True) -> np.ndarray:
+    """Runs ``attack_fn(x_b, y_b, [seed, b])`` over batches (tqdm bar), returns float32 x_adv."""
+    from tqdm.auto import tqdm
+
+    out = np.empty_like(x, dtype=np.float32)
+    starts = range(0, len(x), batch_size)
+    for b, i in enumerate(tqdm(starts, desc=desc, unit="batch", disable=not progress,
+                               total=len(starts))):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        out[i:i + len(xb)] = attack_fn(xb, yb, tf.constant([seed, b], tf.int64)).numpy()
+    return out
+
+
+def craft_cached(surrogate, surrogate_id: str, dataset: str, attack: str, eps: float,
+                 x: np.ndarray, y: np.ndarray, cache_dir: str, batch_size: int = 250, seed: int = 0,
+                 progress: bool = True, options: Optional[dict] = None) -> Tuple[np.ndarray, dict]:
+    """x_adv for (surrogate, attack, eps, first len(x) test images, seed), from cache if present.
+
+    Returns ``(x_adv, info)`` with info = {seconds, images_per_sec, cached, path}; seconds and
+    images/s describe the original crafting run (stored next to the array as ``.json``) and
+    include the one-off ``tf.function`` trace.
+    """
+    options = dict(options or {})
+    path = cache_path(cache_dir, surrogate_id, dataset, attack, eps, len(x), seed, batch_size, options)
+    meta_path = path[:-4] + ".json"
+    if os.path.isfile(path):
+        try:
+            arr = np.load(path, allow_pickle=False)
+            if arr.shape == x.shape and arr.dtype == np.float32:
+                info = {}
+                if os.path.isfile(meta_path):
+                    with open(meta_path) as f:
+                        info = json.load(f)
+                info.update(cached=True, path=path)
+                return arr, info
+        except (OSError, ValueError):
+            pass  # unreadable / truncated: recompute and overwrite
+    attack_fn = attacks_lib.make_attack(attack, surrogate, eps, **options)
+    t0 = time.perf_counter()
+    x_adv = craft(attack_fn, x, y, batch_size, seed,
+                  desc=f"{attacks_lib.DISPLAY_NAMES[attack]} eps={eps:g}", progress=progress)
+    seconds = time.perf_counter() - t0  # includes the one-off trace
+    info = {"seconds": seconds, "images_per_sec": len(x) / max(seconds, 1e-9),
+            "num_examples": len(x), "batch_size": batch_size}
+    _atomic_save(path, x_adv)
+    tmp = f"{meta_path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(info, f)
+    os.replace(tmp, meta_path)
+    info.update(cached=False, path=path)
+    return x_adv, info
+
+
+def accuracy(model, x: np.ndarray, y: np.ndarray, batch_size: int = 500) -> float:
+    """Fraction of argmax(average member softmax) == y (the ensemble's prediction, §4.1)."""
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        p = model.probabilities(tf.convert_to_tensor(x[i:i + batch_size], tf.float32))
+        correct += int(np.sum(np.argmax(np.asarray(p), axis=-1) == y[i:i + batch_size]))
+    return correct / len(x)
+
+
+def eps_key(eps: float) -> str:
+    return f"{eps:g}"
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole evaluation.
+
+def evaluate(surrogate_dir: str, targets, dataset: Optional[str] = None,
+             data_dir: Optional[str] = None, eps: Optional[Sequence[float]] = None,
+             attacks: Sequence[str] = attacks_lib.ATTACKS, num_examples: int = 1000,
+             batch_size: int = 250, seed: int = 0, cache_dir: Optional[str] = None,
+             progress: bool = True, attack_options: Optional[Dict[str, dict]] = None) -> dict:
+    """Table-2 evaluation: crafts on the surrogate, scores every target. Returns the results dict.
+
+    ``targets``: [(label, dir)] or a ``"LABEL=DIR,..."`` string. ``dataset`` None -> the
+    surrogate's. Everything is validated (names, eps, paths, dataset / input shape of every export)
+    before any data is loaded or any attack runs.
+    """
+    # --- validation, cheapest first ---
+    attacks = check_attacks(attacks)
+    if eps is not None:
+        eps = check_eps_list(eps)
+    if dataset is not None:
+        data_lib.check_dataset_name(dataset)
+    if num_examples < 1:
+        raise EvaluationError(f"num_examples={num_examples} must be >= 1.")
+    if batch_size < 1:
+        raise EvaluationError(f"batch_size={batch_size} must be >= 1.")
+    targets = parse_targets(targets)
+    sur_sm = check_export_dir(surrogate_dir, "surrogate")
+    tgt_sm = [(label, check_export_dir(path, f"target {label}")) for label, path in targets]
+    surrogate = export_lib.load_ensemble(sur_sm)
+    if dataset is None:
+        dataset = data_lib.check_dataset_name(surrogate.dataset)
+    eps = check_eps_list(default_eps(dataset) if eps is None else eps)
+    check_compatible(surrogate, "surrogate", dataset)
+    target_models = []
+    for label, sm in tgt_sm:
+        if os.path.realpath(sm) == os.path.realpath(sur_sm):
+            log.warning("Target %s is the surrogate itself (%s): its row is a white-box, not a "
+                        "black-box (transfer) result.", label, sm)
+        m = export_lib.load_ensemble(sm)
+        check_compatible(m, f"target {label}", dataset)
+        target_models.append((label, m))
+    attack_options = attack_options or {}
+    for a in attack_options:
+        check_attacks([a])
+
+    ds = data_lib.load_dataset(dataset, data_dir, test_size=num_examples)
+    x, y = ds.x_test, ds.y_test
+    sur_id = fingerprint(sur_sm)
+    cache_dir = cache_dir or os.path.join("adv_cache")
+
+    rows = [{"label": label, "role": "target", "path": m.path, "metadata": m.metadata,
+             "clean": accuracy(m, x, y, batch_size), "attacks": {a: {} for a in attacks}}
+            for label, m in target_models]
+    rows.append({"label": SURROGATE_LABEL, "role": "surrogate", "path": surrogate.path,
+                 "metadata": surrogate.metadata, "clean": accuracy(surrogate, x, y, batch_size),
+                 "attacks": {a: {} for a in attacks}})
+    crafting = {a: {} for a in attacks}
+    models_by_row = [m for _, m in target_models] + [surrogate]
+    for a in attacks:
+        for e in eps:
+            x_adv, info = craft_cached(surrogate, sur_id, dataset, a, e, x, y, cache_dir, batch_size,
+                                       seed, progress, attack_options.get(a))
+            crafting[a][eps_key(e)] = {k: info.get(k) for k in
+                                       ("seconds", "images_per_sec", "cached", "path")}
+            for row, m in zip(rows, models_by_row):
+                row["attacks"][a][eps_key(e)] = accuracy(m, x_adv, y, batch_size)
+
+    return {
+        "dataset": dataset, "data_path": ds.path, "num_examples": int(len(x)), "seed": int(seed),
+        "batch_size": int(batch_size), "eps": list(eps), "attacks": list(attacks),
+        "attack_options": attack_options,
+        "surrogate": {"path": surrogate.path, "fingerprint": sur_id, "metadata": surrogate.metadata},
+        "rows": rows, "crafting": crafting, "cache_dir": os.path.abspath(cache_dir),
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"tensorflow": tf.__version__, "numpy": np.__version__},
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Reports.
+
+def _pct(v: float) -> str:
+    return f"{100.0 * v:.1f}"
+
+
+def format_table2(results: dict) -> str:
+    """Markdown in Table 2's layout: cells "acc@eps1 / acc@eps2" (%), lowest per eps in bold."""
+    attacks, eps = results["attacks"], [eps_key(e) for e in results["eps"]]
+    head = ["TARGET", "CLEAN"] + [attacks_lib.DISPLAY_NAMES[a].upper() for a in attacks]
+    lines = [f"Accuracy (%) on {results['dataset']}, first {results['num_examples']} test images, "
+             f"eps = {' / '.join(eps)}; adversarial examples crafted on the surrogate "
+             f"`{results['surrogate']['path']}`. Bold: most successful attack per eps.", "",
+             "| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    for row in results["rows"]:
+        best = {e: min(row["attacks"][a][e] for a in attacks) for e in eps}
+        cells = []
+        for a in attacks:
+            parts = []
+            for e in eps:
+                v = row["attacks"][a][e]
+                s = _pct(v)
+                parts.append(f"**{s}**" if _pct(best[e]) == s else s)
+            cells.append(" / ".join(parts))
+        label = row["label"] if row["role"] == "target" else f"*{row['label']}*"
+        lines.append("| " + " | ".join([label, _pct(row["clean"])] + cells) + " |")
+    lines += ["", f"*{SURROGATE_LABEL}*: the surrogate attacked white-box (sanity row, not a target)."]
+    return "\n".join(lines) + "\n"
+
+
+def _csv_text(results: dict) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["label", "role", "attack", "eps", "accuracy", "craft_seconds", "images_per_sec"])
+    for row in results["rows"]:
+        w.writerow([row["label"], row["role"], "clean", "", f"{row['clean']:.6f}", "", ""])
+        for a in results["attacks"]:
+            for e in (eps_key(v) for v in results["eps"]):
+                c = results["crafting"][a][e]
+                sec = "" if c.get("seconds") is None else f"{c['seconds']:.3f}"
+                ips = "" if c.get("images_per_sec") is None else f"{c['images_per_sec']:.2f}"
+                w.writerow([row["label"], row["role"], a, e, f"{row['attacks'][a][e]:.6f}", sec, ips])
+    return buf.getvalue()
+
+
+def plot(results: dict, path: str) -> str:
+    """PNG: accuracy vs attack (clean first), one line per row, one panel per eps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    eps = [eps_key(e) for e in results["eps"]]
+    names = ["CLEAN"] + [attacks_lib.DISPLAY_NAMES[a] for a in results["attacks"]]
+    fig, axes = plt.subplots(1, len(eps), figsize=(5.5 * len(eps), 4), squeeze=False)
+    for ax, e in zip(axes[0], eps):
+        for row in results["rows"]:
+            vals = [row["clean"]] + [row["attacks"][a][e] for a in results["attacks"]]
+            style = "--" if row["role"] == "surrogate" else "-"
+            ax.plot(names, [100 * v for v in vals], style, marker="o", label=row["label"])
+        ax.set_title(f"{results['dataset']}, eps = {e}")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.tick_params(axis="x", labelrotation=30)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_reports(results: dict, out_dir: str) -> Dict[str, str]:
+    """Writes results.json, results.csv, table2.md and accuracy.png into ``out_dir``."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {k: os.path.join(out_dir, n) for k, n in
+             (("json", "results.json"), ("csv", "results.csv"), ("table", "table2.md"),
+              ("plot", "accuracy.png"))}
+    _write_text(paths["json"], json.dumps(results, indent=2, sort_keys=True) + "\n")
+    _write_text(paths["csv"], _csv_text(results))
+    _write_text(paths["table"], format_table2(results))
+    plot(results, paths["plot"])
+    return paths
