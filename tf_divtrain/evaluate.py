@@ -1,6 +1,6 @@
 """CLI: black-box transfer evaluation, the paper's Table 2 (§4.1 "Attack Configuration").
 
-    python -m tf_divtrain.evaluate --flagfile=flags/evaluate_mnist.cfg \
+    python -m tf_divtrain.evaluate --flagfile=flags/evaluate_mnist_conv3.cfg \
         --surrogate_dir=runs/surrogate --targets=T_Base=runs/base,T_Div=runs/div --out_dir=eval/mnist
 
 Crafts every (attack, eps) once on the surrogate (cached under --cache_dir), scores every target
