@@ -1,0 +1,94 @@
+"""CLI: coherence histograms, GAAS, member transferability and a white-box check (issue 5).
+
+Example::
+
+    python -m tf_divtrain.analyze --dataset=cifar10 --num_examples=500 \\
+        --ensembles=T_Base=runs/base,T_Div=runs/div --out_dir=runs/analysis
+
+Writes ``<out_dir>/analysis.json`` (all numbers), ``coherence_hist.png``, ``gaas.png`` and
+``transfer_<label>.png``; prints a summary. The library functions are in
+:mod:`tf_divtrain.analysis`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("ensembles", None, "Comma list LABEL=DIR; DIR = a training out_dir or a "
+                    "saved_model dir (e.g. T_Base=runs/base,T_Div=runs/div).")
+flags.DEFINE_string("dataset", "mnist", "mnist, fashion_mnist or cifar10 (must match the exports).")
+flags.DEFINE_string("data_dir", None, "Folder with <dataset>.npz; None -> $TF_DIVTRAIN_DATA.")
+flags.DEFINE_integer("num_examples", 500, "Test subset size (the first N test images).")
+flags.DEFINE_integer("gaas_num_examples", 0, "GAAS uses the first N of the test subset (0 = all).")
+flags.DEFINE_integer("transfer_num_examples", 0, "Transfer matrix (and, unless "
+                     "--whitebox_num_examples is set, the white-box check) use the first N (0 = all).")
+flags.DEFINE_integer("whitebox_num_examples", 0, "White-box check uses the first N (0 = "
+                     "--transfer_num_examples, or all).")
+flags.DEFINE_list("gaas_k", ["4", "16", "36", "64"], "GAAS orders k (regular Hadamard orders: "
+                  "4, 16, 36, 64, 144, ...).")
+flags.DEFINE_list("gaas_eps", None, "GAAS epsilons; default 0.1,0.2,0.3 (MNIST-like), "
+                  "0.03,0.06,0.09 (CIFAR-10).")
+flags.DEFINE_enum("gaas_blocks", "balanced", ["balanced", "contiguous"],
+                  "How input dims are split into the k GAAS blocks (see analysis.block_assignment).")
+flags.DEFINE_float("transfer_eps", None, "Epsilon of the member-to-member PGD; default 0.3 "
+                   "(MNIST-like) / 0.09 (CIFAR-10).")
+flags.DEFINE_integer("transfer_iters", 20, "PGD iterations for the transferability matrix.")
+flags.DEFINE_list("whitebox_eps", None, "White-box PGD epsilons; default 0.1,0.3 / 0.03,0.09.")
+flags.DEFINE_integer("whitebox_iters", 40, "White-box PGD iterations (step 2.5 eps / iters).")
+flags.DEFINE_list("analyses", ["coherence", "gaas", "transfer", "whitebox"],
+                  "Subset of coherence,gaas,transfer,whitebox.")
+flags.DEFINE_integer("batch_size", 100, "Batch size of every forward/backward pass.")
+flags.DEFINE_integer("seed", 0, "Seed of the PGD random starts.")
+flags.DEFINE_string("out_dir", "runs/analysis", "Where analysis.json and the PNGs go.")
+
+
+def main(argv):
+    del argv
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from tf_divtrain import analysis
+
+    if not FLAGS.ensembles:
+        raise app.UsageError("--ensembles is required, e.g. --ensembles=T_Base=runs/base,T_Div=runs/div")
+    try:
+        report = analysis.run_analysis(
+            analysis.parse_ensembles(FLAGS.ensembles), FLAGS.dataset, FLAGS.out_dir,
+            data_dir=FLAGS.data_dir, num_examples=FLAGS.num_examples, analyses=FLAGS.analyses,
+            gaas_k=FLAGS.gaas_k, gaas_eps=FLAGS.gaas_eps, transfer_eps=FLAGS.transfer_eps,
+            transfer_iters=FLAGS.transfer_iters, whitebox_eps=FLAGS.whitebox_eps,
+            whitebox_iters=FLAGS.whitebox_iters, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
+            gaas_blocks=FLAGS.gaas_blocks, gaas_num_examples=FLAGS.gaas_num_examples,
+            transfer_num_examples=FLAGS.transfer_num_examples,
+            whitebox_num_examples=FLAGS.whitebox_num_examples)
+    except (analysis.AnalysisError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("\n== summary ==")
+    for label, e in report["ensembles"].items():
+        line = f"{label}: {e['num_members']} members, clean acc {e['clean_accuracy']:.3f}"
+        if "coherence" in e:
+            line += f", coherence median {e['coherence']['median']:.3f}"
+        if "transfer" in e and e["transfer"]["mean_off_diagonal"] is not None:
+            line += f", member transfer {e['transfer']['mean_off_diagonal']:.3f}"
+        if "whitebox" in e:
+            line += ", white-box acc " + "/".join(
+                f"{a:.3f}" for a in e["whitebox"]["adversarial_accuracy"].values())
+        print(line)
+    for w in report["warnings"]:
+        print(w)
+    print(f"wrote {report['files']['analysis_json']}")
+    return 0
+
+
+def run():
+    """Console-script entry point (tf_divtrain-analyze)."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
