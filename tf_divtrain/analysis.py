@@ -557,8 +557,8 @@ def plot_gaas(gaas: Mapping[str, dict], path: str, title: str = "") -> str:
         for e in res["results"]:
             if e not in eps_keys:
                 eps_keys.append(e)
-    fig, axes = plt.subplots(1, max(len(eps_keys), 1), figsize=(4 * max(len(eps_keys), 1), 3.6),
-                             squeeze=False)
+    n = max(len(eps_keys), 1)
+    fig, axes = plt.subplots(1, n, figsize=(max(4 * n, 7), 3.8), squeeze=False)
     for ax, e in zip(axes[0], eps_keys):
         for label, res in gaas.items():
             per_k = res["results"].get(e, {})
@@ -570,7 +570,10 @@ def plot_gaas(gaas: Mapping[str, dict], path: str, title: str = "") -> str:
         ax.set_title(f"eps = {e}")
         ax.set_ylim(-0.03, 1.03)
         ax.legend()
-    fig.suptitle(title or "Gradient aligned adversarial subspace (GAAS)")
+    import textwrap
+
+    fig.suptitle("\n".join(textwrap.wrap(title or "Gradient aligned adversarial subspace (GAAS)",
+                                         width=int(16 * max(4 * n, 7)))))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

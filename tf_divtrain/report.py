@@ -331,7 +331,7 @@ def build_report(preset: str, results_dir: str) -> str:
         lines += _reductions(row, w, results, analysis) + [""]
         lines += ["### Training runs", ""] + _training_table(w) + [""]
         lines += ["GAL / coherence / mean cosine: input-gradient statistics of the members on the "
-                  "first 500 test images after training (inference mode).", ""]
+                  "first min(500, eval_examples) test images after training (inference mode).", ""]
         if results:
             lines += ["### Table 2 row: accuracy (%) under transfer attacks, ours next to the paper's",
                       "", f"eps = {' / '.join(_eps_key(e) for e in results['eps'])}; attacks crafted on "
