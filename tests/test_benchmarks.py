@@ -1,0 +1,167 @@
+"""The benchmark script cannot rot: `bench.py --quick` runs and reports every section.
+
+No timing thresholds here -- speed targets belong to the benchmark's figures, not to tests.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_BENCH = os.path.join(_REPO, "benchmarks", "bench.py")
+
+
+def _positive_finite(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def test_bench_quick_writes_every_section(data_dir, tmp_path):
+    out, md = tmp_path / "results.json", tmp_path / "RESULTS.md"
+    env = dict(os.environ, TF_DIVTRAIN_DATA=data_dir, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, _BENCH, "--quick", f"--out={out}", f"--md={md}"],
+                          cwd=_REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert "GAL / plain" in md.read_text()
+
+    assert res["settings"]["quick"] is True
+    assert res["machine"]["tensorflow"] == tf.__version__
+    assert res["machine"]["cpu_model"] and res["machine"]["logical_cores"] >= 1
+    assert _positive_finite(res["peak_rss_mb"])
+
+    mm = res["matmul"]
+    for k in ("attainable_flops_per_s", "median_s", "flops_per_call"):
+        assert _positive_finite(mm[k]), k
+
+    tr = res["train_conv3"]
+    assert _positive_finite(tr["forward_flops_per_image_per_member"])
+    for mode in ("plain", "gal"):
+        for k in ("median_step_s", "first_call_s", "images_per_s", "flops_per_step",
+                  "achieved_flops_per_s", "fraction_of_attainable"):
+            assert _positive_finite(tr[mode][k]), (mode, k)
+    assert _positive_finite(tr["gal_over_plain_time"])
+    assert _positive_finite(tr["gal_over_plain_time_paired"])
+    assert "skipped" in res["train_resnet20"]
+
+    for name in ("ifgsm", "pgd_cw"):
+        a = res["attacks"][name]
+        for k in ("first_batch_s", "later_batches_median_s", "images_per_s", "achieved_flops_per_s",
+                  "fraction_of_attainable"):
+            assert _positive_finite(a[k]), (name, k)
+        assert a["tracing_count"] == 1, "the attack retraced"
+
+    ex = res["export"]
+    for k in ("export_median_s", "load_median_s", "size_bytes", "parameters"):
+        assert _positive_finite(ex[k]), k
+    assert ex["size_bytes"] >= ex["float32_weight_bytes"]  # every weight is on disk
+    assert _positive_finite(res["data_pipeline"]["batches_per_s"])
+    for k in ("gal_over_plain", "gal_fraction"):
+        assert _positive_finite(res["targets"][k]), k
+
+
+def test_conv3_flop_model():
+    """The analytic FLOP count of Conv-3 on MNIST, by hand from Table 1 ('valid' 3x3 convs)."""
+    sys.path.insert(0, os.path.join(_REPO, "benchmarks"))
+    try:
+        import bench
+    finally:
+        sys.path.pop(0)
+    from tf_divtrain import models
+
+    f = bench.model_flops(models.conv3((28, 28, 1)))
+    conv = 2 * (26 * 26 * 9 * 1 * 32 + 24 * 24 * 9 * 32 * 64 + 10 * 10 * 9 * 64 * 128)
+    dense = 2 * (5 * 5 * 128 * 1024 + 1024 * 10)
+    assert f == {"conv": conv, "dense": dense, "forward": conv + dense}
+
+
+def _fast_gal():
+    sys.path.insert(0, os.path.join(_REPO, "benchmarks"))
+    try:
+        import fast_gal
+    finally:
+        sys.path.pop(0)
+    return fast_gal
+
+
+def _compare_stacked(x, y, members, strict):
+    """Reference vs stacked: input grads, outputs, GAL, loss and parameter gradients.
+
+    ``strict``: every element within float tolerance. Otherwise (real images with blank
+    regions) max-pool windows hold exact/near ties, where round-off of a different conv algorithm
+    may pick another (equally valid) max-pool subgradient; then a tiny fraction of input-gradient
+    elements may differ, and the rest must match.
+    """
+    from tf_divtrain import gal, training
+
+    fast_gal = _fast_gal()
+    variables = [v for m in members for v in m.trainable_variables]
+
+    def run(objective):
+        with tf.GradientTape() as tape:
+            out = objective(members, x, y, "div", 0.5)
+            loss = tf.reduce_mean(out["loss"])
+        return out, tape.gradient(loss, variables)
+
+    ref, ref_g = tf.function(lambda: run(training.per_example_objective))()
+    new, new_g = tf.function(lambda: run(fast_gal.per_example_objective))()
+    rg = tf.function(lambda: gal.member_input_gradients(members, x, y)[0])().numpy()
+    ng = tf.function(lambda: fast_gal.member_input_gradients(members, x, y)[0])().numpy()
+    scale = np.abs(rg).max(axis=-1, keepdims=True) + 1e-12
+    close = np.abs(ng - rg) <= 1e-4 * scale + 1e-4 * np.abs(rg)
+    if strict:
+        assert close.all(), f"{(~close).sum()} input-gradient elements differ"
+    else:
+        assert close.mean() > 0.995, f"{(~close).mean():.4%} input-gradient elements differ"
+    # relative error of each (example, member) gradient vector
+    rel = np.linalg.norm(ng - rg, axis=-1) / (np.linalg.norm(rg, axis=-1) + 1e-12)
+    assert np.median(rel) < 1e-4 and rel.max() < (1e-4 if strict else 0.1), rel.max()
+    for k in ("logits", "ce"):
+        np.testing.assert_allclose(new[k].numpy(), ref[k].numpy(), rtol=1e-4, atol=1e-5, err_msg=k)
+    tol = 1e-4 if strict else 2e-3
+    for k in ("gal", "coherence", "loss"):
+        np.testing.assert_allclose(new[k].numpy(), ref[k].numpy(), rtol=tol, atol=tol, err_msg=k)
+    assert float(tf.reduce_max(ref["gal"]) - tf.reduce_min(ref["gal"])) > 0  # non-trivial
+    for v, a, b in zip(variables, ref_g, new_g):
+        a, b = a.numpy(), b.numpy()
+        err = np.linalg.norm(b - a) / (np.linalg.norm(a) + 1e-12)
+        assert err < (1e-4 if strict else 1e-2), (v.path, err)
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3)])
+def test_stacked_gal_matches_reference_strict(shape):
+    """benchmarks/fast_gal.py (the members as one grouped-conv network) == gal.py's path, element
+    by element, on inputs without max-pool ties (uniform noise)."""
+    from tf_divtrain import models
+
+    fast_gal = _fast_gal()
+    x = tf.random.stateless_uniform((24,) + shape, [3, 4])
+    y = tf.random.stateless_uniform([24], [5, 6], 0, 10, dtype=tf.int64)
+    ens = models.build_ensemble("conv3", shape, 10, 3, seed=1)
+    assert fast_gal.supports(ens.members)
+    assert not fast_gal.supports(models.build_ensemble("resnet20", (32, 32, 3), 10, 2).members)
+    _compare_stacked(x, y, ens.members, strict=True)
+    # the per-member-tape A/B variant is the same computation too
+    from tf_divtrain import gal
+
+    rg, rl, rc = gal.member_input_gradients(ens.members, x, y)
+    sg, sl, sc = fast_gal.separate_member_input_gradients(ens.members, x, y)
+    np.testing.assert_allclose(sg.numpy(), rg.numpy(), rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(sc.numpy(), rc.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_stacked_gal_matches_reference_real_data(data_dir, dataset="mnist"):
+    """Same on real (aug + noise) batches of 5 x Conv-3, allowing for max-pool ties."""
+    from tf_divtrain import data, models
+
+    ds = data.load_dataset(dataset, data_dir, train_size=64, test_size=1)
+    x = tf.constant(ds.x_train[:32])
+    x = tf.concat([x[:16], data.add_noise(x[16:], 0.3, tf.constant([1, 2], tf.int64))], 0)
+    y = tf.constant(ds.y_train[:32])
+    ens = models.build_ensemble("conv3", ds.input_shape, 10, 5, seed=1)
+    _compare_stacked(x, y, ens.members, strict=False)
