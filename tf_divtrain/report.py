@@ -19,12 +19,14 @@ from typing import Dict, List, Optional
 
 from absl import app, flags
 
+from tf_divtrain import attacks as attacks_lib
+from tf_divtrain.evaluation import eps_key as _eps_key
+
 ROLES = (("surrogate", "S"), ("static", "static"), ("base", "T_Base"), ("div", "T_Div"),
          ("ens", "T_Ens"), ("ensdiv", "T_Ens+Div"))
 TARGETS = ("T_Base", "T_Div", "T_Ens", "T_Ens+Div")
-ATTACK_ORDER = ("fgsm", "rfgsm", "ifgsm", "mifgsm", "pgd_cw")
-ATTACK_NAMES = {"fgsm": "FGSM", "rfgsm": "R-FGSM", "ifgsm": "I-FGSM", "mifgsm": "MI-FGSM",
-                "pgd_cw": "PGD-CW"}
+ATTACK_ORDER = attacks_lib.ATTACKS  # Table 2's column order
+ATTACK_NAMES = attacks_lib.DISPLAY_NAMES
 ROWS = {"mnist_conv3": "CONV-3 (MNIST)", "cifar10_conv4": "CONV-4 (CIFAR-10)",
         "cifar10_resnet20": "RESNET-20 (CIFAR-10)", "cifar10_mix": "MIX (CIFAR-10)"}
 
@@ -69,10 +71,6 @@ def _load(path: str) -> Optional[dict]:
 
 def _pct(v) -> str:
     return "—" if v is None else f"{100.0 * v:.1f}"
-
-
-def _eps_key(e) -> str:
-    return f"{float(e):g}"
 
 
 def _target_rows(results: dict) -> Dict[str, dict]:
