@@ -20,9 +20,10 @@ Presets:
              Meant for a GPU machine: days of CPU time.
   cpu        The MNIST Conv-3 row with the paper's architecture, attacks, eps (0.1/0.3), lambda,
              noise and ensemble size, scaled to finish within ~90 minutes on a 2-core CPU:
-             every model trains CPU_STEPS (default 500) steps of batch 128 instead of 10 epochs,
-             attacks and analyses use the first 1,000 / 500 / 200 test images. The report lists
-             every reduction.
+             every model trains CPU_STEPS (default 500) steps of batch 128 instead of 10 epochs;
+             transfer attacks use the first 1,000 test images; coherence 500, GAAS, member
+             transferability and white-box PGD 100 (PGD with 10 / 20 iterations). The report
+             lists every reduction.
   smoke      Every stage on tiny settings (3 members, a few steps, 100 test images): a few
              minutes; used by the test suite to prove the script works end to end.
 
@@ -125,12 +126,12 @@ case "$PRESET" in
     STEPS="${CPU_STEPS:-500}"
     run_row mnist_conv3 "--max_steps=$STEPS --log_every=50" \
       "--dataset=mnist --num_examples=1000" \
-      "--dataset=mnist --num_examples=500 --gaas_num_examples=200 --transfer_num_examples=200"
+      "--dataset=mnist --num_examples=500 --gaas_num_examples=100 --transfer_num_examples=100 --transfer_iters=10 --whitebox_iters=20"
     ;;
   smoke)
     run_row mnist_conv3 "--max_steps=4 --batch_size=32 --ensemble_size=3 --train_examples=2000 --eval_examples=100 --log_every=2" \
-      "--dataset=mnist --num_examples=100 --batch_size=50" \
-      "--dataset=mnist --num_examples=50 --gaas_k=4,16 --batch_size=50"
+      "--dataset=mnist --num_examples=100 --batch_size=50 --attacks=fgsm,rfgsm,ifgsm,mifgsm,pgd_cw" \
+      "--dataset=mnist --num_examples=50 --gaas_k=4,16 --gaas_eps=0.3 --batch_size=50 --transfer_iters=3 --whitebox_iters=3"
     ;;
 esac
 
