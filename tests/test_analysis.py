@@ -180,6 +180,9 @@ def test_whitebox_flags_gradient_masking_only_when_masked(trained_models, test_s
     assert wb["clean_accuracy"] > 0.6
     assert wb["adversarial_accuracy"]["0.3"] < 0.5 * wb["clean_accuracy"]
     assert wb["gradient_masking_suspected"] is False and "warning" not in wb
+    for e in ("0.1", "0.3"):  # worst case = the stronger of the two PGD objectives
+        assert wb["worst_case_accuracy"][e] == min(wb["adversarial_accuracy"][e],
+                                                   wb["adversarial_accuracy_prediction_ce"][e])
     masked = analysis.whitebox_check(_MaskedEnsemble(list(trained_models)), x[:32], y[:32], [0.3],
                                      nb_iter=8, batch_size=32)
     assert masked["gradient_masking_suspected"] is True
@@ -287,3 +290,12 @@ def test_cli_reports_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "k=25" in err and "4, 16, 36, 64" in err
     assert callable(analyze.run)
+
+
+def test_ensemble_log_prediction_matches_numpy():
+    z = np.random.RandomState(3).randn(4, 5, 10) * 20.0
+    p = np.exp(z - z.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    expected = np.log(p.mean(1))
+    got = analysis.ensemble_log_prediction(tf.constant(z)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
