@@ -295,6 +295,9 @@ def _stage_table(results_dir: str) -> List[str]:
         return []
     with open(path) as f:
         rows = [l.rstrip("\n").split("\t") for l in f][1:]
+    # A stage re-run after its outputs were removed appears twice: report its latest run.
+    latest = {r[0]: r for r in rows}
+    rows = [r for r in rows if latest[r[0]] is r]
     out = ["| stage | seconds | status | command |", "|---|---|---|---|"]
     total = 0
     for name, secs, status, cmd in rows:
