@@ -373,9 +373,15 @@ def build_report(preset: str, results_dir: str) -> str:
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("preset", "cpu", "Preset name (for the title).")
-flags.DEFINE_string("results_dir", None, "results/<preset> directory written by run_all.sh.")
-flags.mark_flag_as_required("results_dir")
+
+
+def define_flags(fv=FLAGS):
+    """Defined by ``run()``, not at import: importing this module must not add required flags to
+    a process that parses its own (tests, notebooks, other CLIs)."""
+    flags.DEFINE_string("preset", "cpu", "Preset name (for the title).", flag_values=fv)
+    flags.DEFINE_string("results_dir", None, "results/<preset> directory written by run_all.sh.",
+                        flag_values=fv)
+    flags.mark_flag_as_required("results_dir", flag_values=fv)
 
 
 def main(argv):
@@ -393,6 +399,7 @@ def main(argv):
 
 
 def run():
+    define_flags()
     app.run(main)
 
 
