@@ -94,6 +94,9 @@ run_row() {
       stage "train_${row}_${role}" "$w/$role/metrics.json" \
         "$PY" -m tf_divtrain.train --flagfile="flags/${row}_${role}.cfg" \
         --out_dir="$w/$role" $static_flag --progress=true $extra
+      # Keep the small per-run JSON with the results (work/ holds weights and is git-ignored).
+      mkdir -p "$RES/$row/train/$role"
+      cp "$w/$role/metrics.json" "$w/$role/config.json" "$RES/$row/train/$role/"
     done
   fi
   if want evaluate; then

@@ -160,11 +160,19 @@ def ordering_checks(results: dict, analysis: Optional[dict]) -> List[str]:
     return out
 
 
+def _run_metrics(work: str, role: str) -> Optional[dict]:
+    """metrics.json of a training run: work/<row>/<role>/ or its committed copy <row>/train/<role>/."""
+    row = os.path.basename(work.rstrip("/"))
+    results_dir = os.path.dirname(os.path.dirname(work.rstrip("/")))
+    return (_load(os.path.join(work, role, "metrics.json"))
+            or _load(os.path.join(results_dir, row, "train", role, "metrics.json")))
+
+
 def _training_table(work: str) -> List[str]:
     lines = ["| model | mode | members | steps | batch | clean acc (ensemble) | members' clean acc | "
              "GAL | coherence | mean cosine | img/s | train s |", "|" + "---|" * 12]
     for role, label in ROLES:
-        m = _load(os.path.join(work, role, "metrics.json"))
+        m = _run_metrics(work, role)
         if not m:
             continue
         c, g = m["config"], m.get("test_gradient_stats") or {}
@@ -179,8 +187,7 @@ def _training_table(work: str) -> List[str]:
 
 def _reductions(row: str, work: str, results: Optional[dict], analysis: Optional[dict]) -> List[str]:
     out = []
-    m = next((_load(os.path.join(work, r, "metrics.json")) for r in ("base", "div", "surrogate")
-              if os.path.isfile(os.path.join(work, r, "metrics.json"))), None)
+    m = next((mm for mm in (_run_metrics(work, r) for r in ("base", "div", "surrogate")) if mm), None)
     if m:
         c = m["config"]
         n_train = 60000 if c["dataset"] != "cifar10" else 50000
@@ -339,7 +346,7 @@ def build_report(preset: str, results_dir: str) -> str:
         w = os.path.join(work, row)
         results = _load(os.path.join(results_dir, row, "eval", "results.json"))
         analysis = _load(os.path.join(results_dir, row, "analysis", "analysis.json"))
-        if not os.path.isdir(w) and results is None:
+        if _run_metrics(w, "base") is None and results is None:
             continue
         lines += [f"## {ROWS[row]}", "", "### Reductions against the paper", ""]
         lines += _reductions(row, w, results, analysis) + [""]
@@ -356,7 +363,7 @@ def build_report(preset: str, results_dir: str) -> str:
             if cr:
                 lines += ["Crafting speed on the surrogate: " + "; ".join(
                     f"{ATTACK_NAMES.get(a, a)}@{e}: {v['images_per_sec']:.0f} img/s"
-                    + (" (cached)" if v.get("cached") else "")
+                    + (" (first crafting run; reused from the cache here)" if v.get("cached") else "")
                     for a, per in cr.items() for e, v in per.items() if v.get("images_per_sec")) + ".", ""]
         lines += ["### Do the paper's orderings hold?", ""]
         checks = ordering_checks(results, analysis) if results else []
