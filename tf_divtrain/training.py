@@ -32,6 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_divtrain import attacks as attacks_lib
 from tf_divtrain import data as data_lib
 from tf_divtrain import export as export_lib
 from tf_divtrain import gal as gal_lib
@@ -150,10 +151,7 @@ def per_example_objective(members, x, y, mode: str, gal_lambda: float, training:
 def fgsm_random_eps(logits_fn: Callable, x, y, max_eps: float, seed):
     """D_adv: FGSM (Eq 2) on ``logits_fn`` (mean member CE), per-example eps ~ |N(0, max_eps/2)|
     truncated at 2 sigma (Kurakin et al. 2016, as in paper §4.2); result clipped to [0, 1]."""
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        loss = tf.reduce_sum(tf.reduce_mean(gal_lib.member_cross_entropy(logits_fn(x), y), axis=-1))
-    grad = tape.gradient(loss, x)
+    grad = attacks_lib.input_gradient(logits_fn, attacks_lib.ensemble_ce, x, y)
     eps = tf.abs(tf.random.stateless_truncated_normal(tf.shape(x)[:1], seed, stddev=max_eps / 2.0))
     eps = tf.reshape(eps, [-1, 1, 1, 1])
     return tf.stop_gradient(tf.clip_by_value(x + eps * tf.sign(grad), 0.0, 1.0))
