@@ -127,3 +127,22 @@ def test_precision_setting_errors_and_auto(monkeypatch):
     assert precision.resolve("float32") == "float32"
     with pytest.raises(ValueError, match="Unknown precision"):
         export.load_ensemble(os.devnull, precision="int8")
+
+
+def test_evaluate_crafts_in_the_asked_precision_and_scores_in_float32(tmp_path, data_dir):
+    from tf_divtrain import evaluation
+
+    meta = {"dataset": "mnist", "input_shape": [28, 28, 1], "num_classes": 10}
+    sur = export.export_ensemble(models.build_ensemble("conv3", (28, 28, 1), 10, 2, seed=4),
+                                 str(tmp_path / "sur"), dict(meta, models=["conv3", "conv3"]))
+    tgt = export.export_ensemble(models.build_ensemble("conv3", (28, 28, 1), 10, 2, seed=6),
+                                 str(tmp_path / "tgt"), dict(meta))  # no 'models': float32 only
+    kw = dict(data_dir=data_dir, attacks=["fgsm"], eps=[0.3], num_examples=32, batch_size=32,
+              cache_dir=str(tmp_path / "cache"), progress=False)
+    r32 = evaluation.evaluate(sur, [("T", tgt)], **kw)
+    r16 = evaluation.evaluate(sur, [("T", tgt)], precision="mixed_bfloat16", **kw)
+    assert (r32["crafting_precision"], r16["crafting_precision"]) == ("float32", "mixed_bfloat16")
+    assert r16["rows"][0]["clean"] == r32["rows"][0]["clean"]  # targets scored in float32 both times
+    assert len(os.listdir(tmp_path / "cache")) == 2  # the two precisions' examples are cached apart
+    with pytest.raises(ValueError, match="does not name its members"):
+        export.load_ensemble(tgt, precision="mixed_bfloat16")

@@ -694,8 +694,13 @@ def _to_list(v, cast):
     return [cast(s) for s in v]
 
 
-def load_targets(ensembles: Mapping[str, object], dataset: str) -> Dict[str, object]:
-    """Resolves {label: dir or ensemble object}; every dir is checked before any is loaded."""
+def load_targets(ensembles: Mapping[str, object], dataset: str,
+                 precision: str = "float32") -> Dict[str, object]:
+    """Resolves {label: dir or ensemble object}; every dir is checked before any is loaded.
+
+    ``precision``: what the loaded exports compute in (default float32: the cosines behind
+    coherence and GAAS sit near 0, where bfloat16's 8-bit mantissa would change what is measured).
+    """
     from tf_divtrain import data as data_lib
     from tf_divtrain import export as export_lib
 
@@ -709,7 +714,7 @@ def load_targets(ensembles: Mapping[str, object], dataset: str) -> Dict[str, obj
     out = {}
     for label, t in ensembles.items():
         if isinstance(t, str):
-            ens = export_lib.load_ensemble(t)
+            ens = export_lib.load_ensemble(t, precision=precision)
             meta = ens.metadata
             if meta.get("dataset") != dataset:
                 raise AnalysisError(
@@ -735,7 +740,8 @@ def run_analysis(ensembles: Mapping[str, object], dataset: str, out_dir: str,
                  gaas_blocks: str = "balanced", gaas_num_examples: int = 0,
                  transfer_num_examples: int = 0, whitebox_num_examples: int = 0,
                  x: Optional[np.ndarray] = None,
-                 y: Optional[np.ndarray] = None, log: Callable[[str], None] = print) -> dict:
+                 y: Optional[np.ndarray] = None, log: Callable[[str], None] = print,
+                 precision: str = "float32") -> dict:
     """Runs the chosen analyses on every ensemble and writes ``out_dir``/analysis.json + PNGs.
 
     ``ensembles``: {label: training out_dir / saved_model dir / ensemble object}. Test data: the
@@ -774,7 +780,7 @@ def run_analysis(ensembles: Mapping[str, object], dataset: str, out_dir: str,
     d = int(np.prod(data_lib.DATASETS[dataset][0]))
     if max(gaas_k) > d:
         raise AnalysisError(f"GAAS k={max(gaas_k)} exceeds the input dimension {d} of {dataset}.")
-    targets = load_targets(ensembles, dataset)
+    targets = load_targets(ensembles, dataset, precision)
     if "coherence" in analyses:
         small = [lbl for lbl, t in targets.items() if num_members(t) < 2]
         if small:
@@ -788,7 +794,7 @@ def run_analysis(ensembles: Mapping[str, object], dataset: str, out_dir: str,
     os.makedirs(out_dir, exist_ok=True)
 
     n_sub = {a: min(n, len(x)) for a, n in n_sub.items()}
-    report = {"dataset": dataset, "num_examples": int(len(x)), "seed": int(seed),
+    report = {"dataset": dataset, "num_examples": int(len(x)), "seed": int(seed), "precision": precision,
               "analyses": analyses,
               "subset_sizes": {"coherence": int(len(x)), **{a: int(n) for a, n in n_sub.items()}},
               "settings": {"gaas_k": gaas_k, "gaas_eps": gaas_eps, "gaas_blocks": gaas_blocks,

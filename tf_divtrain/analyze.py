@@ -43,6 +43,10 @@ flags.DEFINE_list("analyses", ["coherence", "gaas", "transfer", "whitebox"],
                   "Subset of coherence,gaas,transfer,whitebox.")
 flags.DEFINE_integer("batch_size", 100, "Batch size of every forward/backward pass.")
 flags.DEFINE_integer("seed", 0, "Seed of the PGD random starts.")
+flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
+                  "Precision the ensembles compute in. Default float32: coherence and GAAS measure "
+                  "cosines near 0 and points near the decision boundary, which bfloat16's 8-bit "
+                  "mantissa would shift; reduced precision is for quick looks only.")
 flags.DEFINE_string("out_dir", "runs/analysis", "Where analysis.json and the PNGs go.")
 
 
@@ -64,7 +68,7 @@ def main(argv):
             whitebox_iters=FLAGS.whitebox_iters, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
             gaas_blocks=FLAGS.gaas_blocks, gaas_num_examples=FLAGS.gaas_num_examples,
             transfer_num_examples=FLAGS.transfer_num_examples,
-            whitebox_num_examples=FLAGS.whitebox_num_examples)
+            whitebox_num_examples=FLAGS.whitebox_num_examples, precision=FLAGS.precision)
     except (analysis.AnalysisError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ from absl import app, flags
 from tf_divtrain import attacks as attacks_lib
 from tf_divtrain import data as data_lib
 from tf_divtrain import evaluation
+from tf_divtrain import precision as precision_lib
 
 FLAGS = flags.FLAGS
 
@@ -65,6 +66,10 @@ def define_flags(fv: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_string("cache_dir", None, "Adversarial-example cache; default <out_dir>/adv_cache.",
                         **d)
     flags.DEFINE_bool("progress", True, "Show a tqdm progress bar per attack.", **d)
+    flags.DEFINE_enum("precision", "float32", list(precision_lib.PRECISIONS), "Precision the "
+                      "surrogate crafts the attacks in; targets are always scored in float32. "
+                      "Reduced precision changes the attack itself (signs of small gradient "
+                      "components), so Table 2 numbers use float32 unless you ask.", **d)
     flags.mark_flags_as_required(["surrogate_dir", "targets", "out_dir"], flag_values=fv)
     flags.register_validator(
         "dataset", lambda v: v is None or v in data_lib.DATASETS,
@@ -88,7 +93,7 @@ def main(argv):
             FLAGS.surrogate_dir, FLAGS.targets, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
             eps=eps, attacks=FLAGS.attacks, num_examples=FLAGS.num_examples,
             batch_size=FLAGS.batch_size, seed=FLAGS.seed, cache_dir=cache_dir,
-            progress=FLAGS.progress)
+            progress=FLAGS.progress, precision=FLAGS.precision)
     except (evaluation.EvaluationError, data_lib.DataError) as e:
         raise app.UsageError(str(e)) from None
     paths = evaluation.write_reports(results, FLAGS.out_dir)

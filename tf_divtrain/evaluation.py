@@ -192,7 +192,8 @@ def craft_cached(surrogate, surrogate_id: str, dataset: str, attack: str, eps: f
                 return arr, info
         except (OSError, ValueError):
             pass  # unreadable / truncated: recompute and overwrite
-    attack_fn = attacks_lib.make_attack(attack, surrogate, eps, **options)
+    attack_fn = attacks_lib.make_attack(attack, surrogate, eps,
+                                        **{k: v for k, v in options.items() if not k.startswith("_")})
     t0 = time.perf_counter()
     x_adv = craft(attack_fn, x, y, batch_size, seed,
                   desc=f"{attacks_lib.DISPLAY_NAMES[attack]} eps={eps:g}", progress=progress)
@@ -228,8 +229,14 @@ def evaluate(surrogate_dir: str, targets, dataset: Optional[str] = None,
              data_dir: Optional[str] = None, eps: Optional[Sequence[float]] = None,
              attacks: Sequence[str] = attacks_lib.ATTACKS, num_examples: int = 1000,
              batch_size: int = 250, seed: int = 0, cache_dir: Optional[str] = None,
-             progress: bool = True, attack_options: Optional[Dict[str, dict]] = None) -> dict:
+             progress: bool = True, attack_options: Optional[Dict[str, dict]] = None,
+             precision: str = "float32") -> dict:
     """Table-2 evaluation: crafts on the surrogate, scores every target. Returns the results dict.
+
+    ``precision``: the precision the *surrogate* crafts in (default float32). Targets are always
+    scored by their float32 exports, so a reduced crafting precision changes the attack (the sign
+    of small gradient components in FGSM-type steps), never how accuracy is measured; the cache
+    keeps the examples of each crafting precision apart.
 
     ``targets``: [(label, dir)] or a ``"LABEL=DIR,..."`` string. ``dataset`` None -> the
     surrogate's. Everything is validated (names, eps, paths, dataset / input shape of every export)
@@ -248,7 +255,7 @@ def evaluate(surrogate_dir: str, targets, dataset: Optional[str] = None,
     targets = parse_targets(targets)
     sur_sm = check_export_dir(surrogate_dir, "surrogate")
     tgt_sm = [(label, check_export_dir(path, f"target {label}")) for label, path in targets]
-    surrogate = export_lib.load_ensemble(sur_sm)
+    surrogate = export_lib.load_ensemble(sur_sm, precision=precision)
     if dataset is None:
         dataset = data_lib.check_dataset_name(surrogate.dataset)
     eps = check_eps_list(default_eps(dataset) if eps is None else eps)
@@ -280,8 +287,11 @@ def evaluate(surrogate_dir: str, targets, dataset: Optional[str] = None,
     models_by_row = [m for _, m in target_models] + [surrogate]
     for a in attacks:
         for e in eps:
+            options = dict(attack_options.get(a) or {})
+            if precision != "float32":  # part of the cache key, not passed to the attack
+                options["_crafting_precision"] = precision
             x_adv, info = craft_cached(surrogate, sur_id, dataset, a, e, x, y, cache_dir, batch_size,
-                                       seed, progress, attack_options.get(a))
+                                       seed, progress, options or None)
             crafting[a][eps_key(e)] = {k: info.get(k) for k in
                                        ("seconds", "images_per_sec", "cached", "path")}
             for row, m in zip(rows, models_by_row):
@@ -290,6 +300,7 @@ def evaluate(surrogate_dir: str, targets, dataset: Optional[str] = None,
     return {
         "dataset": dataset, "data_path": ds.path, "num_examples": int(len(x)), "seed": int(seed),
         "batch_size": int(batch_size), "eps": list(eps), "attacks": list(attacks),
+        "crafting_precision": precision, "scoring_precision": "float32",
         "attack_options": attack_options,
         "surrogate": {"path": surrogate.path, "fingerprint": sur_id, "metadata": surrogate.metadata},
         "rows": rows, "crafting": crafting, "cache_dir": os.path.abspath(cache_dir),

@@ -142,6 +142,9 @@ def load_ensemble(path: str, expect_dataset: Optional[str] = None, precision: st
         raise ValueError(f"{sm} predates per-member weight lists, so it can only be served in "
                          f"float32; re-export it (re-run its training command) or use float32.")
     meta = ens.metadata
+    if not meta.get("models"):
+        raise ValueError(f"{sm} does not name its members' architectures (metadata 'models'), so it "
+                         f"cannot be rebuilt in {precision}; serve it in float32.")
     rebuilt = models_lib.build_ensemble(list(meta["models"]), meta["input_shape"],
                                         meta["num_classes"], precision=precision)
     for member, weights in zip(rebuilt.members, module.member_weights):
