@@ -155,22 +155,35 @@ def test_cli_end_to_end(exports, tmp_path, data_dir):
             c = res["crafting"][a][e]
             assert c["cached"] is False and c["images_per_sec"] > 0 and os.path.isfile(c["path"])
 
+    for r in res["rows"]:  # robust-to-all: per eps and overall, never above any cell it covers
+        rta = r["robust_to_all"]
+        assert set(rta) == {"0.1", "0.3", "all"}
+        for e in ("0.1", "0.3"):
+            assert rta[e] <= min(r["attacks"][a][e] for a in attacks.ATTACKS) + 1e-12
+        assert rta["all"] <= min(rta["0.1"], rta["0.3"]) + 1e-12
+    assert res["schema_version"] == 2 and len(res["by_surrogate"]) == 1  # bare dir -> one block "S"
+    assert res["by_surrogate"][0]["label"] == "S" and res["by_surrogate"][0]["rows"] == res["rows"]
+
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 3 * (1 + 5 * 2)
+    assert len(rows) == 3 * (1 + 5 * 2 + 3)
     assert {r["label"] for r in rows} == {"T_Base", "T_Div", evaluation.SURROGATE_LABEL}
+    assert {r["surrogate"] for r in rows} == {"S"}
     by = {(r["label"], r["attack"], r["eps"]): float(r["accuracy"]) for r in rows}
     expected = res["rows"][1]["attacks"]["mifgsm"]["0.3"]
     assert by[("T_Div", "mifgsm", "0.3")] == pytest.approx(expected, abs=1e-6)
+    assert by[("T_Div", "robust_to_all", "all")] == pytest.approx(
+        res["rows"][1]["robust_to_all"]["all"], abs=1e-6)
 
     table = [l for l in (out / "table2.md").read_text().splitlines() if l.startswith("|")]
-    assert table[0] == "| TARGET | CLEAN | FGSM | R-FGSM | I-FGSM | MI-FGSM | PGD-CW |"
+    assert table[0] == ("| TARGET | CLEAN | FGSM | R-FGSM | I-FGSM | MI-FGSM | PGD-CW | "
+                        "ROBUST TO ALL | ALL EPS |")
     assert [l.split("|")[1].strip() for l in table[2:]] == ["T_Base", "T_Div",
                                                             f"*{evaluation.SURROGATE_LABEL}*"]
     for line in table[2:]:
         cells = [c.strip() for c in line.strip("|").split("|")]
-        assert len(cells) == 7 and all(" / " in c for c in cells[2:])
-        assert sum(c.count("**") for c in cells[2:]) >= 4  # >= one bold value per eps
+        assert len(cells) == 9 and all(" / " in c for c in cells[2:8])
+        assert sum(c.count("**") for c in cells[2:7]) >= 4  # >= one bold value per eps
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # a missing export through the CLI: clear message naming the path, non-zero exit
@@ -191,10 +204,163 @@ def test_cli_flag_validators():
         return fv
 
     fv = parse()
+    assert parse("--surrogate_dir=S5=a,S_div=b").surrogate_dir == "S5=a,S_div=b"
     assert fv.attacks == list(attacks.ATTACKS) and fv.eps is None and fv.num_examples == 1000
     assert parse("--eps=0.03,0.09", "--attacks=fgsm,pgd_cw").eps == ["0.03", "0.09"]
     for bad, msg in (("--eps=0.1,1.5", r"\[0, 1\]"), ("--eps=abc", r"\[0, 1\]"),
                      ("--attacks=fgsm,cw", "subset of fgsm"), ("--dataset=svhn", "must be one of"),
-                     ("--targets=runs/base", "LABEL=DIR"), ("--num_examples=0", "num_examples")):
+                     ("--targets=runs/base", "LABEL=DIR"), ("--num_examples=0", "num_examples"),
+                     ("--surrogate_dir=S=a,S=b", "unique labels"),
+                     ("--surrogate_dir==a", "LABEL=DIR / DIR")):
         with pytest.raises(absl_flags.IllegalFlagValueError, match=msg):
             parse(bad)
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 14: robust-to-all accuracy, several (labelled) surrogates.
+
+class FakeModel:
+    """Predicts class round(x[:, 0, k, 0]): each model reads its own pixel of a hand-built batch."""
+
+    def __init__(self, k, path):
+        self.k, self.path, self.metadata = k, path, dict(META)
+
+    def probabilities(self, x):
+        cls = np.rint(np.asarray(x)[:, 0, self.k, 0]).astype(int)
+        return np.eye(10, dtype=np.float32)[cls]
+
+
+# Per-example correctness of target A, hand-chosen, per (attack, eps).
+HAND = {("fgsm", "0.1"): [1, 1, 1, 1, 0], ("ifgsm", "0.1"): [1, 1, 1, 0, 1],
+        ("fgsm", "0.3"): [1, 1, 0, 1, 0], ("ifgsm", "0.3"): [1, 0, 1, 1, 0]}
+
+
+def test_robust_to_all_from_per_example_correctness():
+    masks = {k: np.array(v, bool) for k, v in HAND.items()}
+    rta = evaluation.robust_to_all(masks)
+    # survivors: eps 0.1 -> examples {0, 1, 2}; eps 0.3 -> {0, 3}; everything -> {0}
+    assert rta == {"0.1": pytest.approx(0.6), "0.3": pytest.approx(0.4), "all": pytest.approx(0.2)}
+    assert rta["0.3"] < min(np.mean(masks[(a, "0.3")]) for a in ("fgsm", "ifgsm")) == 0.6
+    assert rta["all"] <= min(m.mean() for m in masks.values())
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # random masks: never above the weakest cell it covers
+        m = {(a, e): rng.random(50) < 0.8 for a in ("fgsm", "ifgsm", "pgd_cw") for e in ("0.1", "0.3")}
+        r = evaluation.robust_to_all(m)
+        for e in ("0.1", "0.3"):
+            assert r[e] <= min(v.mean() for (a, ee), v in m.items() if ee == e)
+        assert r["all"] <= min(r["0.1"], r["0.3"])
+    with pytest.raises(evaluation.EvaluationError, match="one length"):
+        evaluation.robust_to_all({("fgsm", "0.1"): np.ones(3, bool), ("ifgsm", "0.1"): np.ones(4, bool)})
+
+
+def test_surrogate_block_robust_to_all_on_fake_models(monkeypatch):
+    """The whole per-surrogate scoring on a hand-built case: target A survives exactly HAND."""
+    y = np.arange(5)
+    x = np.zeros((5, 1, 2, 1), np.float32)
+    x[:, 0, :, 0] = y[:, None]  # clean: both models correct everywhere
+    x_adv = {}
+    for (a, e), ok in HAND.items():
+        xa = x.copy()
+        xa[:, 0, 0, 0] = np.where(ok, y, (y + 1) % 10)  # pixel 0: target A's prediction
+        xa[:, 0, 1, 0] = (y + 1) % 10  # pixel 1: the surrogate is always fooled
+        x_adv[(a, e)] = xa
+    crafted = []
+
+    def fake_craft(sur, sid, dataset, attack, eps, xx, yy, *args, **kw):
+        crafted.append((sid, attack, evaluation.eps_key(eps)))
+        return x_adv[(attack, evaluation.eps_key(eps))], {"cached": False, "path": f"{sid}_{attack}"}
+
+    monkeypatch.setattr(evaluation, "craft_cached", fake_craft)
+    target, sur = FakeModel(0, "a"), FakeModel(1, "s")
+    block = evaluation._surrogate_block("S_x", sur, "fp", [("A", target)], {"A": 1.0}, x, y, "mnist",
+                                        ("fgsm", "ifgsm"), (0.1, 0.3), "unused", 2, 0, False, {},
+                                        "float32")
+    assert len(crafted) == 4  # one crafting per cell, nothing extra for robust-to-all
+    a_row, s_row = block["rows"]
+    assert a_row["attacks"]["fgsm"] == {"0.1": pytest.approx(0.8), "0.3": pytest.approx(0.6)}
+    assert a_row["robust_to_all"] == {"0.1": pytest.approx(0.6), "0.3": pytest.approx(0.4),
+                                      "all": pytest.approx(0.2)}
+    assert s_row["label"] == "S_x (white-box)" and s_row["clean"] == 1.0
+    assert s_row["robust_to_all"] == {"0.1": 0.0, "0.3": 0.0, "all": 0.0}
+    assert block["label"] == "S_x" and block["surrogate"]["fingerprint"] == "fp"
+    # the Markdown / CSV reports of that block
+    res = {"dataset": "mnist", "num_examples": 5, "eps": [0.1, 0.3], "attacks": ["fgsm", "ifgsm"],
+           "surrogate": block["surrogate"], "rows": block["rows"], "crafting": block["crafting"]}
+    lines = [l for l in evaluation.format_table2(res).splitlines() if l.startswith("|")]
+    assert lines[0] == "| TARGET | CLEAN | FGSM | I-FGSM | ROBUST TO ALL | ALL EPS |"
+    assert lines[2] == "| A | 100.0 | **80.0** / **60.0** | **80.0** / **60.0** | 60.0 / 40.0 | 20.0 |"  # ties
+    csv_rows = list(csv.DictReader(evaluation._csv_text(res).splitlines()))
+    assert [(r["eps"], r["accuracy"]) for r in csv_rows if r["label"] == "A"
+            and r["attack"] == "robust_to_all"] == [("0.1", "0.600000"), ("0.3", "0.400000"),
+                                                   ("all", "0.200000")]
+
+
+def test_parse_surrogates(tmp_path):
+    p = evaluation.parse_surrogates
+    assert p("runs/s") == [("S", "runs/s")]
+    assert p("S5=runs/s5, S_div=runs/d") == [("S5", "runs/s5"), ("S_div", "runs/d")]
+    assert p(["a", "b", ("S2", "c")]) == [("S", "a"), ("S3", "b"), ("S2", "c")]
+    weird = tmp_path / "lr=0.1"
+    weird.mkdir()
+    assert p(str(weird)) == [("S", str(weird))]  # an existing dir with '=' is a bare dir
+    for bad, msg in (("S=a,S=b", "unique"), ("=a", "empty label"), ("S=", "no directory"),
+                     (" , ", "No surrogate")):
+        with pytest.raises(evaluation.EvaluationError, match=msg):
+            p(bad)
+
+
+def test_several_labelled_surrogates(exports, tmp_path):
+    """Two surrogates (a baseline and the 'diverse' one, as an adaptive attacker would use): one
+    block each, crafted and cached separately; the first block is also the version-1 top level."""
+    from tf_divtrain import report
+
+    cache = str(tmp_path / "cache")
+    kw = dict(dataset="mnist", attacks=["fgsm", "ifgsm"], num_examples=30, batch_size=15,
+              cache_dir=cache, progress=False)
+    res = evaluation.evaluate(f"S_base={exports['surrogate']},S_div={exports['div']}",
+                              [("T_Base", exports["base"])], **kw)
+    assert res["schema_version"] == 2
+    assert [b["label"] for b in res["by_surrogate"]] == ["S_base", "S_div"]
+    b0, b1 = res["by_surrogate"]
+    assert res["rows"] == b0["rows"] and res["crafting"] == b0["crafting"]
+    assert res["surrogate"] == b0["surrogate"]
+    assert b0["surrogate"]["fingerprint"] != b1["surrogate"]["fingerprint"]
+    assert [r["label"] for r in b1["rows"]] == ["T_Base", "S_div (white-box)"]
+    assert b0["rows"][0]["clean"] == b1["rows"][0]["clean"]  # same target, same clean images
+    paths = {c["path"] for b in (b0, b1) for per in b["crafting"].values() for c in per.values()}
+    assert len(paths) == 2 * 2 * 2 and all(os.path.isfile(q) for q in paths)  # cached per surrogate
+    for b in (b0, b1):
+        for r in b["rows"]:
+            for e in ("0.1", "0.3"):
+                assert r["robust_to_all"][e] <= min(r["attacks"][a][e] for a in ("fgsm", "ifgsm"))
+    assert res["by_surrogate"] == evaluation.surrogate_blocks(res)
+    assert evaluation.surrogate_blocks({"rows": [1], "surrogate": {"path": "p"}})[0]["label"] == "S"
+
+    # The same first surrogate alone (bare dir, as run_all.sh passes it): the cached arrays are
+    # reused and the numbers are those of block 0.
+    single = evaluation.evaluate(exports["surrogate"], [("T_Base", exports["base"])], **kw)
+    assert all(c["cached"] for per in single["crafting"].values() for c in per.values())
+    assert single["rows"][0]["attacks"] == b0["rows"][0]["attacks"]
+    assert single["rows"][0]["robust_to_all"] == b0["rows"][0]["robust_to_all"]
+    assert single["rows"][-1]["label"] == evaluation.SURROGATE_LABEL
+
+    out = tmp_path / "eval"
+    evaluation.write_reports(res, str(out))
+    md = (out / "table2.md").read_text()
+    assert md.count("### Surrogate ") == 2 and "### Surrogate S_div (" in md
+    assert "| *S_div (white-box)* |" in md
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["surrogate"] for r in rows} == {"S_base", "S_div"} and len(rows) == 2 * 2 * (1 + 4 + 3)
+    assert json.loads((out / "results.json").read_text())["by_surrogate"][1]["label"] == "S_div"
+
+    text = report.table2_side_by_side("mnist_conv3", res)
+    assert "| T_Base | ours vs S_base |" in text and "| T_Base | ours vs S_div |" in text
+    assert "| T_Base | paper | 99.4 | 91.4 / 9.7 | 86.1 / 0.7 | — |" in text
+    assert "| S_div (white-box sanity) | ours |" in text
+    assert text.splitlines()[0].endswith("| ROBUST TO ALL (all eps) |")
+    # the version-1 schema (the committed results/cpu) still renders, without the new column
+    v1 = {k: res[k] for k in ("eps", "attacks", "rows")}
+    v1["rows"] = [{k: v for k, v in r.items() if k != "robust_to_all"} for r in b0["rows"]]
+    old = report.table2_side_by_side("mnist_conv3", v1)
+    assert "| T_Base | ours |" in old and "ROBUST" not in old and "| S (white-box sanity) | ours |" in old

@@ -6,6 +6,11 @@
 Crafts every (attack, eps) once on the surrogate (cached under --cache_dir), scores every target
 and the surrogate itself (white-box sanity row), writes results.json, results.csv, table2.md and
 accuracy.png into --out_dir and prints the table.
+
+Several surrogates (e.g. baselines of 3, 5 and 8 members, or a surrogate trained with the defense
+itself -- the adaptive transfer attacker of the paper's §6): ``--surrogate_dir=S3=runs/s3,
+S5=runs/s5,S_div=runs/sdiv`` (bare dirs are labelled S, S2...). Each crafts and caches its own
+attacks; the reports hold one Table 2 block per surrogate.
 """
 
 from __future__ import annotations
@@ -41,6 +46,16 @@ def _targets_ok(value):
         return False
 
 
+def _surrogates_ok(value):
+    if value is None:
+        return True
+    try:
+        evaluation.parse_surrogates(value)
+        return True
+    except evaluation.EvaluationError:
+        return False
+
+
 def define_flags(fv: flags.FlagValues = FLAGS) -> None:
     """Defines the CLI flags on ``fv`` (idempotent). Done in :func:`run`, not at import, so that
     importing this module next to other tf_divtrain CLIs never clashes on shared flag names."""
@@ -48,7 +63,9 @@ def define_flags(fv: flags.FlagValues = FLAGS) -> None:
         return
     d = dict(flag_values=fv)
     flags.DEFINE_string("surrogate_dir", None, "Export (training out_dir or saved_model dir) of the "
-                        "surrogate ensemble S the attacks are crafted on.", **d)
+                        "surrogate ensemble S the attacks are crafted on; or a comma list of "
+                        "LABEL=DIR (or bare DIR, labelled S, S2...) for several surrogates, e.g. "
+                        "S5=runs/s5,S_div=runs/sdiv: one Table 2 block each.", **d)
     flags.DEFINE_string("targets", None, "Comma list LABEL=DIR of target exports, e.g. "
                         "T_Base=runs/base,T_Div=runs/div.", **d)
     flags.DEFINE_string("dataset", None, "mnist | fashion_mnist | cifar10; default: the surrogate's "
@@ -80,6 +97,9 @@ def define_flags(fv: flags.FlagValues = FLAGS) -> None:
         flag_values=fv)
     flags.register_validator("eps", _eps_ok, message="--eps must be a comma list of numbers in "
                              "[0, 1] (pixel scale), e.g. 0.1,0.3.", flag_values=fv)
+    flags.register_validator("surrogate_dir", _surrogates_ok, message="--surrogate_dir must be DIR "
+                             "or a comma list of LABEL=DIR / DIR with unique labels, e.g. "
+                             "S5=runs/s5,S_div=runs/sdiv.", flag_values=fv)
     flags.register_validator("targets", _targets_ok, message="--targets must be a comma list of "
                              "LABEL=DIR, e.g. T_Base=runs/base,T_Div=runs/div.", flag_values=fv)
 
@@ -98,11 +118,15 @@ def main(argv):
         raise app.UsageError(str(e)) from None
     paths = evaluation.write_reports(results, FLAGS.out_dir)
     print(evaluation.format_table2(results))
-    for a, per_eps in results["crafting"].items():
-        for e, c in per_eps.items():
-            note = " (cached)" if c.get("cached") else ""
-            ips = c.get("images_per_sec")
-            print(f"crafting {a} eps={e}: " + (f"{ips:.1f} images/s{note}" if ips else f"n/a{note}"))
+    blocks = evaluation.surrogate_blocks(results)
+    for b in blocks:
+        on = f" on {b['label']}" if len(blocks) > 1 else ""
+        for a, per_eps in b["crafting"].items():
+            for e, c in per_eps.items():
+                note = " (cached)" if c.get("cached") else ""
+                ips = c.get("images_per_sec")
+                print(f"crafting {a} eps={e}{on}: "
+                      + (f"{ips:.1f} images/s{note}" if ips else f"n/a{note}"))
     print("Wrote " + ", ".join(paths.values()))
 
 

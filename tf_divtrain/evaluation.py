@@ -10,6 +10,22 @@ Cache: ``<cache_dir>/<attack>_eps<eps>_n<N>_<key>.npy`` where ``key`` hashes the
 fingerprint (sha256 of its ``saved_model.pb`` and ``variables/variables.index``), the dataset, the
 attack and its options, eps, N, the seed and the batch size (random starts are drawn per batch
 with seed ``[seed, batch_index]``). Files are written atomically (temp file + ``os.replace``).
+
+Additions (issue 14):
+
+* **Robust-to-all accuracy** per row: an example counts only if the row's model classifies it
+  correctly under *every* (attack, eps) cell of the table -- per eps (all attacks at that eps) and
+  overall (all attacks, all eps); as in the DVERGE / TRS papers. Computed from the per-example
+  correctness already measured for the cells (nothing extra is crafted); clean correctness is not
+  required. Stored as ``row["robust_to_all"] = {"0.1": acc, "0.3": acc, "all": acc}``.
+* **Several surrogates** (``surrogate_dir="S5=runs/s5,S_div=runs/sdiv"``; bare dirs are accepted
+  and labelled ``S``, ``S2``...). Each surrogate crafts (and caches, keyed by its fingerprint) its
+  own examples; a surrogate trained with the defense itself is the adaptive transfer attacker of
+  the paper's §6. ``results.json`` schema (``schema_version`` 2): the top-level ``surrogate`` /
+  ``rows`` / ``crafting`` keys describe the FIRST surrogate exactly as in version 1 (so readers of
+  the old schema keep working), and ``by_surrogate`` lists one block per surrogate, the first
+  included: ``{"label", "surrogate": {path, fingerprint, metadata}, "rows", "crafting"}``. Use
+  :func:`surrogate_blocks` to read either version.
 """
 
 from __future__ import annotations
@@ -218,27 +234,124 @@ def accuracy(model, x: np.ndarray, y: np.ndarray, batch_size: int = 500) -> floa
     return correct / len(x)
 
 
+def correct_mask(model, x: np.ndarray, y: np.ndarray, batch_size: int = 500) -> np.ndarray:
+    """Per-example bool: argmax(average member softmax) == y. ``mean()`` is :func:`accuracy`."""
+    out = np.empty(len(x), dtype=bool)
+    for i in range(0, len(x), batch_size):
+        p = model.probabilities(tf.convert_to_tensor(x[i:i + batch_size], tf.float32))
+        out[i:i + batch_size] = np.argmax(np.asarray(p), axis=-1) == y[i:i + batch_size]
+    return out
+
+
 def eps_key(eps: float) -> str:
     return f"{eps:g}"
+
+
+ROBUST_ALL_KEY = "all"
+
+
+def robust_to_all(correct: Dict[Tuple[str, str], np.ndarray]) -> Dict[str, float]:
+    """Robust-to-all accuracy from per-example correctness of every (attack, eps_key) cell.
+
+    ``correct[(attack, eps_key)]`` = bool array over the same examples. Returns
+    ``{eps_key: fraction correct under every attack at that eps, ..., "all": fraction correct
+    under every cell}``; each value is <= the minimum accuracy of the cells it covers.
+    """
+    if not correct:
+        raise EvaluationError("robust_to_all needs at least one (attack, eps) cell.")
+    masks = {k: np.asarray(v, dtype=bool) for k, v in correct.items()}
+    n = {m.shape for m in masks.values()}
+    if len(n) != 1 or len(next(iter(n))) != 1:
+        raise EvaluationError(f"robust_to_all: per-example arrays must be 1-D of one length, got {n}.")
+    out = {}
+    for e in dict.fromkeys(e for _, e in masks):  # eps keys in first-seen order
+        out[e] = float(np.mean(np.logical_and.reduce([m for (_, ee), m in masks.items() if ee == e])))
+    out[ROBUST_ALL_KEY] = float(np.mean(np.logical_and.reduce(list(masks.values()))))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Several surrogates.
+
+def parse_surrogates(spec) -> List[Tuple[str, str]]:
+    """``"S5=runs/s5,S_div=runs/sdiv"``, a bare ``"runs/s"``, or a list of dirs / (label, dir).
+
+    Bare dirs (no ``=``, or an existing path containing one) are labelled ``S``, then ``S2``,
+    ``S3``... (skipping labels given explicitly). Labels must be unique.
+    """
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    parsed = []
+    for item in items:
+        if isinstance(item, (tuple, list)) and len(item) == 2:
+            label, path = (str(p).strip() for p in item)
+        else:
+            item = str(item).strip()
+            if not item:
+                continue
+            if "=" in item and not os.path.exists(item):
+                label, path = (p.strip() for p in item.split("=", 1))
+                if not label:
+                    raise EvaluationError(f"Surrogate {item!r}: empty label; use LABEL=DIR or a "
+                                          f"bare DIR (e.g. S5=runs/s5 or runs/surrogate).")
+            else:
+                label, path = None, item
+        if not path:
+            raise EvaluationError(f"Surrogate {item!r} has no directory; use LABEL=DIR or DIR.")
+        parsed.append((label, path))
+    if not parsed:
+        raise EvaluationError("No surrogate given; pass DIR or LABEL=DIR items, e.g. S=runs/surrogate.")
+    used = {l for l, _ in parsed if l is not None}
+    out, k = [], 1
+    for label, path in parsed:
+        if label is None:
+            while (label := "S" if k == 1 else f"S{k}") in used:
+                k += 1
+            used.add(label)
+        out.append((label, path))
+    labels = [l for l, _ in out]
+    if len(set(labels)) != len(labels):
+        raise EvaluationError(f"Surrogate labels {labels} must be unique.")
+    return out
+
+
+def surrogate_row_label(label: str) -> str:
+    """White-box sanity row of surrogate ``label``; ``S`` keeps the historical SURROGATE_LABEL."""
+    return f"{label} (white-box)"
+
+
+def surrogate_blocks(results: dict) -> List[dict]:
+    """One Table 2 block per surrogate, for results.json of either schema version.
+
+    Each block: ``{"label", "surrogate", "rows", "crafting"}``. Version-1 results (no
+    ``by_surrogate``) give a single block labelled ``S`` from the top-level keys.
+    """
+    if results.get("by_surrogate"):
+        return list(results["by_surrogate"])
+    return [{"label": results.get("surrogate", {}).get("label", "S"),
+             "surrogate": results.get("surrogate", {}), "rows": results["rows"],
+             "crafting": results.get("crafting", {})}]
 
 
 # ----------------------------------------------------------------------------------------------
 # The whole evaluation.
 
-def evaluate(surrogate_dir: str, targets, dataset: Optional[str] = None,
+def evaluate(surrogate_dir, targets, dataset: Optional[str] = None,
              data_dir: Optional[str] = None, eps: Optional[Sequence[float]] = None,
              attacks: Sequence[str] = attacks_lib.ATTACKS, num_examples: int = 1000,
              batch_size: int = 250, seed: int = 0, cache_dir: Optional[str] = None,
              progress: bool = True, attack_options: Optional[Dict[str, dict]] = None,
              precision: str = "float32") -> dict:
-    """Table-2 evaluation: crafts on the surrogate, scores every target. Returns the results dict.
+    """Table-2 evaluation: crafts on the surrogate(s), scores every target. Returns the results dict.
+
+    ``surrogate_dir``: one export dir, or several as ``"S5=dir,S_div=dir2"`` / a list of dirs or
+    (label, dir) (see :func:`parse_surrogates`); one Table 2 block per surrogate (module docstring).
 
     ``precision``: the precision the *surrogate* crafts in (default float32). Targets are always
     scored by their float32 exports, so a reduced crafting precision changes the attack (the sign
     of small gradient components in FGSM-type steps), never how accuracy is measured; the cache
     keeps the examples of each crafting precision apart.
 
-    ``targets``: [(label, dir)] or a ``"LABEL=DIR,..."`` string. ``dataset`` None -> the
+    ``targets``: [(label, dir)] or a ``"LABEL=DIR,..."`` string. ``dataset`` None -> the (first)
     surrogate's. Everything is validated (names, eps, paths, dataset / input shape of every export)
     before any data is loaded or any attack runs.
     """
@@ -253,18 +366,27 @@ def evaluate(surrogate_dir: str, targets, dataset: Optional[str] = None,
     if batch_size < 1:
         raise EvaluationError(f"batch_size={batch_size} must be >= 1.")
     targets = parse_targets(targets)
-    sur_sm = check_export_dir(surrogate_dir, "surrogate")
+    surrogate_specs = parse_surrogates(surrogate_dir)
+    clash = {surrogate_row_label(l) for l, _ in surrogate_specs} & {l for l, _ in targets}
+    if clash:
+        raise EvaluationError(f"Target label(s) {sorted(clash)} clash with surrogate sanity rows.")
+    sur_sms = [(label, check_export_dir(path, "surrogate" if len(surrogate_specs) == 1
+                                        else f"surrogate {label}"))
+               for label, path in surrogate_specs]
     tgt_sm = [(label, check_export_dir(path, f"target {label}")) for label, path in targets]
-    surrogate = export_lib.load_ensemble(sur_sm, precision=precision)
+    surrogates = [(label, sm, export_lib.load_ensemble(sm, precision=precision))
+                  for label, sm in sur_sms]
     if dataset is None:
-        dataset = data_lib.check_dataset_name(surrogate.dataset)
+        dataset = data_lib.check_dataset_name(surrogates[0][2].dataset)
     eps = check_eps_list(default_eps(dataset) if eps is None else eps)
-    check_compatible(surrogate, "surrogate", dataset)
+    for label, _, sur in surrogates:
+        check_compatible(sur, "surrogate" if len(surrogates) == 1 else f"surrogate {label}", dataset)
     target_models = []
     for label, sm in tgt_sm:
-        if os.path.realpath(sm) == os.path.realpath(sur_sm):
-            log.warning("Target %s is the surrogate itself (%s): its row is a white-box, not a "
-                        "black-box (transfer) result.", label, sm)
+        for s_label, s_sm, _ in surrogates:
+            if os.path.realpath(sm) == os.path.realpath(s_sm):
+                log.warning("Target %s is surrogate %s itself (%s): its row in that block is a "
+                            "white-box, not a black-box (transfer) result.", label, s_label, sm)
         m = export_lib.load_ensemble(sm)
         check_compatible(m, f"target {label}", dataset)
         target_models.append((label, m))
@@ -274,17 +396,44 @@ def evaluate(surrogate_dir: str, targets, dataset: Optional[str] = None,
 
     ds = data_lib.load_dataset(dataset, data_dir, test_size=num_examples)
     x, y = ds.x_test, ds.y_test
-    sur_id = fingerprint(sur_sm)
     cache_dir = cache_dir or os.path.join("adv_cache")
+    target_clean = {label: accuracy(m, x, y, batch_size) for label, m in target_models}
 
-    rows = [{"label": label, "role": "target", "path": m.path, "metadata": m.metadata,
-             "clean": accuracy(m, x, y, batch_size), "attacks": {a: {} for a in attacks}}
-            for label, m in target_models]
-    rows.append({"label": SURROGATE_LABEL, "role": "surrogate", "path": surrogate.path,
+    blocks = []
+    for label, sm, sur in surrogates:
+        blocks.append(_surrogate_block(
+            label, sur, fingerprint(sm), target_models, target_clean, x, y, dataset, attacks, eps,
+            cache_dir, batch_size, seed, progress, attack_options, precision))
+    first = blocks[0]
+
+    return {
+        "schema_version": 2,
+        "dataset": dataset, "data_path": ds.path, "num_examples": int(len(x)), "seed": int(seed),
+        "batch_size": int(batch_size), "eps": list(eps), "attacks": list(attacks),
+        "crafting_precision": precision, "scoring_precision": "float32",
+        "attack_options": attack_options,
+        # Version-1 keys: the first surrogate's block.
+        "surrogate": first["surrogate"], "rows": first["rows"], "crafting": first["crafting"],
+        "by_surrogate": blocks, "cache_dir": os.path.abspath(cache_dir),
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"tensorflow": tf.__version__, "numpy": np.__version__},
+    }
+
+
+def _surrogate_block(label, surrogate, sur_id, target_models, target_clean, x, y, dataset,
+                     attacks, eps, cache_dir, batch_size, seed, progress, attack_options,
+                     precision) -> dict:
+    """Crafts every (attack, eps) on one surrogate and scores every target plus the surrogate
+    itself (white-box row). Returns ``{"label", "surrogate", "rows", "crafting"}``."""
+    rows = [{"label": t_label, "role": "target", "path": m.path, "metadata": m.metadata,
+             "clean": target_clean[t_label], "attacks": {a: {} for a in attacks}}
+            for t_label, m in target_models]
+    rows.append({"label": surrogate_row_label(label), "role": "surrogate", "path": surrogate.path,
                  "metadata": surrogate.metadata, "clean": accuracy(surrogate, x, y, batch_size),
                  "attacks": {a: {} for a in attacks}})
     crafting = {a: {} for a in attacks}
     models_by_row = [m for _, m in target_models] + [surrogate]
+    correct = [{} for _ in rows]  # per row: (attack, eps_key) -> per-example bool
     for a in attacks:
         for e in eps:
             options = dict(attack_options.get(a) or {})
@@ -294,19 +443,15 @@ def evaluate(surrogate_dir: str, targets, dataset: Optional[str] = None,
                                        seed, progress, options or None)
             crafting[a][eps_key(e)] = {k: info.get(k) for k in
                                        ("seconds", "images_per_sec", "cached", "path")}
-            for row, m in zip(rows, models_by_row):
-                row["attacks"][a][eps_key(e)] = accuracy(m, x_adv, y, batch_size)
-
-    return {
-        "dataset": dataset, "data_path": ds.path, "num_examples": int(len(x)), "seed": int(seed),
-        "batch_size": int(batch_size), "eps": list(eps), "attacks": list(attacks),
-        "crafting_precision": precision, "scoring_precision": "float32",
-        "attack_options": attack_options,
-        "surrogate": {"path": surrogate.path, "fingerprint": sur_id, "metadata": surrogate.metadata},
-        "rows": rows, "crafting": crafting, "cache_dir": os.path.abspath(cache_dir),
-        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": {"tensorflow": tf.__version__, "numpy": np.__version__},
-    }
+            for row, m, c in zip(rows, models_by_row, correct):
+                c[(a, eps_key(e))] = correct_mask(m, x_adv, y, batch_size)
+                row["attacks"][a][eps_key(e)] = float(np.mean(c[(a, eps_key(e))]))
+    for row, c in zip(rows, correct):
+        row["robust_to_all"] = robust_to_all(c)
+    return {"label": label,
+            "surrogate": {"label": label, "path": surrogate.path, "fingerprint": sur_id,
+                          "metadata": surrogate.metadata},
+            "rows": rows, "crafting": crafting}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -316,15 +461,21 @@ def _pct(v: float) -> str:
     return f"{100.0 * v:.1f}"
 
 
-def format_table2(results: dict) -> str:
-    """Markdown in Table 2's layout: cells "acc@eps1 / acc@eps2" (%), lowest per eps in bold."""
+ROBUST_HEADERS = ("ROBUST TO ALL", "ALL EPS")
+
+
+def _has_robust(rows) -> bool:
+    return any("robust_to_all" in r for r in rows)
+
+
+def _table2_lines(results: dict, rows: List[dict]) -> List[str]:
+    """The Markdown table of one surrogate block (robust-to-all columns when the rows have them)."""
     attacks, eps = results["attacks"], [eps_key(e) for e in results["eps"]]
-    head = ["TARGET", "CLEAN"] + [attacks_lib.DISPLAY_NAMES[a].upper() for a in attacks]
-    lines = [f"Accuracy (%) on {results['dataset']}, first {results['num_examples']} test images, "
-             f"eps = {' / '.join(eps)}; adversarial examples crafted on the surrogate "
-             f"`{results['surrogate']['path']}`. Bold: most successful attack per eps.", "",
-             "| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
-    for row in results["rows"]:
+    robust = _has_robust(rows)
+    head = (["TARGET", "CLEAN"] + [attacks_lib.DISPLAY_NAMES[a].upper() for a in attacks]
+            + (list(ROBUST_HEADERS) if robust else []))
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    for row in rows:
         best = {e: min(row["attacks"][a][e] for a in attacks) for e in eps}
         cells = []
         for a in attacks:
@@ -334,29 +485,73 @@ def format_table2(results: dict) -> str:
                 s = _pct(v)
                 parts.append(f"**{s}**" if _pct(best[e]) == s else s)
             cells.append(" / ".join(parts))
+        if robust:
+            r = row.get("robust_to_all") or {}
+            cells.append(" / ".join(_pct(r[e]) if e in r else "—" for e in eps))
+            cells.append(_pct(r[ROBUST_ALL_KEY]) if ROBUST_ALL_KEY in r else "—")
         label = row["label"] if row["role"] == "target" else f"*{row['label']}*"
         lines.append("| " + " | ".join([label, _pct(row["clean"])] + cells) + " |")
-    lines += ["", f"*{SURROGATE_LABEL}*: the surrogate attacked white-box (sanity row, not a target)."]
+    return lines
+
+
+def format_table2(results: dict) -> str:
+    """Markdown in Table 2's layout: cells "acc@eps1 / acc@eps2" (%), lowest per eps in bold.
+
+    Rows with ``robust_to_all`` get two more columns (robust to every attack, per eps and over all
+    eps). Several surrogates -> one captioned table per surrogate block.
+    """
+    eps = [eps_key(e) for e in results["eps"]]
+    blocks = surrogate_blocks(results)
+    robust = any(_has_robust(b["rows"]) for b in blocks)
+    what = (f"adversarial examples crafted on the surrogate `{results['surrogate']['path']}`"
+            if len(blocks) == 1 else
+            f"one table per surrogate ({', '.join(b['label'] for b in blocks)}) the adversarial "
+            f"examples are crafted on")
+    lines = [f"Accuracy (%) on {results['dataset']}, first {results['num_examples']} test images, "
+             f"eps = {' / '.join(eps)}; {what}. Bold: most successful attack per eps.", ""]
+    for b in blocks:
+        if len(blocks) > 1:
+            lines += [f"### Surrogate {b['label']} (`{b['surrogate'].get('path', '')}`)", ""]
+        lines += _table2_lines(results, b["rows"]) + [""]
+    sanity = ", ".join(f"*{r['label']}*" for b in blocks for r in b["rows"] if r["role"] != "target")
+    lines.append(f"{sanity}: the surrogate attacked white-box (sanity row, not a target).")
+    if robust:
+        lines.append(f"{ROBUST_HEADERS[0]}: fraction of the test images classified correctly under "
+                     f"every attack at that eps; {ROBUST_HEADERS[1]}: under every attack at every "
+                     f"eps (same crafted examples, per example).")
     return "\n".join(lines) + "\n"
 
 
+CSV_FIELDS = ["label", "role", "attack", "eps", "accuracy", "craft_seconds", "images_per_sec",
+              "surrogate"]
+
+
 def _csv_text(results: dict) -> str:
+    """One line per (surrogate, row, cell); robust-to-all as attack ``robust_to_all`` with eps
+    ``<eps>`` or ``all``; the ``surrogate`` column (last, so old column positions hold) labels the
+    block."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["label", "role", "attack", "eps", "accuracy", "craft_seconds", "images_per_sec"])
-    for row in results["rows"]:
-        w.writerow([row["label"], row["role"], "clean", "", f"{row['clean']:.6f}", "", ""])
-        for a in results["attacks"]:
-            for e in (eps_key(v) for v in results["eps"]):
-                c = results["crafting"][a][e]
-                sec = "" if c.get("seconds") is None else f"{c['seconds']:.3f}"
-                ips = "" if c.get("images_per_sec") is None else f"{c['images_per_sec']:.2f}"
-                w.writerow([row["label"], row["role"], a, e, f"{row['attacks'][a][e]:.6f}", sec, ips])
+    w.writerow(CSV_FIELDS)
+    for b in surrogate_blocks(results):
+        s = b["label"]
+        for row in b["rows"]:
+            w.writerow([row["label"], row["role"], "clean", "", f"{row['clean']:.6f}", "", "", s])
+            for a in results["attacks"]:
+                for e in (eps_key(v) for v in results["eps"]):
+                    c = b["crafting"][a][e]
+                    sec = "" if c.get("seconds") is None else f"{c['seconds']:.3f}"
+                    ips = "" if c.get("images_per_sec") is None else f"{c['images_per_sec']:.2f}"
+                    w.writerow([row["label"], row["role"], a, e, f"{row['attacks'][a][e]:.6f}",
+                                sec, ips, s])
+            for e, v in (row.get("robust_to_all") or {}).items():
+                w.writerow([row["label"], row["role"], "robust_to_all", e, f"{v:.6f}", "", "", s])
     return buf.getvalue()
 
 
 def plot(results: dict, path: str) -> str:
-    """PNG: accuracy vs attack (clean first), one line per row, one panel per eps."""
+    """PNG: accuracy vs attack (clean first), one line per row, one panel per eps (one row of
+    panels per surrogate)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -364,18 +559,22 @@ def plot(results: dict, path: str) -> str:
 
     eps = [eps_key(e) for e in results["eps"]]
     names = ["CLEAN"] + [attacks_lib.DISPLAY_NAMES[a] for a in results["attacks"]]
-    fig, axes = plt.subplots(1, len(eps), figsize=(5.5 * len(eps), 4), squeeze=False)
-    for ax, e in zip(axes[0], eps):
-        for row in results["rows"]:
-            vals = [row["clean"]] + [row["attacks"][a][e] for a in results["attacks"]]
-            style = "--" if row["role"] == "surrogate" else "-"
-            ax.plot(names, [100 * v for v in vals], style, marker="o", label=row["label"])
-        ax.set_title(f"{results['dataset']}, eps = {e}")
-        ax.set_ylabel("accuracy (%)")
-        ax.set_ylim(0, 100)
-        ax.grid(alpha=0.3)
-        ax.tick_params(axis="x", labelrotation=30)
-    axes[0][0].legend(fontsize=8)
+    blocks = surrogate_blocks(results)
+    fig, axes = plt.subplots(len(blocks), len(eps), figsize=(5.5 * len(eps), 4 * len(blocks)),
+                             squeeze=False)
+    for ax_row, b in zip(axes, blocks):
+        for ax, e in zip(ax_row, eps):
+            for row in b["rows"]:
+                vals = [row["clean"]] + [row["attacks"][a][e] for a in results["attacks"]]
+                style = "--" if row["role"] == "surrogate" else "-"
+                ax.plot(names, [100 * v for v in vals], style, marker="o", label=row["label"])
+            where = f", surrogate {b['label']}" if len(blocks) > 1 else ""
+            ax.set_title(f"{results['dataset']}, eps = {e}{where}")
+            ax.set_ylabel("accuracy (%)")
+            ax.set_ylim(0, 100)
+            ax.grid(alpha=0.3)
+            ax.tick_params(axis="x", labelrotation=30)
+        ax_row[0].legend(fontsize=8)
     fig.tight_layout()
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=100)

@@ -78,33 +78,49 @@ def _target_rows(results: dict) -> Dict[str, dict]:
 
 
 def table2_side_by_side(row: str, results: dict) -> str:
-    """Our Table 2 row next to the paper's, one line each, same layout."""
+    """Our Table 2 row next to the paper's, one line each, same layout.
+
+    When results.json has them: a ROBUST TO ALL column (correct under every attack, per eps and
+    over all eps; the paper does not report it) and, with several surrogates (``by_surrogate``, e.g.
+    an adaptive diverse one), one "ours vs <label>" line per surrogate.
+    """
     eps = [_eps_key(e) for e in results["eps"]]
     attacks = [a for a in ATTACK_ORDER if a in results["attacks"]]
-    head = ["TARGET", "source", "CLEAN"] + [ATTACK_NAMES[a] for a in attacks]
+    blocks = results.get("by_surrogate") or [{"label": "S", "rows": results["rows"]}]
+    robust = any("robust_to_all" in r for b in blocks for r in b["rows"])
+    head = (["TARGET", "source", "CLEAN"] + [ATTACK_NAMES[a] for a in attacks]
+            + (["ROBUST TO ALL (all eps)"] if robust else []))
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
-    ours = _target_rows(results)
+
+    def ours_line(label, source, r, bold=True):
+        best = {e: min(r["attacks"][a][e] for a in attacks) for e in eps}
+        cells = []
+        for a in attacks:
+            parts = [(f"**{_pct(r['attacks'][a][e])}**" if bold and r["attacks"][a][e] == best[e]
+                      else _pct(r["attacks"][a][e])) for e in eps]
+            cells.append(" / ".join(parts))
+        if robust:
+            rta = r.get("robust_to_all") or {}
+            cells.append(" / ".join(_pct(rta.get(e)) for e in eps) + f" ({_pct(rta.get('all'))})")
+        return "| " + " | ".join([label, source, _pct(r["clean"])] + cells) + " |"
+
+    many = len(blocks) > 1  # then every "ours" line names its surrogate
+    ours = [("ours vs " + b["label"] if many else "ours", _target_rows(b)) for b in blocks]
     paper = PAPER_TABLE2.get(row, {})
     for label in TARGETS:
-        if label in ours:
-            r = ours[label]
-            best = {e: min(r["attacks"][a][e] for a in attacks) for e in eps}
-            cells = []
-            for a in attacks:
-                parts = [(f"**{_pct(r['attacks'][a][e])}**" if r["attacks"][a][e] == best[e]
-                          else _pct(r["attacks"][a][e])) for e in eps]
-                cells.append(" / ".join(parts))
-            lines.append("| " + " | ".join([label, "ours", _pct(r["clean"])] + cells) + " |")
+        for source, rows in ours:
+            if label in rows:
+                lines.append(ours_line(label, source, rows[label]))
         if label in paper:
             clean, pairs = paper[label]
             idx = [ATTACK_ORDER.index(a) for a in attacks]
-            cells = [f"{pairs[i][0]} / {pairs[i][1]}" for i in idx]
+            cells = [f"{pairs[i][0]} / {pairs[i][1]}" for i in idx] + (["—"] if robust else [])
             lines.append("| " + " | ".join([label, "paper", f"{clean}"] + cells) + " |")
-    sur = [r for r in results["rows"] if r.get("role") == "surrogate"]
-    if sur:
-        r = sur[0]
-        cells = [" / ".join(_pct(r["attacks"][a][e]) for e in eps) for a in attacks]
-        lines.append("| " + " | ".join(["S (white-box sanity)", "ours", _pct(r["clean"])] + cells) + " |")
+    for b in blocks:
+        for r in (r for r in b["rows"] if r.get("role") == "surrogate"):
+            name = f"{b['label']} (white-box sanity)" if many else "S (white-box sanity)"
+            lines.append(ours_line(name, "ours", r, bold=False))
+            break
     return "\n".join(lines)
 
 
