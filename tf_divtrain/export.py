@@ -145,9 +145,25 @@ def load_ensemble(path: str, expect_dataset: Optional[str] = None, precision: st
     if not meta.get("models"):
         raise ValueError(f"{sm} does not name its members' architectures (metadata 'models'), so it "
                          f"cannot be rebuilt in {precision}; serve it in float32.")
-    rebuilt = models_lib.build_ensemble(list(meta["models"]), meta["input_shape"],
-                                        meta["num_classes"], precision=precision)
-    for member, weights in zip(rebuilt.members, module.member_weights):
+    built = models_lib.build_ensemble(list(meta["models"]), meta["input_shape"],
+                                      meta["num_classes"], precision=precision)
+    for member, weights in zip(built.members, module.member_weights):
         member.set_weights([w.numpy() for w in weights])
-    rebuilt.path, rebuilt.metadata = sm, meta
-    return rebuilt
+    return RebuiltEnsemble(built.members, sm, meta)
+
+
+class RebuiltEnsemble(models_lib.Ensemble):
+    """An export's members rebuilt as Keras models (another precision), with the export's
+    ``path`` / ``metadata`` / ``dataset`` / ``input_shape``, like :class:`LoadedEnsemble`."""
+
+    def __init__(self, members, path: str, metadata: dict):
+        super().__init__(members)
+        self.path, self.metadata = path, metadata
+
+    @property
+    def input_shape(self):
+        return tuple(self.metadata["input_shape"])
+
+    @property
+    def dataset(self) -> str:
+        return self.metadata["dataset"]
