@@ -45,6 +45,7 @@ from tf_divtrain import export as export_lib
 from tf_divtrain import gal as gal_lib
 from tf_divtrain import models as models_lib
 from tf_divtrain import precision as precision_lib
+from tf_divtrain import step as step_lib
 
 MODES = {
     "baseline": ("aug",),
@@ -183,17 +184,19 @@ def per_example_objective(members, x, y, mode: str, gal_lambda: float, training:
     ``loss`` [B] is Eq 9 (GAL modes) or the mean member CE (other modes); ``ce`` [B, N];
     ``gal`` / ``coherence`` [B] only in GAL modes (computed from the same pair cosines).
     ``loss_scale``: the inner input-gradient loss scale (mixed_float16; see ``tf_divtrain.precision``).
+    The objectives themselves live in :mod:`tf_divtrain.step`.
     """
+    return step_lib.call_objective(objective_for_mode(mode, gal_lambda), members, x, y,
+                                   training=training, loss_scale=loss_scale)
+
+
+def objective_for_mode(mode: str, gal_lambda: float) -> step_lib.Objective:
+    """The step objective of a training mode: Eq 9 in GAL modes, mean member CE otherwise."""
     if mode in GAL_MODES:
-        grads, logits, ce = gal_lib.member_input_gradients(members, x, y, training=training,
-                                                           loss_scale=loss_scale)
-        pairs = gal_lib.pair_cosines(grads)
-        gal = gal_lib.gal_from_pairs(pairs)
-        return {"loss": gal_lib.div_loss_per_example(ce, gal, gal_lambda), "ce": ce, "gal": gal,
-                "coherence": gal_lib.coherence_from_pairs(pairs), "logits": logits}
-    logits = models_lib.member_logits(members, x, training=training)
-    ce = gal_lib.member_cross_entropy(logits, y)
-    return {"loss": tf.reduce_mean(ce, axis=-1), "ce": ce, "logits": logits}
+        return step_lib.DiversityObjective(gal_lambda)
+    if mode in MODES:
+        return step_lib.CrossEntropyObjective()
+    raise ValueError(f"Unknown mode {mode!r}; valid: {', '.join(MODES)}.")
 
 
 def random_eps(n, max_eps: float, seed):
@@ -249,8 +252,11 @@ class Trainer:
     """Owns the ensemble, optimizer, strategy and the compiled step for one run."""
 
     def __init__(self, cfg: TrainConfig, input_shape, num_classes: int,
-                 static_model: Optional[Callable] = None):
+                 static_model: Optional[Callable] = None,
+                 objective: Optional[step_lib.Objective] = None):
         self.cfg = cfg
+        # The step's objective (tf_divtrain.step): the mode's Eq 9 unless one is injected.
+        self.objective = objective or objective_for_mode(cfg.mode, cfg.gal_lambda)
         self.strategy = make_strategy(cfg.strategy)
         if cfg.batch_size % self.strategy.num_replicas_in_sync:
             raise TrainingError(f"batch_size={cfg.batch_size} does not split evenly across "
@@ -279,26 +285,9 @@ class Trainer:
         cfg = self.cfg
         if cfg.mode in ADV_MODES:
             x = self._craft_adv_rows(x, y)
-        variables = self.ensemble.trainable_variables
-        scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
-        scale = self.optimizer.dynamic_scale if scaled else None
-        with tf.GradientTape() as tape:
-            out = per_example_objective(self.ensemble.members, x, y, cfg.mode, cfg.gal_lambda,
-                                        loss_scale=scale)
-            loss = tf.reduce_sum(out["loss"]) / float(cfg.batch_size)
-            if scaled:
-                loss = self.optimizer.scale_loss(loss)
-        grads = tape.gradient(loss, variables)
-        self.optimizer.apply_gradients(zip(grads, variables))  # LossScaleOptimizer unscales
-        correct = tf.cast(tf.equal(tf.argmax(models_lib.ensemble_probabilities(out["logits"]), -1),
-                                   tf.cast(y, tf.int64)), tf.float32)
-        sums = {"loss": tf.reduce_sum(out["loss"]), "ce": tf.reduce_sum(tf.reduce_mean(out["ce"], -1)),
-                "member_ce": tf.reduce_sum(out["ce"], axis=0), "train_acc": tf.reduce_sum(correct),
-                "count": tf.cast(tf.shape(y)[0], tf.float32)}
-        if "gal" in out:
-            sums["gal"] = tf.reduce_sum(out["gal"])
-            sums["coherence"] = tf.reduce_sum(out["coherence"])
-        return sums
+        out = step_lib.apply_step(self.ensemble.members, self.ensemble.trainable_variables,
+                                  self.optimizer, self.objective, x, y, cfg.batch_size)
+        return step_lib.metric_sums(out, y)
 
     def _craft_adv_rows(self, x, y):
         """Replaces this replica's D_adv rows by FGSM examples on the static model.
