@@ -235,14 +235,6 @@ def _compiled(ensemble) -> _Compiled:
 # ----------------------------------------------------------------------------------------------
 # Coherence.
 
-def member_gradients(ensemble, x: np.ndarray, y: np.ndarray, batch_size: int = 100) -> np.ndarray:
-    """grad_x CE_i for every member and example, numpy ``[B, N, D]`` (members in inference mode)."""
-    c = _compiled(ensemble)
-    out = [c.member_grads(tf.constant(x[i:i + batch_size]), tf.constant(y[i:i + batch_size])).numpy()
-           for i in range(0, len(x), batch_size)]
-    return np.concatenate(out, 0)
-
-
 def coherence_values(ensemble, x: np.ndarray, y: np.ndarray, batch_size: int = 100) -> np.ndarray:
     """Eq 7 per example: max over member pairs of the cosine of their input gradients, ``[B]``."""
     if num_members(ensemble) < 2:

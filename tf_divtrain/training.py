@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 import time
@@ -61,10 +60,9 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 # many in a row (scale / 2^25) means the run itself diverged, and the NaN guard stops it.
 MAX_SKIPPED_FP16_STEPS = 25
 
-# Config keys that may change between a run and its resumption (they do not change the result).
-RESUMABLE_KEYS = ("epochs", "max_steps", "out_dir", "strategy", "jit_compile", "log_every",
-                  "checkpoint_every", "data_dir", "fresh", "progress", "eval_examples", "download",
-                  "deterministic")
+def _resumable(default):
+    """A config field that may differ when a run is resumed (it does not change the result)."""
+    return dataclasses.field(default=default, metadata={"resumable": True})
 
 
 class TrainingError(RuntimeError):
@@ -75,32 +73,34 @@ class TrainingError(RuntimeError):
 class TrainConfig:
     """Every setting of a training run (the CLI fills it from absl flags)."""
 
+    # Fields marked resumable may change between a run and its resumption (they do not change
+    # the result); every other field must match the run's config.json (see prepare_out_dir).
     dataset: str = "mnist"
-    data_dir: Optional[str] = None
+    data_dir: Optional[str] = _resumable(None)
     model: str = "conv3"
     ensemble_size: int = 5
     mode: str = "baseline"
     gal_lambda: float = 0.5
-    epochs: int = 10
-    max_steps: int = 0  # 0 = no cap
+    epochs: int = _resumable(10)
+    max_steps: int = _resumable(0)  # 0 = no cap
     batch_size: int = 128
     learning_rate: float = 1e-3
     noise_eps: Optional[float] = None  # None = dataset default (0.3 MNIST, 0.09 CIFAR-10)
     adv_eps: Optional[float] = None  # None = dataset default (same as noise_eps)
     static_model: str = ""
     seed: int = 0
-    out_dir: str = "runs/default"
+    out_dir: str = _resumable("runs/default")
     train_examples: int = 0  # 0 = all
     validation_examples: int = 0
-    eval_examples: int = 1000  # test subset for metrics.json (0 = whole test split)
-    strategy: str = "default"
-    jit_compile: bool = False
-    log_every: int = 20
-    checkpoint_every: int = 100
-    fresh: bool = False
-    progress: bool = True
-    download: bool = False
-    deterministic: bool = True  # tf.config.experimental.enable_op_determinism (slower on GPU)
+    eval_examples: int = _resumable(1000)  # test subset for metrics.json (0 = whole test split)
+    strategy: str = _resumable("default")
+    jit_compile: bool = _resumable(False)
+    log_every: int = _resumable(20)
+    checkpoint_every: int = _resumable(100)
+    fresh: bool = _resumable(False)
+    progress: bool = _resumable(True)
+    download: bool = _resumable(False)
+    deterministic: bool = _resumable(True)  # tf.config.experimental.enable_op_determinism
     precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16 (tf_divtrain.precision)
     adv_labels: str = "predicted"  # D_adv FGSM labels: the static model's prediction, or "true"
     adv_share: float = 0.5  # fraction of each batch that is D_adv in the ens_adv modes
@@ -154,6 +154,9 @@ class TrainConfig:
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
+
+
+RESUMABLE_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("resumable"))
 
 
 def batch_parts(mode: str, batch_size: int, adv_share: float = 0.5) -> list:
