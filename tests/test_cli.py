@@ -42,3 +42,15 @@ def test_resumable_fields_come_from_the_config():
     old = training.TrainConfig(max_steps=1).to_json()
     assert training._config_diff(old, training.TrainConfig(max_steps=9).to_json()) == {}
     assert set(training._config_diff(old, training.TrainConfig(seed=1).to_json())) == {"seed"}
+
+
+def test_atomic_writes_leave_no_temp_files(tmp_path):
+    from tf_divtrain import io_utils
+
+    p = str(tmp_path / "a.json")
+    io_utils.atomic_write_json(p, {"x": 1})
+    io_utils.atomic_write_json(p, {"x": 2})
+    assert open(p).read() == '{"x": 2}' and sorted(__import__("os").listdir(tmp_path)) == ["a.json"]
+    with pytest.raises(ValueError):
+        io_utils.atomic_write_json(p, {"x": float("nan")}, allow_nan=False)
+    assert open(p).read() == '{"x": 2}'  # a failed write leaves the old file intact

@@ -25,7 +25,6 @@ to attack is a tensor argument).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -34,7 +33,7 @@ from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tf_divtrain import gal
+from tf_divtrain import gal, io_utils
 from tf_divtrain import models as models_lib
 
 ANALYSES = ("coherence", "gaas", "transfer", "whitebox")
@@ -852,9 +851,7 @@ def run_analysis(ensembles: Mapping[str, object], dataset: str, out_dir: str,
     path = os.path.join(out_dir, "analysis.json")
     report["files"]["analysis_json"] = path
     report = _json_safe(report)
-    with open(path + ".tmp", "w") as f:
-        json.dump(report, f, indent=2, allow_nan=False)
-    os.replace(path + ".tmp", path)
+    io_utils.atomic_write_json(path, report, indent=2, allow_nan=False)
     return report
 
 

@@ -42,6 +42,7 @@ from tf_divtrain import attacks as attacks_lib
 from tf_divtrain import data as data_lib
 from tf_divtrain import export as export_lib
 from tf_divtrain import gal as gal_lib
+from tf_divtrain import io_utils
 from tf_divtrain import models as models_lib
 from tf_divtrain import precision as precision_lib
 from tf_divtrain import step as step_lib
@@ -429,10 +430,7 @@ def prepare_out_dir(cfg: TrainConfig) -> None:
             print(f"Moved the previous run to {backup}")
     try:
         os.makedirs(cfg.out_dir, exist_ok=True)
-        tmp = cfg_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(cfg.to_json(), f, indent=2, sort_keys=True)
-        os.replace(tmp, cfg_path)
+        io_utils.atomic_write_json(cfg_path, cfg.to_json(), indent=2, sort_keys=True)
     except OSError as e:
         raise TrainingError(f"Cannot write to out_dir {cfg.out_dir!r} ({e}); choose a writable "
                             f"--out_dir.") from e
@@ -562,8 +560,5 @@ def train(cfg: TrainConfig) -> dict:
             "gal_lambda": cfg.gal_lambda, "trained_precision": cfg.precision}
     export_lib.export_ensemble(final, export_dir, meta, overwrite=True)
     metrics_out["wall_seconds_this_session"] = time.time() - t_start
-    tmp = os.path.join(cfg.out_dir, "metrics.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(metrics_out, f, indent=2)
-    os.replace(tmp, os.path.join(cfg.out_dir, "metrics.json"))
+    io_utils.atomic_write_json(os.path.join(cfg.out_dir, "metrics.json"), metrics_out, indent=2)
     return metrics_out
