@@ -26,11 +26,13 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tf_divtrain import paper
+
 DATASETS = {
     # name: (image shape HWC, classes, default D_noise epsilon from the paper)
-    "mnist": ((28, 28, 1), 10, 0.3),
-    "fashion_mnist": ((28, 28, 1), 10, 0.3),
-    "cifar10": ((32, 32, 3), 10, 0.09),
+    "mnist": ((28, 28, 1), 10, paper.NOISE_EPS["mnist"]),
+    "fashion_mnist": ((28, 28, 1), 10, paper.NOISE_EPS["fashion_mnist"]),
+    "cifar10": ((32, 32, 3), 10, paper.NOISE_EPS["cifar10"]),
 }
 SOURCES = ("aug", "noise", "adv")
 ENV_VAR = "TF_DIVTRAIN_DATA"

@@ -30,9 +30,9 @@ import tensorflow as tf
 from tf_divtrain import attacks as attacks_lib
 from tf_divtrain import data as data_lib
 from tf_divtrain import export as export_lib
-from tf_divtrain import io_utils
+from tf_divtrain import io_utils, paper
 
-DEFAULT_EPS = {"mnist": (0.1, 0.3), "fashion_mnist": (0.1, 0.3), "cifar10": (0.03, 0.09)}
+DEFAULT_EPS = paper.TABLE2_EPS
 SURROGATE_LABEL = "S (white-box)"
 CACHE_VERSION = 1
 log = logging.getLogger(__name__)

@@ -11,16 +11,13 @@ import tensorflow as tf
 
 from tf_divtrain import gal
 from tf_divtrain import models as models_lib
+from tf_divtrain import paper
 
 
 ANALYSES = ("coherence", "gaas", "transfer", "whitebox")
 DEFAULT_GAAS_K = (4, 16, 36, 64)
-# GAAS epsilons: the paper's Fig 5 values for CIFAR-10; MNIST-like data gets 0.1/0.2/0.3
-# (0.1 and 0.3 are the paper's Table 2 MNIST epsilons).
-DEFAULT_GAAS_EPS = {"mnist": (0.1, 0.2, 0.3), "fashion_mnist": (0.1, 0.2, 0.3),
-                    "cifar10": (0.03, 0.06, 0.09)}
-# Transfer / white-box epsilons: the paper's Table 2 values (small / large).
-DEFAULT_ATTACK_EPS = {"mnist": (0.1, 0.3), "fashion_mnist": (0.1, 0.3), "cifar10": (0.03, 0.09)}
+DEFAULT_GAAS_EPS = paper.GAAS_EPS  # Fig 5 (CIFAR-10); 0.1/0.2/0.3 for MNIST-like data
+DEFAULT_ATTACK_EPS = paper.TABLE2_EPS  # transfer / white-box: Table 2's small / large eps
 PGD_STEP_FACTOR = 2.5  # eps_iter = 2.5 * eps / nb_iter (Madry et al. 2017)
 MASKING_RATIO = 0.9  # worst-case white-box accuracy >= 0.9 * clean accuracy at any eps -> suspect
 GAAS_DEFINITION = (
