@@ -247,11 +247,10 @@ def test_cli_end_to_end(exported, data_dir, tmp_path, capsys):
             "--dataset=mnist", f"--data_dir={data_dir}", "--num_examples=50", "--gaas_eps=0.1,0.3",
             "--transfer_iters=5", "--whitebox_iters=5", "--batch_size=50", "--gaas_num_examples=40",
             "--transfer_num_examples=30", f"--out_dir={out}"]
-    flags.FLAGS(argv)
-    try:
-        assert analyze.main([]) == 0
-    finally:
-        flags.FLAGS.unparse_flags()
+    fv = flags.FlagValues()
+    analyze.define_flags(fv)  # flags go into a given FlagValues: no clash with other CLIs
+    fv(argv)
+    assert analyze.main([], fv) == 0
     printed = capsys.readouterr().out
     assert "summary" in printed and "T_Div" in printed
     for name in ("coherence_hist.png", "gaas.png", "transfer_T_Base.png", "transfer_T_Div.png"):
@@ -281,12 +280,10 @@ def test_cli_reports_bad_input(tmp_path, capsys):
 
     from tf_divtrain import analyze
 
-    flags.FLAGS(["analyze", f"--ensembles=T_Base={tmp_path / 'nope'}", "--gaas_k=4,25",
-                 f"--out_dir={tmp_path / 'o'}"])
-    try:
-        assert analyze.main([]) == 2
-    finally:
-        flags.FLAGS.unparse_flags()
+    fv = flags.FlagValues()
+    analyze.define_flags(fv)
+    fv(["analyze", f"--ensembles=T_Base={tmp_path / 'nope'}", "--gaas_k=4,25", f"--out_dir={tmp_path / 'o'}"])
+    assert analyze.main([], fv) == 2
     err = capsys.readouterr().err
     assert "k=25" in err and "4, 16, 36, 64" in err
     assert callable(analyze.run)

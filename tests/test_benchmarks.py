@@ -81,7 +81,7 @@ def test_conv3_flop_model():
 
 
 def _fast_gal():
-    sys.path.insert(0, os.path.join(_REPO, "benchmarks"))
+    sys.path.insert(0, os.path.join(_REPO, "benchmarks", "prototypes"))
     try:
         import fast_gal
     finally:
@@ -133,6 +133,7 @@ def _compare_stacked(x, y, members, strict):
         assert err < (1e-4 if strict else 1e-2), (v.path, err)
 
 
+@pytest.mark.slow  # a rejected prototype (benchmarks/FINDINGS.md): kept runnable, out of CI
 @pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3)])
 def test_stacked_gal_matches_reference_strict(shape):
     """benchmarks/fast_gal.py (the members as one grouped-conv network) == gal.py's path, element
@@ -155,6 +156,7 @@ def test_stacked_gal_matches_reference_strict(shape):
     np.testing.assert_allclose(sc.numpy(), rc.numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # a rejected prototype, out of CI
 def test_stacked_gal_matches_reference_real_data(data_dir, dataset="mnist"):
     """Same on real (aug + noise) batches of 5 x Conv-3, allowing for max-pool ties."""
     from tf_divtrain import data, models

@@ -94,5 +94,7 @@ def test_two_workers_equal_one_process_chief_writes_and_resume(tmp_path, data_di
     ce = [json.load(open(os.path.join(d, "metrics.json")))["final_train"]["member_ce"] for d in (multi, single)]
     np.testing.assert_allclose(ce[0], ce[1], atol=1e-4)
     x = mnist.x_test[:8]
+    # The weights agree to ~1 % of the update (above), so the logits agree to ~1e-3, not 1e-4
+    # (measured 1.05e-3 at ebab444, before any change of this branch).
     np.testing.assert_allclose(export.load_ensemble(multi).member_logits(x).numpy(),
-                               export.load_ensemble(single).member_logits(x).numpy(), atol=5e-3)
+                               export.load_ensemble(single).member_logits(x).numpy(), atol=3e-3)

@@ -143,6 +143,6 @@ def test_evaluate_crafts_in_the_asked_precision_and_scores_in_float32(tmp_path, 
     r16 = evaluation.evaluate(sur, [("T", tgt)], precision="mixed_bfloat16", **kw)
     assert (r32["crafting_precision"], r16["crafting_precision"]) == ("float32", "mixed_bfloat16")
     assert r16["rows"][0]["clean"] == r32["rows"][0]["clean"]  # targets scored in float32 both times
-    assert len([f for f in os.listdir(tmp_path / "cache") if f.endswith(".npy")]) == 2  # cached apart
+    assert len([f for f in os.listdir(tmp_path / "cache") if f.endswith(".npy")]) == 2  # the two precisions' examples are cached apart
     with pytest.raises(ValueError, match="does not name its members"):
         export.load_ensemble(tgt, precision="mixed_bfloat16")

@@ -230,9 +230,9 @@ def test_config_validation(kw, pattern):
 
 def test_cli_validators_and_missing_static(tmp_path, data_dir):
     r = _cli(["--out_dir=" + str(tmp_path / "x"), "--noise_eps=1.5"], data_dir)
-    assert r.returncode != 0 and "--noise_eps must be in [0, 1]" in r.stderr
+    assert r.returncode != 0 and "noise_eps=1.5 is outside [0, 1]" in r.stderr  # TrainConfig.validate's rule
     r = _cli(["--out_dir=" + str(tmp_path / "x"), "--mode=div", "--ensemble_size=1"], data_dir)
-    assert r.returncode != 0 and "need --ensemble_size >= 2" in r.stderr
+    assert r.returncode != 0 and "at least 2 members" in r.stderr
     r = _cli(["--out_dir=" + str(tmp_path / "x"), "--mode=ens_adv",
               "--static_model=" + str(tmp_path / "none"), "--max_steps=1"], data_dir)
     assert r.returncode == 2 and "No tf_divtrain export found" in r.stderr

@@ -18,40 +18,46 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("ensembles", None, "Comma list LABEL=DIR; DIR = a training out_dir or a "
-                    "saved_model dir (e.g. T_Base=runs/base,T_Div=runs/div).")
-flags.DEFINE_string("dataset", "mnist", "mnist, fashion_mnist or cifar10 (must match the exports).")
-flags.DEFINE_string("data_dir", None, "Folder with <dataset>.npz; None -> $TF_DIVTRAIN_DATA.")
-flags.DEFINE_integer("num_examples", 500, "Test subset size (the first N test images).")
-flags.DEFINE_integer("gaas_num_examples", 0, "GAAS uses the first N of the test subset (0 = all).")
-flags.DEFINE_integer("transfer_num_examples", 0, "Transfer matrix (and, unless "
-                     "--whitebox_num_examples is set, the white-box check) use the first N (0 = all).")
-flags.DEFINE_integer("whitebox_num_examples", 0, "White-box check uses the first N (0 = "
-                     "--transfer_num_examples, or all).")
-flags.DEFINE_list("gaas_k", ["4", "16", "36", "64"], "GAAS orders k (regular Hadamard orders: "
-                  "4, 16, 36, 64, 144, ...).")
-flags.DEFINE_list("gaas_eps", None, "GAAS epsilons; default 0.1,0.2,0.3 (MNIST-like), "
-                  "0.03,0.06,0.09 (CIFAR-10).")
-flags.DEFINE_enum("gaas_blocks", "balanced", ["balanced", "contiguous"],
-                  "How input dims are split into the k GAAS blocks (see analysis.block_assignment).")
-flags.DEFINE_float("transfer_eps", None, "Epsilon of the member-to-member PGD; default 0.3 "
-                   "(MNIST-like) / 0.09 (CIFAR-10).")
-flags.DEFINE_integer("transfer_iters", 20, "PGD iterations for the transferability matrix.")
-flags.DEFINE_list("whitebox_eps", None, "White-box PGD epsilons; default 0.1,0.3 / 0.03,0.09.")
-flags.DEFINE_integer("whitebox_iters", 40, "White-box PGD iterations (step 2.5 eps / iters).")
-flags.DEFINE_list("analyses", ["coherence", "gaas", "transfer", "whitebox"],
-                  "Subset of coherence,gaas,transfer,whitebox.")
-flags.DEFINE_integer("batch_size", 100, "Batch size of every forward/backward pass.")
-flags.DEFINE_integer("seed", 0, "Seed of the PGD random starts.")
-flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
-                  "Precision the ensembles compute in. Default float32: coherence and GAAS measure "
-                  "cosines near 0 and points near the decision boundary, which bfloat16's 8-bit "
-                  "mantissa would shift; reduced precision is for quick looks only.")
-flags.DEFINE_string("out_dir", "runs/analysis", "Where analysis.json and the PNGs go.")
+
+def define_flags(fv=FLAGS) -> None:
+    """Defines the analyze flags in ``fv`` (called by ``run()``, not at import, so the CLIs can
+    share one process)."""
+    flags.DEFINE_string("ensembles", None, "Comma list LABEL=DIR; DIR = a training out_dir or a "
+                        "saved_model dir (e.g. T_Base=runs/base,T_Div=runs/div).", flag_values=fv)
+    flags.DEFINE_string("dataset", "mnist", "mnist, fashion_mnist or cifar10 (must match the exports).", flag_values=fv)
+    flags.DEFINE_string("data_dir", None, "Folder with <dataset>.npz; None -> $TF_DIVTRAIN_DATA.", flag_values=fv)
+    flags.DEFINE_integer("num_examples", 500, "Test subset size (the first N test images).", flag_values=fv)
+    flags.DEFINE_integer("gaas_num_examples", 0, "GAAS uses the first N of the test subset (0 = all).", flag_values=fv)
+    flags.DEFINE_integer("transfer_num_examples", 0, "Transfer matrix (and, unless "
+                         "--whitebox_num_examples is set, the white-box check) use the first N (0 = all).", flag_values=fv)
+    flags.DEFINE_integer("whitebox_num_examples", 0, "White-box check uses the first N (0 = "
+                         "--transfer_num_examples, or all).", flag_values=fv)
+    flags.DEFINE_list("gaas_k", ["4", "16", "36", "64"], "GAAS orders k (regular Hadamard orders: "
+                      "4, 16, 36, 64, 144, ...).", flag_values=fv)
+    flags.DEFINE_list("gaas_eps", None, "GAAS epsilons; default 0.1,0.2,0.3 (MNIST-like), "
+                      "0.03,0.06,0.09 (CIFAR-10).", flag_values=fv)
+    flags.DEFINE_enum("gaas_blocks", "balanced", ["balanced", "contiguous"],
+                      "How input dims are split into the k GAAS blocks (see analysis.block_assignment).", flag_values=fv)
+    flags.DEFINE_float("transfer_eps", None, "Epsilon of the member-to-member PGD; default 0.3 "
+                       "(MNIST-like) / 0.09 (CIFAR-10).", flag_values=fv)
+    flags.DEFINE_integer("transfer_iters", 20, "PGD iterations for the transferability matrix.", flag_values=fv)
+    flags.DEFINE_list("whitebox_eps", None, "White-box PGD epsilons; default 0.1,0.3 / 0.03,0.09.", flag_values=fv)
+    flags.DEFINE_integer("whitebox_iters", 40, "White-box PGD iterations (step 2.5 eps / iters).", flag_values=fv)
+    flags.DEFINE_list("analyses", ["coherence", "gaas", "transfer", "whitebox"],
+                      "Subset of coherence,gaas,transfer,whitebox.", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 100, "Batch size of every forward/backward pass.", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Seed of the PGD random starts.", flag_values=fv)
+    flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
+                      "Precision the ensembles compute in. Default float32: coherence and GAAS measure "
+                      "cosines near 0 and points near the decision boundary, which bfloat16's 8-bit "
+                      "mantissa would shift; reduced precision is for quick looks only.", flag_values=fv)
+    flags.DEFINE_string("out_dir", "runs/analysis", "Where analysis.json and the PNGs go.", flag_values=fv)
 
 
-def main(argv):
+def main(argv, fv=None):
+    """Runs the analyses named by the flags in ``fv`` (default: the global FLAGS); returns 0 or 2."""
     del argv
+    FLAGS = fv if fv is not None else globals()["FLAGS"]  # noqa: N806
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -91,6 +97,7 @@ def main(argv):
 
 def run():
     """Console-script entry point (tf_divtrain-analyze)."""
+    define_flags()
     app.run(main)
 
 

@@ -26,11 +26,13 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tf_divtrain import paper
+
 DATASETS = {
     # name: (image shape HWC, classes, default D_noise epsilon from the paper)
-    "mnist": ((28, 28, 1), 10, 0.3),
-    "fashion_mnist": ((28, 28, 1), 10, 0.3),
-    "cifar10": ((32, 32, 3), 10, 0.09),
+    "mnist": ((28, 28, 1), 10, paper.NOISE_EPS["mnist"]),
+    "fashion_mnist": ((28, 28, 1), 10, paper.NOISE_EPS["fashion_mnist"]),
+    "cifar10": ((32, 32, 3), 10, paper.NOISE_EPS["cifar10"]),
 }
 SOURCES = ("aug", "noise", "adv")
 ENV_VAR = "TF_DIVTRAIN_DATA"
@@ -269,23 +271,96 @@ def train_stream(x: np.ndarray, y: np.ndarray, dataset: str, batch_size: int,
 
     def transform(step, batch):
         xb, yb = batch
-        xb = tf.cast(xb, tf.float32) / 255.0
-        parts = tf.split(xb, sizes, axis=0)
         step_seed = tf.stack([tf.constant(seed, tf.int64), step])
-        seeds = tf.random.experimental.stateless_split(step_seed, len(sources))
-        out = []
-        for k, (src, part) in enumerate(zip(sources, parts)):
-            if src == "aug":
-                part = augment(part, dataset, seeds[k])
-            elif src == "noise":
-                part = add_noise(part, noise_eps, seeds[k])
-            out.append(part)
-        return tf.concat(out, axis=0), yb
+        return transform_batch(tf.cast(xb, tf.float32) / 255.0, sources, dataset, noise_eps,
+                               step_seed, sizes), yb
 
     ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def eval_batches(x: np.ndarray, y: np.ndarray, batch_size: int) -> tf.data.Dataset:
-    """Ordered, unshuffled batches for evaluation (last batch may be smaller)."""
-    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+def transform_batch(x: tf.Tensor, sources: Sequence[str], dataset: str, noise_eps: float, seed,
+                    sizes: Optional[Sequence[int]] = None) -> tf.Tensor:
+    """One batch's rule: contiguous parts of ``sizes`` (default :func:`split_sizes`), part k
+    transformed by ``sources[k]`` with its own seed split from the [2] int64 ``seed``."""
+    sources = check_sources(sources)
+    if sizes is None:
+        n = x.shape[0]
+        if n is not None:
+            sizes = split_sizes(int(n), len(sources))
+        else:  # dynamic batch: the same rule as split_sizes, in graph ops
+            b, k = tf.shape(x)[0], len(sources)
+            sizes = b // k + tf.cast(tf.range(k) < b % k, tf.int32)
+    parts = tf.split(x, sizes if isinstance(sizes, tf.Tensor) else list(sizes), axis=0)
+    seeds = tf.random.experimental.stateless_split(seed, len(sources))
+    out = []
+    for k, (src, part) in enumerate(zip(sources, parts)):
+        if src == "aug":
+            part = augment(part, dataset, seeds[k])
+        elif src == "noise":
+            part = add_noise(part, noise_eps, seeds[k])
+        out.append(part)
+    return tf.concat(out, axis=0)
+
+
+def _call_seed(seed: Optional[int]) -> tf.Tensor:
+    """A fresh [2] int64 seed per call of a ``Dataset.map`` function (op-seeded: a sequential
+    map with a fixed ``seed`` and global seed gives the same stream every run)."""
+    return tf.random.uniform([2], maxval=2 ** 31 - 1, dtype=tf.int64, seed=seed)
+
+
+def _as_batch(x):
+    x = tf.convert_to_tensor(x)
+    if x.dtype == tf.uint8:
+        x = tf.cast(x, tf.float32) / 255.0
+    single = x.shape.rank == 3
+    return (x[None] if single else x), single
+
+
+def augment_map(dataset: str = "mnist", seed: Optional[int] = None):
+    """D' as a ``tf.data`` map: ``ds.map(augment_map("mnist"))`` on ``(images, labels)``.
+
+    Images may be one image [H, W, C] or a batch [B, H, W, C], float32 in [0, 1] or uint8.
+    Each call draws its own shifts (and flips, CIFAR-10); see :func:`augment`."""
+    check_dataset_name(dataset)
+
+    def fn(x, y):
+        xb, single = _as_batch(x)
+        out = augment(xb, dataset, _call_seed(seed))
+        return (out[0] if single else out), y
+
+    return fn
+
+
+def noise_map(eps: float, seed: Optional[int] = None):
+    """D_noise as a ``tf.data`` map: x + truncated-normal noise (|n| <= eps), clipped to [0, 1]."""
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"noise eps={eps} is outside [0, 1] (pixel scale).")
+
+    def fn(x, y):
+        xb, single = _as_batch(x)
+        out = add_noise(xb, eps, _call_seed(seed))
+        return (out[0] if single else out), y
+
+    return fn
+
+
+def diversity_map(dataset: str = "mnist", noise_eps: Optional[float] = None,
+                  sources: Sequence[str] = ("aug", "noise"), seed: Optional[int] = None):
+    """The paper's {D', D_noise} batch (§4.1) as a ``tf.data`` map on *batched* data.
+
+    ``ds.batch(B, drop_remainder=True).map(diversity_map("mnist"))``: the first half of each batch
+    is augmented (D'), the second half gets noise of ``noise_eps`` (default: the paper's 0.3 for
+    MNIST-like data, 0.09 for CIFAR-10) -- the same rule as the CLI's ``train_stream``, which
+    additionally makes every draw a function of (seed, step) for exact resumption.
+    """
+    sources = check_sources(sources)
+    if "adv" in sources:
+        raise ValueError("D_adv depends on a static model, not on the data; craft it in the step.")
+    eps = default_noise_eps(dataset) if noise_eps is None else noise_eps
+
+    def fn(x, y):
+        xb, _ = _as_batch(x)
+        return transform_batch(xb, sources, dataset, eps, _call_seed(seed)), y
+
+    return fn

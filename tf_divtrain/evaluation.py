@@ -46,8 +46,9 @@ import tensorflow as tf
 from tf_divtrain import attacks as attacks_lib
 from tf_divtrain import data as data_lib
 from tf_divtrain import export as export_lib
+from tf_divtrain import io_utils, paper
 
-DEFAULT_EPS = {"mnist": (0.1, 0.3), "fashion_mnist": (0.1, 0.3), "cifar10": (0.03, 0.09)}
+DEFAULT_EPS = paper.TABLE2_EPS
 SURROGATE_LABEL = "S (white-box)"
 CACHE_VERSION = 1
 log = logging.getLogger(__name__)
@@ -217,10 +218,7 @@ def craft_cached(surrogate, surrogate_id: str, dataset: str, attack: str, eps: f
     info = {"seconds": seconds, "images_per_sec": len(x) / max(seconds, 1e-9),
             "num_examples": len(x), "batch_size": batch_size}
     _atomic_save(path, x_adv)
-    tmp = f"{meta_path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(info, f)
-    os.replace(tmp, meta_path)
+    io_utils.atomic_write_json(meta_path, info)
     info.update(cached=False, path=path)
     return x_adv, info
 
@@ -583,11 +581,7 @@ def plot(results: dict, path: str) -> str:
     return path
 
 
-def _write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+_write_text = io_utils.atomic_write_text
 
 
 def write_reports(results: dict, out_dir: str) -> Dict[str, str]:

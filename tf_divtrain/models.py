@@ -182,6 +182,17 @@ class Ensemble(tf.Module):
     def __init__(self, members: Sequence[keras.Model], name: str = "ensemble"):
         super().__init__(name=name)
         self.members = list(members)
+        self.metadata = {}  # an export's metadata when loaded by export.load_ensemble
+
+    @property
+    def dataset(self):
+        """The dataset of a loaded export (``metadata["dataset"]``), else None."""
+        return self.metadata.get("dataset")
+
+    @property
+    def input_shape(self):
+        shape = self.metadata.get("input_shape")
+        return tuple(shape) if shape else tuple(self.members[0].input_shape[1:])
 
     @property
     def size(self) -> int:

@@ -20,6 +20,7 @@ from typing import Dict, List, Optional
 from absl import app, flags
 
 from tf_divtrain import attacks as attacks_lib
+from tf_divtrain import io_utils
 from tf_divtrain.evaluation import eps_key as _eps_key
 
 ROLES = (("surrogate", "S"), ("static", "static"), ("base", "T_Base"), ("div", "T_Div"),
@@ -414,10 +415,7 @@ def main(argv):
         sys.exit(2)
     text = build_report(FLAGS.preset, FLAGS.results_dir)
     path = os.path.join(FLAGS.results_dir, "REPORT.md")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    io_utils.atomic_write_text(path, text)
     print(f"wrote {path}")
 
 

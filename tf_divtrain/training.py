@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 import time
@@ -43,8 +42,10 @@ from tf_divtrain import attacks as attacks_lib
 from tf_divtrain import data as data_lib
 from tf_divtrain import export as export_lib
 from tf_divtrain import gal as gal_lib
+from tf_divtrain import io_utils
 from tf_divtrain import models as models_lib
 from tf_divtrain import precision as precision_lib
+from tf_divtrain import step as step_lib
 
 MODES = {
     "baseline": ("aug",),
@@ -60,10 +61,9 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 # many in a row (scale / 2^25) means the run itself diverged, and the NaN guard stops it.
 MAX_SKIPPED_FP16_STEPS = 25
 
-# Config keys that may change between a run and its resumption (they do not change the result).
-RESUMABLE_KEYS = ("epochs", "max_steps", "out_dir", "strategy", "jit_compile", "log_every",
-                  "checkpoint_every", "data_dir", "fresh", "progress", "eval_examples", "download",
-                  "deterministic")
+def _resumable(default):
+    """A config field that may differ when a run is resumed (it does not change the result)."""
+    return dataclasses.field(default=default, metadata={"resumable": True})
 
 
 class TrainingError(RuntimeError):
@@ -74,32 +74,34 @@ class TrainingError(RuntimeError):
 class TrainConfig:
     """Every setting of a training run (the CLI fills it from absl flags)."""
 
+    # Fields marked resumable may change between a run and its resumption (they do not change
+    # the result); every other field must match the run's config.json (see prepare_out_dir).
     dataset: str = "mnist"
-    data_dir: Optional[str] = None
+    data_dir: Optional[str] = _resumable(None)
     model: str = "conv3"
     ensemble_size: int = 5
     mode: str = "baseline"
     gal_lambda: float = 0.5
-    epochs: int = 10
-    max_steps: int = 0  # 0 = no cap
+    epochs: int = _resumable(10)
+    max_steps: int = _resumable(0)  # 0 = no cap
     batch_size: int = 128
     learning_rate: float = 1e-3
     noise_eps: Optional[float] = None  # None = dataset default (0.3 MNIST, 0.09 CIFAR-10)
     adv_eps: Optional[float] = None  # None = dataset default (same as noise_eps)
     static_model: str = ""
     seed: int = 0
-    out_dir: str = "runs/default"
+    out_dir: str = _resumable("runs/default")
     train_examples: int = 0  # 0 = all
     validation_examples: int = 0
-    eval_examples: int = 1000  # test subset for metrics.json (0 = whole test split)
-    strategy: str = "default"
-    jit_compile: bool = False
-    log_every: int = 20
-    checkpoint_every: int = 100
-    fresh: bool = False
-    progress: bool = True
-    download: bool = False
-    deterministic: bool = True  # tf.config.experimental.enable_op_determinism (slower on GPU)
+    eval_examples: int = _resumable(1000)  # test subset for metrics.json (0 = whole test split)
+    strategy: str = _resumable("default")
+    jit_compile: bool = _resumable(False)
+    log_every: int = _resumable(20)
+    checkpoint_every: int = _resumable(100)
+    fresh: bool = _resumable(False)
+    progress: bool = _resumable(True)
+    download: bool = _resumable(False)
+    deterministic: bool = _resumable(True)  # tf.config.experimental.enable_op_determinism
     precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16 (tf_divtrain.precision)
     adv_labels: str = "predicted"  # D_adv FGSM labels: the static model's prediction, or "true"
     adv_share: float = 0.5  # fraction of each batch that is D_adv in the ens_adv modes
@@ -155,6 +157,9 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+RESUMABLE_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("resumable"))
+
+
 def batch_parts(mode: str, batch_size: int, adv_share: float = 0.5) -> list:
     """Sizes of the contiguous parts of a batch, in ``MODES[mode]`` order.
 
@@ -183,17 +188,19 @@ def per_example_objective(members, x, y, mode: str, gal_lambda: float, training:
     ``loss`` [B] is Eq 9 (GAL modes) or the mean member CE (other modes); ``ce`` [B, N];
     ``gal`` / ``coherence`` [B] only in GAL modes (computed from the same pair cosines).
     ``loss_scale``: the inner input-gradient loss scale (mixed_float16; see ``tf_divtrain.precision``).
+    The objectives themselves live in :mod:`tf_divtrain.step`.
     """
+    return step_lib.call_objective(objective_for_mode(mode, gal_lambda), members, x, y,
+                                   training=training, loss_scale=loss_scale)
+
+
+def objective_for_mode(mode: str, gal_lambda: float) -> step_lib.Objective:
+    """The step objective of a training mode: Eq 9 in GAL modes, mean member CE otherwise."""
     if mode in GAL_MODES:
-        grads, logits, ce = gal_lib.member_input_gradients(members, x, y, training=training,
-                                                           loss_scale=loss_scale)
-        pairs = gal_lib.pair_cosines(grads)
-        gal = gal_lib.gal_from_pairs(pairs)
-        return {"loss": gal_lib.div_loss_per_example(ce, gal, gal_lambda), "ce": ce, "gal": gal,
-                "coherence": gal_lib.coherence_from_pairs(pairs), "logits": logits}
-    logits = models_lib.member_logits(members, x, training=training)
-    ce = gal_lib.member_cross_entropy(logits, y)
-    return {"loss": tf.reduce_mean(ce, axis=-1), "ce": ce, "logits": logits}
+        return step_lib.DiversityObjective(gal_lambda)
+    if mode in MODES:
+        return step_lib.CrossEntropyObjective()
+    raise ValueError(f"Unknown mode {mode!r}; valid: {', '.join(MODES)}.")
 
 
 def random_eps(n, max_eps: float, seed):
@@ -249,8 +256,11 @@ class Trainer:
     """Owns the ensemble, optimizer, strategy and the compiled step for one run."""
 
     def __init__(self, cfg: TrainConfig, input_shape, num_classes: int,
-                 static_model: Optional[Callable] = None):
+                 static_model: Optional[Callable] = None,
+                 objective: Optional[step_lib.Objective] = None):
         self.cfg = cfg
+        # The step's objective (tf_divtrain.step): the mode's Eq 9 unless one is injected.
+        self.objective = objective or objective_for_mode(cfg.mode, cfg.gal_lambda)
         self.strategy = make_strategy(cfg.strategy)
         if cfg.batch_size % self.strategy.num_replicas_in_sync:
             raise TrainingError(f"batch_size={cfg.batch_size} does not split evenly across "
@@ -279,26 +289,9 @@ class Trainer:
         cfg = self.cfg
         if cfg.mode in ADV_MODES:
             x = self._craft_adv_rows(x, y)
-        variables = self.ensemble.trainable_variables
-        scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
-        scale = self.optimizer.dynamic_scale if scaled else None
-        with tf.GradientTape() as tape:
-            out = per_example_objective(self.ensemble.members, x, y, cfg.mode, cfg.gal_lambda,
-                                        loss_scale=scale)
-            loss = tf.reduce_sum(out["loss"]) / float(cfg.batch_size)
-            if scaled:
-                loss = self.optimizer.scale_loss(loss)
-        grads = tape.gradient(loss, variables)
-        self.optimizer.apply_gradients(zip(grads, variables))  # LossScaleOptimizer unscales
-        correct = tf.cast(tf.equal(tf.argmax(models_lib.ensemble_probabilities(out["logits"]), -1),
-                                   tf.cast(y, tf.int64)), tf.float32)
-        sums = {"loss": tf.reduce_sum(out["loss"]), "ce": tf.reduce_sum(tf.reduce_mean(out["ce"], -1)),
-                "member_ce": tf.reduce_sum(out["ce"], axis=0), "train_acc": tf.reduce_sum(correct),
-                "count": tf.cast(tf.shape(y)[0], tf.float32)}
-        if "gal" in out:
-            sums["gal"] = tf.reduce_sum(out["gal"])
-            sums["coherence"] = tf.reduce_sum(out["coherence"])
-        return sums
+        out = step_lib.apply_step(self.ensemble.members, self.ensemble.trainable_variables,
+                                  self.optimizer, self.objective, x, y, cfg.batch_size)
+        return step_lib.metric_sums(out, y)
 
     def _craft_adv_rows(self, x, y):
         """Replaces this replica's D_adv rows by FGSM examples on the static model.
@@ -437,10 +430,7 @@ def prepare_out_dir(cfg: TrainConfig) -> None:
             print(f"Moved the previous run to {backup}")
     try:
         os.makedirs(cfg.out_dir, exist_ok=True)
-        tmp = cfg_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(cfg.to_json(), f, indent=2, sort_keys=True)
-        os.replace(tmp, cfg_path)
+        io_utils.atomic_write_json(cfg_path, cfg.to_json(), indent=2, sort_keys=True)
     except OSError as e:
         raise TrainingError(f"Cannot write to out_dir {cfg.out_dir!r} ({e}); choose a writable "
                             f"--out_dir.") from e
@@ -570,8 +560,5 @@ def train(cfg: TrainConfig) -> dict:
             "gal_lambda": cfg.gal_lambda, "trained_precision": cfg.precision}
     export_lib.export_ensemble(final, export_dir, meta, overwrite=True)
     metrics_out["wall_seconds_this_session"] = time.time() - t_start
-    tmp = os.path.join(cfg.out_dir, "metrics.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(metrics_out, f, indent=2)
-    os.replace(tmp, os.path.join(cfg.out_dir, "metrics.json"))
+    io_utils.atomic_write_json(os.path.join(cfg.out_dir, "metrics.json"), metrics_out, indent=2)
     return metrics_out

@@ -1,6 +1,6 @@
 """Interleaved A/B timing of train-step variants in ONE process (robust to background load).
 
-    python benchmarks/explore.py --variants=plain,gal,gal_stacked [--xla_variants=...] \
+    python benchmarks/prototypes/explore.py --variants=plain,gal,gal_stacked [--xla_variants=...] \
         [--batch=128] [--members=5] [--reps=6] [--dataset=mnist --model=conv3]
 
 Variants: plain (baseline mode), gal (div mode, gal.member_input_gradients), gal_stacked (div mode,
@@ -40,20 +40,9 @@ from tf_divtrain import data as data_lib  # noqa: E402
 from tf_divtrain import training  # noqa: E402
 
 
-class StackedTrainer(training.Trainer):
-    objective = staticmethod(fast_gal.per_example_objective)
-
-    def _replica_step(self, x, y):  # runs only while tracing
-        orig = training.per_example_objective
-        training.per_example_objective = self.objective
-        try:
-            return super()._replica_step(x, y)
-        finally:
-            training.per_example_objective = orig
-
-
-class SeparateTrainer(StackedTrainer):
-    objective = staticmethod(fast_gal.separate_per_example_objective)
+def _objective(per_example, mode):
+    """fast_gal's (members, x, y, mode, lambda, training) functions as a step objective."""
+    return lambda members, x, y, training=True: per_example(members, x, y, mode, 0.5, training)
 
 
 def make(variant):
@@ -65,8 +54,10 @@ def make(variant):
     stream = data_lib.train_stream(ds.x_train, ds.y_train, args.dataset, args.batch,
                                    training.MODES[mode], None, 0)
     batches = [b for b in stream.take(3)]
-    cls = {"gal_stacked": StackedTrainer, "gal_sep": SeparateTrainer}.get(base, training.Trainer)
-    return cls(cfg, ds.input_shape, 10), batches
+    per_example = {"gal_stacked": fast_gal.per_example_objective,
+                   "gal_sep": fast_gal.separate_per_example_objective}.get(base)
+    objective = _objective(per_example, mode) if per_example else None  # the step's injection point
+    return training.Trainer(cfg, ds.input_shape, 10, objective=objective), batches
 
 
 variants = args.variants.split(",")

@@ -1,6 +1,6 @@
 """Where does a train step's time go? Per-op-type totals from the TF profiler (host XPlane).
 
-    python benchmarks/profile_step.py [--mode=div] [--batch=128] [--members=5] [--steps=2]
+    python benchmarks/prototypes/profile_step.py [--mode=div] [--batch=128] [--members=5] [--steps=2]
 
 Prints the top op types by total self time (summed over the inter/intra-op threads, so the total
 can exceed wall time) for ``--steps`` profiled steps after warm-up.

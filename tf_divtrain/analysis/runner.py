@@ -1,0 +1,255 @@
+"""The whole analysis run behind ``python -m tf_divtrain.analyze``: validation, LABEL=DIR
+parsing, loading the exports, every analysis, plots and analysis.json."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from tf_divtrain import io_utils
+
+from tf_divtrain.analysis.common import (
+    ANALYSES, AnalysisError, BLOCK_MODES, DEFAULT_ATTACK_EPS, DEFAULT_GAAS_EPS, DEFAULT_GAAS_K,
+    GAAS_DEFINITION, PGD_STEP_FACTOR, _compiled, check_eps, num_members, summarize)
+from tf_divtrain.analysis.gaas import (check_gaas_k, gaas_analysis)
+from tf_divtrain.analysis.coherence import coherence_values
+from tf_divtrain.analysis.transfer import transfer_matrix
+from tf_divtrain.analysis.whitebox import whitebox_check
+from tf_divtrain.analysis.plots import (plot_coherence_hist, plot_gaas, plot_transfer, safe_label)
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation and the whole run.
+
+def parse_ensembles(spec) -> Dict[str, str]:
+    """``"T_Base=runs/base,T_Div=runs/div"`` (or a list / dict) -> ordered {label: dir}."""
+    if isinstance(spec, Mapping):
+        items = list(spec.items())
+    else:
+        parts = spec.split(",") if isinstance(spec, str) else list(spec)
+        items = []
+        for p in parts:
+            p = p.strip()
+            if not p:
+                continue
+            if "=" not in p:
+                raise AnalysisError(f"--ensembles entry {p!r} is not LABEL=DIR (e.g. "
+                                    f"--ensembles=T_Base=runs/base,T_Div=runs/div).")
+            label, path = p.split("=", 1)
+            items.append((label.strip(), path.strip()))
+    if not items:
+        raise AnalysisError("No ensembles given: pass --ensembles=LABEL=DIR[,LABEL=DIR...].")
+    out = {}
+    for label, path in items:
+        if not label:
+            raise AnalysisError(f"Empty label for ensemble dir {path!r}; use LABEL=DIR.")
+        if label in out:
+            raise AnalysisError(f"Duplicate ensemble label {label!r}; labels must be unique.")
+        out[label] = path
+    return out
+
+
+def check_analyses(analyses) -> list:
+    if isinstance(analyses, str):
+        analyses = [a.strip() for a in analyses.split(",") if a.strip()]
+    bad = [a for a in analyses if a not in ANALYSES]
+    if bad or not analyses:
+        raise AnalysisError(f"Unknown analysis {bad}; valid: {', '.join(ANALYSES)}.")
+    return list(dict.fromkeys(analyses))
+
+
+def _to_list(v, cast):
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return [cast(s.strip()) for s in v.split(",") if s.strip()]
+    if isinstance(v, (int, float)):
+        return [cast(v)]
+    return [cast(s) for s in v]
+
+
+def load_targets(ensembles: Mapping[str, object], dataset: str,
+                 precision: str = "float32") -> Dict[str, object]:
+    """Resolves {label: dir or ensemble object}; every dir is checked before any is loaded.
+
+    ``precision``: what the loaded exports compute in (default float32: the cosines behind
+    coherence and GAAS sit near 0, where bfloat16's 8-bit mantissa would change what is measured).
+    """
+    from tf_divtrain import data as data_lib
+    from tf_divtrain import export as export_lib
+
+    shape, classes, _ = data_lib.DATASETS[dataset]
+    for label, t in ensembles.items():
+        if isinstance(t, str):
+            try:
+                export_lib.find_export(t)
+            except FileNotFoundError as e:
+                raise AnalysisError(f"Ensemble {label!r}: {e}") from None
+    out = {}
+    for label, t in ensembles.items():
+        if isinstance(t, str):
+            ens = export_lib.load_ensemble(t, precision=precision)
+            meta = ens.metadata
+            if meta.get("dataset") != dataset:
+                raise AnalysisError(
+                    f"Ensemble {label!r} ({t}) was trained on {meta.get('dataset')!r} but "
+                    f"--dataset={dataset}; pass --dataset={meta.get('dataset')} or an ensemble "
+                    f"trained on {dataset}.")
+            if tuple(meta.get("input_shape", ())) != tuple(shape) or int(meta.get("num_classes", -1)) != classes:
+                raise AnalysisError(
+                    f"Ensemble {label!r} ({t}) expects input_shape {meta.get('input_shape')} / "
+                    f"{meta.get('num_classes')} classes, but {dataset} has {list(shape)} / {classes}.")
+            out[label] = ens
+        else:
+            out[label] = t
+    return out
+
+
+def run_analysis(ensembles: Mapping[str, object], dataset: str, out_dir: str,
+                 data_dir: Optional[str] = None, num_examples: int = 500,
+                 analyses: Iterable[str] = ANALYSES, gaas_k: Optional[Sequence[int]] = None,
+                 gaas_eps: Optional[Sequence[float]] = None, transfer_eps: Optional[float] = None,
+                 transfer_iters: int = 20, whitebox_eps: Optional[Sequence[float]] = None,
+                 whitebox_iters: int = 40, batch_size: int = 100, seed: int = 0,
+                 gaas_blocks: str = "balanced", gaas_num_examples: int = 0,
+                 transfer_num_examples: int = 0, whitebox_num_examples: int = 0,
+                 x: Optional[np.ndarray] = None,
+                 y: Optional[np.ndarray] = None, log: Callable[[str], None] = print,
+                 precision: str = "float32") -> dict:
+    """Runs the chosen analyses on every ensemble and writes ``out_dir``/analysis.json + PNGs.
+
+    ``ensembles``: {label: training out_dir / saved_model dir / ensemble object}. Test data: the
+    first ``num_examples`` test images of ``dataset`` (or ``x``, ``y`` if given); GAAS, the
+    transfer matrix and the white-box check use only the first ``gaas_num_examples`` /
+    ``transfer_num_examples`` / ``whitebox_num_examples`` of them (0 = all; the white-box subset
+    defaults to the transfer one). All inputs are validated before any heavy work. Returns the
+    dict written to analysis.json.
+    """
+    from tf_divtrain import data as data_lib
+
+    try:
+        data_lib.check_dataset_name(dataset)
+    except ValueError as e:
+        raise AnalysisError(str(e)) from None
+    analyses = check_analyses(analyses)
+    if isinstance(ensembles, str) or not isinstance(ensembles, Mapping):
+        ensembles = parse_ensembles(ensembles)
+    gaas_k = _to_list(gaas_k, int) or list(DEFAULT_GAAS_K)
+    gaas_k = [check_gaas_k(k) for k in gaas_k]
+    gaas_eps = [check_eps(e, "GAAS eps") for e in (_to_list(gaas_eps, float) or DEFAULT_GAAS_EPS[dataset])]
+    whitebox_eps = [check_eps(e, "white-box eps")
+                    for e in (_to_list(whitebox_eps, float) or DEFAULT_ATTACK_EPS[dataset])]
+    transfer_eps = check_eps(transfer_eps if transfer_eps is not None else DEFAULT_ATTACK_EPS[dataset][-1],
+                             "transfer eps")
+    if gaas_blocks not in BLOCK_MODES:
+        raise AnalysisError(f"Unknown GAAS block mode {gaas_blocks!r}; valid: {', '.join(BLOCK_MODES)}.")
+    if num_examples < 1 or batch_size < 1 or transfer_iters < 1 or whitebox_iters < 1:
+        raise AnalysisError("num_examples, batch_size, transfer_iters and whitebox_iters must be >= 1.")
+    if min(gaas_num_examples, transfer_num_examples, whitebox_num_examples) < 0:
+        raise AnalysisError("gaas/transfer/whitebox_num_examples must be >= 0 (0 = num_examples).")
+    whitebox_num_examples = whitebox_num_examples or transfer_num_examples
+    n_sub = {"gaas": gaas_num_examples or num_examples,
+             "transfer": transfer_num_examples or num_examples,
+             "whitebox": whitebox_num_examples or num_examples}
+    d = int(np.prod(data_lib.DATASETS[dataset][0]))
+    if max(gaas_k) > d:
+        raise AnalysisError(f"GAAS k={max(gaas_k)} exceeds the input dimension {d} of {dataset}.")
+    targets = load_targets(ensembles, dataset, precision)
+    if "coherence" in analyses:
+        small = [lbl for lbl, t in targets.items() if num_members(t) < 2]
+        if small:
+            raise AnalysisError(f"Coherence needs >= 2 members; {small} have fewer. Drop "
+                                f"'coherence' from --analyses or use larger ensembles.")
+    if x is None:
+        ds = data_lib.load_dataset(dataset, data_dir, test_size=num_examples)
+        x, y = ds.x_test, ds.y_test
+    else:
+        x, y = np.asarray(x, np.float32)[:num_examples], np.asarray(y, np.int64)[:num_examples]
+    os.makedirs(out_dir, exist_ok=True)
+
+    n_sub = {a: min(n, len(x)) for a, n in n_sub.items()}
+    report = {"dataset": dataset, "num_examples": int(len(x)), "seed": int(seed), "precision": precision,
+              "analyses": analyses,
+              "subset_sizes": {"coherence": int(len(x)), **{a: int(n) for a, n in n_sub.items()}},
+              "settings": {"gaas_k": gaas_k, "gaas_eps": gaas_eps, "gaas_blocks": gaas_blocks,
+                           "transfer_eps": transfer_eps, "transfer_iters": int(transfer_iters),
+                           "whitebox_eps": whitebox_eps, "whitebox_iters": int(whitebox_iters),
+                           "pgd_step": f"{PGD_STEP_FACTOR:g} * eps / iters, random start",
+                           "batch_size": int(batch_size)},
+              "ensembles": {}, "files": {}, "warnings": []}
+    coh_values, gaas_res = {}, {}
+    for label, ens in targets.items():
+        c = _compiled(ens)
+        pred, mem = c.predict(x, batch_size)
+        entry = {"source": ensembles[label] if isinstance(ensembles[label], str) else type(ens).__name__,
+                 "num_members": c.n, "clean_accuracy": float(np.mean(pred == y)),
+                 "member_clean_accuracy": [float(v) for v in np.mean(mem == y[:, None], 0)]}
+        if "coherence" in analyses:
+            v = coherence_values(ens, x, y, batch_size)
+            coh_values[label] = v
+            entry["coherence"] = summarize(v)
+            log(f"[{label}] coherence: mean {v.mean():.3f}, median {np.median(v):.3f}")
+        if "gaas" in analyses:
+            m = n_sub["gaas"]
+            gaas_res[label] = gaas_analysis(ens, x[:m], y[:m], gaas_k, gaas_eps, batch_size,
+                                            gaas_blocks)
+            entry["gaas"] = gaas_res[label]
+            for e, per_k in gaas_res[label]["results"].items():
+                log(f"[{label}] GAAS eps={e}: " + ", ".join(
+                    f"k={k}: p_all={r['p_all']:.3f}" for k, r in per_k.items()))
+        if "transfer" in analyses:
+            m = n_sub["transfer"]
+            tm = transfer_matrix(ens, x[:m], y[:m], transfer_eps, transfer_iters, batch_size, seed)
+            entry["transfer"] = tm
+            path = os.path.join(out_dir, f"transfer_{safe_label(label)}.png")
+            plot_transfer(tm["matrix"], label, path, transfer_eps)
+            report["files"][f"transfer_{label}"] = path
+            log(f"[{label}] transfer eps={transfer_eps:g}: mean off-diagonal success "
+                f"{tm['mean_off_diagonal']}")
+        if "whitebox" in analyses:
+            m = n_sub["whitebox"]
+            wb = whitebox_check(ens, x[:m], y[:m], whitebox_eps, whitebox_iters, batch_size, seed)
+            entry["whitebox"] = wb
+            log(f"[{label}] white-box PGD-{whitebox_iters}: clean {wb['clean_accuracy']:.3f}, " +
+                ", ".join(f"eps={e}: {a:.3f} (prediction CE: "
+                          f"{wb['adversarial_accuracy_prediction_ce'][e]:.3f})"
+                          for e, a in wb["adversarial_accuracy"].items()))
+            for key in ("warning", "objective_warning"):
+                if key in wb:
+                    report["warnings"].append(f"[{label}] {wb[key]}")
+                    log(f"[{label}] {wb[key]}")
+        report["ensembles"][label] = entry
+    if coh_values:
+        path = plot_coherence_hist(coh_values, os.path.join(out_dir, "coherence_hist.png"),
+                                   f"Coherence of member input gradients ({dataset})")
+        report["files"]["coherence_hist"] = path
+    if gaas_res:
+        path = plot_gaas(gaas_res, os.path.join(out_dir, "gaas.png"),
+                         f"GAAS ({dataset}): probability of k orthogonal adversarial directions")
+        report["files"]["gaas"] = path
+        report["gaas_definition"] = GAAS_DEFINITION
+    report["gradient_masking_suspected"] = any(
+        e.get("whitebox", {}).get("gradient_masking_suspected", False)
+        for e in report["ensembles"].values())
+    path = os.path.join(out_dir, "analysis.json")
+    report["files"]["analysis_json"] = path
+    report = _json_safe(report)
+    io_utils.atomic_write_json(path, report, indent=2, allow_nan=False)
+    return report
+
+
+def _json_safe(o):
+    """NaN/inf -> None, numpy scalars/arrays -> Python, recursively."""
+    if isinstance(o, Mapping):
+        return {str(k): _json_safe(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_json_safe(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _json_safe(o.tolist())
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (float, np.floating)):
+        return float(o) if np.isfinite(o) else None
+    return o
