@@ -149,21 +149,5 @@ def load_ensemble(path: str, expect_dataset: Optional[str] = None, precision: st
                                       meta["num_classes"], precision=precision)
     for member, weights in zip(built.members, module.member_weights):
         member.set_weights([w.numpy() for w in weights])
-    return RebuiltEnsemble(built.members, sm, meta)
-
-
-class RebuiltEnsemble(models_lib.Ensemble):
-    """An export's members rebuilt as Keras models (another precision), with the export's
-    ``path`` / ``metadata`` / ``dataset`` / ``input_shape``, like :class:`LoadedEnsemble`."""
-
-    def __init__(self, members, path: str, metadata: dict):
-        super().__init__(members)
-        self.path, self.metadata = path, metadata
-
-    @property
-    def input_shape(self):
-        return tuple(self.metadata["input_shape"])
-
-    @property
-    def dataset(self) -> str:
-        return self.metadata["dataset"]
+    built.path, built.metadata = sm, meta  # dataset / input_shape come from the metadata
+    return built
