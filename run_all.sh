@@ -1,45 +1,73 @@
 #!/usr/bin/env bash
 # One-script reproduction of Diversity Training (Kariyappa & Qureshi 2019): Table 2, Fig. 4, Fig. 5.
-# Usage: bash run_all.sh [--only=train|evaluate|analyze|report] <preset>   (see --help)
+# Usage: bash run_all.sh [--only=train|evaluate|analyze|report] [--dry-run] <preset>   (see --help)
 set -euo pipefail
 
 usage() {
   cat <<'TXT'
-Usage: bash run_all.sh [--only=STAGE] PRESET
+Usage: bash run_all.sh [--only=STAGE] [--dry-run] PRESET
 
 Runs every stage of the reproduction with the package's own CLIs and the flagfiles in flags/:
   train (surrogate, static model, T_Base, T_Div, T_Ens, T_Ens+Div) -> evaluate (transfer attacks,
   Table 2) -> analyze (coherence histogram, GAAS, transferability, white-box) -> report
   (results/<preset>/REPORT.md). Each stage logs to results/<preset>/logs/<stage>.log and is skipped
   when its outputs exist, so re-running after an interruption continues where it stopped
-  (interrupted training resumes from its last checkpoint).
+  (interrupted training resumes from its last checkpoint; an evaluation or analysis that lacks a
+  target the preset now trains is re-run). --dry-run prints the commands without running them.
 
 Presets:
-  paper      The paper's exact settings for every Table 2 row (MNIST Conv-3; CIFAR-10 Conv-4,
-             ResNet-20, MIX), full test sets (CIFAR-10: the 1,000 test images available).
-             Meant for a GPU machine: days of CPU time.
+  paper      The paper's exact settings for every Table 2 row (MNIST Conv-3 10 epochs; CIFAR-10
+             Conv-4 20 epochs, ResNet-20 and MIX 40 epochs), all six models per row, full test sets
+             (CIFAR-10: the 1,000 test images available). Meant for a GPU machine: days of CPU time.
   cpu        The MNIST Conv-3 row with the paper's architecture, attacks, eps (0.1/0.3), lambda,
              noise and ensemble size, scaled to finish within ~90 minutes on a 2-core CPU:
              every model trains CPU_STEPS (default 500) steps of batch 128 instead of 10 epochs;
              transfer attacks use the first 1,000 test images; coherence 500, GAAS, member
              transferability and white-box PGD 100 (PGD with 10 / 20 iterations). The report
              lists every reduction.
+  cpu-cifar  The three CIFAR-10 rows of Table 2 scaled to an estimated two hours on a quiet
+             2-core CPU (float32; estimate from measured step and stage costs, see the comment in
+             this script), with the paper's architectures, 5 members, lambda 0.5, D_noise/D_adv
+             eps 0.09, and the five attacks with their paper settings at eps 0.03/0.09:
+             - Conv-4 row complete: surrogate, static model, T_Base, T_Div, T_Ens, T_Ens+Div, each
+               CIFAR_STEPS (default 200) steps of batch 128 = 0.51 epochs instead of 20 epochs;
+               attacks on the 1,000 test images; coherence on 500 (Fig. 4); GAAS on the first 100
+               (Fig. 5: k = 4, 16, 36, 64 at the paper's eps 0.03/0.06/0.09 -- 16 in place of the
+               paper's k = 25, which has no regular Hadamard matrix); member transferability and
+               white-box PGD on 100 (10 / 20 iterations).
+             - ResNet-20 and MIX rows: surrogate, T_Base and T_Div only (CIFAR_FULL_ROWS=1 adds
+               the static model, T_Ens and T_Ens+Div: roughly +30 min), each CIFAR_RESNET_STEPS
+               (default 150) / CIFAR_MIX_STEPS (default: CIFAR_RESNET_STEPS) steps of batch 128 =
+               0.38 epochs instead of 40 epochs; attacks on the first CIFAR_ROW_EVAL_EXAMPLES
+               (default 500) test images; coherence on 500 (no GAAS, transferability or white-box).
+             The provided cifar10.npz holds only the first 1,000 test images (the paper: 10,000).
+             The report, results/cpu-cifar/REPORT.md, lists every reduction and shows targets or
+             rows that did not run as "not run".
   smoke      Every stage on tiny settings (3 members, a few steps, 100 test images): a few
              minutes; used by the test suite to prove the script works end to end.
+  smoke-cifar  The CIFAR-10 Conv-4 row on tiny settings (surrogate, T_Base, T_Div; 3 members,
+             2 steps of batch 16 on 256 training images; FGSM and PGD-CW at eps 0.03/0.09 on 32
+             test images; coherence and GAAS k = 4, 16 at eps 0.03): about two minutes; the test
+             suite runs it (tests/test_cifar_smoke.py, with a MIX-like GAL step in-process).
 
 Environment: TF_DIVTRAIN_DATA = folder with mnist.npz / cifar10.npz (default: the package's
-lookup rules); PYTHON (default python); RESULTS_ROOT (default results); CPU_STEPS (cpu preset).
+lookup rules); PYTHON (default python); RESULTS_ROOT (default results); CPU_STEPS (cpu preset);
+CIFAR_STEPS, CIFAR_RESNET_STEPS, CIFAR_MIX_STEPS, CIFAR_FULL_ROWS, CIFAR_ROW_EVAL_EXAMPLES
+(cpu-cifar preset); PRESET_TRAIN_FLAGS = extra flags appended to every training command of any
+preset (default empty), e.g. PRESET_TRAIN_FLAGS="--intra_op_threads=-1".
 Weights, checkpoints and cached adversarial arrays go to results/<preset>/work/ (git-ignored).
 TXT
 }
 
 ONLY=""
 PRESET=""
+DRY_RUN=0
 for arg in "$@"; do
   case "$arg" in
     -h|--help) usage; exit 0 ;;
     --only=*) ONLY="${arg#--only=}" ;;
-    paper|cpu|smoke) PRESET="$arg" ;;
+    --dry-run) DRY_RUN=1 ;;
+    paper|cpu|cpu-cifar|smoke|smoke-cifar) PRESET="$arg" ;;
     *) echo "run_all.sh: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -51,16 +79,23 @@ PY="${PYTHON:-python}"
 RES="${RESULTS_ROOT:-results}/$PRESET"
 WORK="$RES/work"
 LOGS="$RES/logs"
-mkdir -p "$WORK" "$LOGS"
+TRAIN_FLAGS_ALL="${PRESET_TRAIN_FLAGS:-}"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 TIMINGS="$RES/stage_times.tsv"
-[ -f "$TIMINGS" ] || printf 'stage\tseconds\tstatus\tcommand\n' > "$TIMINGS"
+if [ "$DRY_RUN" = 0 ]; then
+  mkdir -p "$WORK" "$LOGS"
+  [ -f "$TIMINGS" ] || printf 'stage\tseconds\tstatus\tcommand\n' > "$TIMINGS"
+fi
 
 # stage NAME DONE_FILE CMD...: runs CMD unless DONE_FILE exists; logs and times it.
 stage() {
   local name="$1" done_file="$2"; shift 2
   if [ -n "$done_file" ] && [ -e "$done_file" ]; then
     echo "== $name: done already ($done_file exists), skipped"
+    return 0
+  fi
+  if [ "$DRY_RUN" = 1 ]; then
+    echo "== $name: would run: $*"
     return 0
   fi
   echo "== $name: $*"
@@ -80,37 +115,88 @@ stage() {
 
 want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
 
-# run_row ROW EXTRA_TRAIN_FLAGS EVAL_FLAGS ANALYZE_FLAGS
+# covers FILE LABEL...: FILE (an evaluate results.json or analyze analysis.json) exists and already
+# holds every LABEL, so a stage whose target list grew (e.g. CIFAR_FULL_ROWS=1 after a short run)
+# is re-run instead of skipped.
+covers() {
+  local f="$1"; shift
+  [ -e "$f" ] || return 1
+  "$PY" - "$f" "$@" <<'PY'
+import json, sys
+with open(sys.argv[1]) as fh:
+    d = json.load(fh)
+have = {r.get("label") for r in d.get("rows", [])} | set(d.get("ensembles", {}))
+sys.exit(0 if set(sys.argv[2:]) <= have else 1)
+PY
+}
+
+target_label() {
+  case "$1" in base) echo T_Base ;; div) echo T_Div ;; ens) echo T_Ens ;; ensdiv) echo T_Ens+Div ;; esac
+}
+
+ALL_ROLES="surrogate static base div ens ensdiv"
+
+# run_row ROW EXTRA_TRAIN_FLAGS EVAL_FLAGS ANALYZE_FLAGS [ROLES]
+# ROLES: space-separated subset of "$ALL_ROLES" (default: all six). Every trained role uses the
+# same EXTRA_TRAIN_FLAGS (plus $PRESET_TRAIN_FLAGS), so a row's targets train the same number of
+# steps. The targets evaluated and analysed are the trained ones among base, div, ens, ensdiv.
 run_row() {
-  local row="$1" train_extra="$2" eval_extra="$3" analyze_extra="$4"
-  local w="$WORK/$row"
+  local row="$1" train_extra="$2" eval_extra="$3" analyze_extra="$4" roles="${5:-$ALL_ROLES}"
+  local w="$WORK/$row" role
+  for role in $roles; do
+    case " $ALL_ROLES " in *" $role "*) ;; *) echo "run_all.sh: unknown role '$role' for $row" >&2; exit 2 ;; esac
+  done
+  case " $roles " in *" surrogate "*) ;; *) echo "run_all.sh: row $row needs the surrogate role" >&2; exit 2 ;; esac
+  case " $roles " in
+    *" ens "*|*" ensdiv "*) case " $roles " in *" static "*) ;; *)
+      echo "run_all.sh: row $row trains T_Ens/T_Ens+Div, which need the static role" >&2; exit 2 ;; esac ;;
+  esac
+  local targets="" labels="" label
+  for role in base div ens ensdiv; do
+    case " $roles " in *" $role "*)
+      label="$(target_label "$role")"
+      targets="${targets:+$targets,}$label=$w/$role"
+      labels="${labels:+$labels }$label" ;;
+    esac
+  done
+  [ -n "$targets" ] || { echo "run_all.sh: row $row trains no target" >&2; exit 2; }
   if want train; then
-    for role in surrogate static base div ens ensdiv; do
-      local static_flag="" extra="$train_extra"
+    for role in $roles; do
+      local static_flag="" extra="$train_extra $TRAIN_FLAGS_ALL"
       case "$role" in ens|ensdiv) static_flag="--static_model=$w/static" ;; esac
       # The static model stays a single member whatever the preset does to ensemble sizes.
-      [ "$role" = static ] && extra="$(echo "$train_extra" | sed -E 's/--ensemble_size=[0-9]+//')"
+      [ "$role" = static ] && extra="$(echo "$extra" | sed -E 's/--ensemble_size=[0-9]+//')"
       # shellcheck disable=SC2086
       stage "train_${row}_${role}" "$w/$role/metrics.json" \
         "$PY" -m tf_divtrain.train --flagfile="flags/${row}_${role}.cfg" \
         --out_dir="$w/$role" $static_flag --progress=true $extra
       # Keep the small per-run JSON with the results (work/ holds weights and is git-ignored).
-      mkdir -p "$RES/$row/train/$role"
-      cp "$w/$role/metrics.json" "$w/$role/config.json" "$RES/$row/train/$role/"
+      if [ "$DRY_RUN" = 0 ]; then
+        mkdir -p "$RES/$row/train/$role"
+        cp "$w/$role/metrics.json" "$w/$role/config.json" "$RES/$row/train/$role/"
+      fi
     done
   fi
   if want evaluate; then
+    local done_eval="$RES/$row/eval/results.json"
+    if [ -e "$done_eval" ] && ! covers "$done_eval" $labels; then
+      echo "== evaluate_${row}: $done_eval lacks some of: $labels; re-running (cached attacks are reused)"
+      done_eval=""
+    fi
     # shellcheck disable=SC2086
-    stage "evaluate_${row}" "$RES/$row/eval/results.json" \
-      "$PY" -m tf_divtrain.evaluate --surrogate_dir="$w/surrogate" \
-      --targets="T_Base=$w/base,T_Div=$w/div,T_Ens=$w/ens,T_Ens+Div=$w/ensdiv" \
+    stage "evaluate_${row}" "$done_eval" \
+      "$PY" -m tf_divtrain.evaluate --surrogate_dir="$w/surrogate" --targets="$targets" \
       --out_dir="$RES/$row/eval" --cache_dir="$w/adv_cache" $eval_extra
   fi
   if want analyze; then
+    local done_an="$RES/$row/analysis/analysis.json"
+    if [ -e "$done_an" ] && ! covers "$done_an" $labels; then
+      echo "== analyze_${row}: $done_an lacks some of: $labels; re-running"
+      done_an=""
+    fi
     # shellcheck disable=SC2086
-    stage "analyze_${row}" "$RES/$row/analysis/analysis.json" \
-      "$PY" -m tf_divtrain.analyze \
-      --ensembles="T_Base=$w/base,T_Div=$w/div,T_Ens=$w/ens,T_Ens+Div=$w/ensdiv" \
+    stage "analyze_${row}" "$done_an" \
+      "$PY" -m tf_divtrain.analyze --ensembles="$targets" \
       --out_dir="$RES/$row/analysis" $analyze_extra
   fi
 }
@@ -122,7 +208,7 @@ case "$PRESET" in
       "--dataset=mnist --num_examples=1000"
     for row in cifar10_conv4 cifar10_resnet20 cifar10_mix; do
       run_row "$row" "" "--dataset=cifar10 --num_examples=1000" \
-        "--dataset=cifar10 --num_examples=1000 --gaas_eps=0.03,0.06,0.09"
+        "--dataset=cifar10 --num_examples=1000 --gaas_k=4,16,36,64 --gaas_eps=0.03,0.06,0.09"
     done
     ;;
   cpu)
@@ -131,10 +217,47 @@ case "$PRESET" in
       "--dataset=mnist --num_examples=1000" \
       "--dataset=mnist --num_examples=500 --gaas_num_examples=100 --transfer_num_examples=100 --transfer_iters=10 --whitebox_iters=20"
     ;;
+  cpu-cifar)
+    # Budget (float32; quiet 2-core Intel Xeon with AMX, TF 2.21, batch 128, 5 members unless stated).
+    # Step times of the production Trainer: wall-clock on a quiet machine for Conv-4 baseline 1.44 s,
+    # div 2.85 s, static (1 member) 0.30 s; the others were measured while other jobs loaded the
+    # machine (load 4-10), as process CPU time converted with the Conv-4 ratio of quiet wall time to
+    # CPU time (0.50 plain, 0.43 GAL): Conv-4 ens_adv ~1.4 s, ens_adv_div ~2.8 s; ResNet-20 baseline
+    # ~1.5 s, div ~3.2 s; MIX baseline ~1.3 s, div ~2.6 s. Per step of a whole row: Conv-4 (six
+    # models) ~10.3 s, ResNet-20 (S, T_Base, T_Div) ~6.2 s, MIX ~5.2 s.
+    # Other stages, from FLOPs at the measured Conv-4 training rate (230 GFLOP/s; checked against an
+    # evaluate run on 250 images, 571 CPU s ~ 4.5 min quiet) and ~100-145 GFLOP/s for ResNet-20/MIX:
+    # Conv-4 evaluate (1,000 images, 4 targets) ~17 min, analyze ~12 min; ResNet-20 / MIX evaluate
+    # (500 images, 2 targets) ~9 / ~7 min, coherence ~1 min each; start-up, final metrics and
+    # export ~0.5 min per Conv-4 training and ~1-1.5 min per ResNet/MIX training (~11 min).
+    # Fixed part ~58 min; the default steps below add ~63 min: ~2 hours in all. PRESET_TRAIN_FLAGS
+    # (e.g. a faster precision) changes the step times, not the defaults.
+    C4_STEPS="${CIFAR_STEPS:-200}"
+    RN_STEPS="${CIFAR_RESNET_STEPS:-150}"
+    MX_STEPS="${CIFAR_MIX_STEPS:-$RN_STEPS}"
+    ROW_EVAL_N="${CIFAR_ROW_EVAL_EXAMPLES:-500}"
+    ROW_ROLES="surrogate base div"
+    [ "${CIFAR_FULL_ROWS:-0}" = 1 ] && ROW_ROLES="$ALL_ROLES"
+    run_row cifar10_conv4 "--max_steps=$C4_STEPS --log_every=50" \
+      "--dataset=cifar10 --num_examples=1000" \
+      "--dataset=cifar10 --num_examples=500 --gaas_k=4,16,36,64 --gaas_eps=0.03,0.06,0.09 --gaas_num_examples=100 --transfer_num_examples=100 --transfer_iters=10 --whitebox_iters=20"
+    run_row cifar10_resnet20 "--max_steps=$RN_STEPS --log_every=50" \
+      "--dataset=cifar10 --num_examples=$ROW_EVAL_N" \
+      "--dataset=cifar10 --num_examples=500 --analyses=coherence" "$ROW_ROLES"
+    run_row cifar10_mix "--max_steps=$MX_STEPS --log_every=50" \
+      "--dataset=cifar10 --num_examples=$ROW_EVAL_N" \
+      "--dataset=cifar10 --num_examples=500 --analyses=coherence" "$ROW_ROLES"
+    ;;
   smoke)
     run_row mnist_conv3 "--max_steps=4 --batch_size=32 --ensemble_size=3 --train_examples=2000 --eval_examples=100 --log_every=2" \
       "--dataset=mnist --num_examples=100 --batch_size=50 --attacks=fgsm,rfgsm,ifgsm,mifgsm,pgd_cw" \
       "--dataset=mnist --num_examples=50 --gaas_k=4,16 --gaas_eps=0.3 --batch_size=50 --transfer_iters=3 --whitebox_iters=3"
+    ;;
+  smoke-cifar)
+    run_row cifar10_conv4 "--max_steps=2 --batch_size=16 --ensemble_size=3 --train_examples=256 --eval_examples=32 --log_every=1" \
+      "--dataset=cifar10 --num_examples=32 --batch_size=32 --attacks=fgsm,pgd_cw" \
+      "--dataset=cifar10 --num_examples=32 --analyses=coherence,gaas --gaas_k=4,16 --gaas_eps=0.03 --gaas_num_examples=16 --batch_size=32" \
+      "surrogate base div"
     ;;
 esac
 
@@ -142,4 +265,8 @@ if want report; then
   # The report is cheap and always rebuilt from whatever results exist.
   stage "report" "" "$PY" -m tf_divtrain.report --preset="$PRESET" --results_dir="$RES"
 fi
-echo "run_all.sh: all stages of preset '$PRESET' done; report: $RES/REPORT.md"
+if [ "$DRY_RUN" = 1 ]; then
+  echo "run_all.sh: dry run of preset '$PRESET' (nothing was run)"
+else
+  echo "run_all.sh: all stages of preset '$PRESET' done; report: $RES/REPORT.md"
+fi

@@ -1,5 +1,6 @@
 """run_all.sh end to end on the smoke preset (every stage, tiny settings), plus the report logic."""
 
+import json
 import os
 import subprocess
 import sys
@@ -67,3 +68,208 @@ def test_ordering_checks_state_each_cell():
     ens = next(l for l in lines if l.startswith("- **T_Ens+Div ≥ T_Ens**"))
     assert "holds in 3 of 4 cells" in ens  # equal counts as holding for the >= ordering
     assert any("Lower coherence for T_Div than T_Base" in l and "holds" in l for l in lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR-10 presets: the command plumbing (dry run, no training) and the report's CIFAR rendering.
+
+def _dry(preset, tmp_path, data_dir, **env):
+    r = _run_env(["--dry-run", preset], tmp_path, data_dir, env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    cmds = {}
+    for line in r.stdout.splitlines():
+        if ": would run: " in line:
+            name, cmd = line[3:].split(": would run: ", 1)
+            cmds[name] = cmd
+    return r.stdout, cmds
+
+
+def _run_env(args, tmp_path, data_dir, extra):
+    env = dict(os.environ, TF_DIVTRAIN_DATA=data_dir, RESULTS_ROOT=str(tmp_path),
+               PYTHON=sys.executable, TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for k in ("CIFAR_STEPS", "CIFAR_RESNET_STEPS", "CIFAR_MIX_STEPS", "CIFAR_FULL_ROWS",
+              "CIFAR_ROW_EVAL_EXAMPLES", "PRESET_TRAIN_FLAGS"):
+        env.pop(k, None)
+    env.update(extra)
+    return subprocess.run(["bash", os.path.join(REPO, "run_all.sh"), *args], env=env,
+                          capture_output=True, text=True, cwd=REPO)
+
+
+def _flag(cmd, name):
+    vals = [t.split("=", 1)[1] for t in cmd.split() if t.startswith(f"--{name}=")]
+    return vals[-1] if vals else None  # absl: the last occurrence wins
+
+
+def test_help_states_cifar_presets_and_their_reductions(tmp_path, data_dir):
+    r = _run(["--help"], tmp_path, data_dir)
+    for needle in ("cpu-cifar", "smoke-cifar", "CIFAR_STEPS", "CIFAR_RESNET_STEPS", "CIFAR_MIX_STEPS",
+                   "CIFAR_FULL_ROWS", "CIFAR_ROW_EVAL_EXAMPLES", "PRESET_TRAIN_FLAGS", "k = 25",
+                   "instead of 20 epochs", "instead of 40 epochs", "--dry-run"):
+        assert needle in r.stdout, needle
+
+
+def test_cpu_cifar_dry_run_rows_roles_steps_and_flags(tmp_path, data_dir):
+    out, cmds = _dry("cpu-cifar", tmp_path, data_dir, PRESET_TRAIN_FLAGS="--log_every=7",
+                     CIFAR_STEPS="11", CIFAR_RESNET_STEPS="12", CIFAR_MIX_STEPS="13")
+    assert not (tmp_path / "cpu-cifar").exists()  # a dry run writes nothing
+    trains = {k[len("train_"):]: v for k, v in cmds.items() if k.startswith("train_")}
+    conv4 = {k.split("_")[-1] for k in trains if k.startswith("cifar10_conv4_")}
+    assert conv4 == {"surrogate", "static", "base", "div", "ens", "ensdiv"}
+    for row in ("cifar10_resnet20", "cifar10_mix"):
+        assert {k.split("_")[-1] for k in trains if k.startswith(row + "_")} == {"surrogate", "base", "div"}
+    steps = {"cifar10_conv4": "11", "cifar10_resnet20": "12", "cifar10_mix": "13"}
+    for name, cmd in trains.items():
+        row = name.rsplit("_", 1)[0]
+        assert _flag(cmd, "max_steps") == steps[row], name  # every model of a row: same length
+        assert _flag(cmd, "log_every") == "7", name  # PRESET_TRAIN_FLAGS reaches every training
+        assert f"--flagfile=flags/{name}.cfg" in cmd
+    an = cmds["analyze_cifar10_conv4"]
+    assert _flag(an, "gaas_k") == "4,16,36,64" and _flag(an, "gaas_eps") == "0.03,0.06,0.09"
+    assert _flag(an, "dataset") == "cifar10" and _flag(an, "analyses") is None  # all four analyses
+    assert "T_Ens+Div=" in _flag(an, "ensembles")
+    ev = cmds["evaluate_cifar10_conv4"]
+    assert _flag(ev, "num_examples") == "1000" and _flag(ev, "attacks") is None  # all five attacks
+    assert _flag(ev, "targets").count("=") == 4
+    for row in ("cifar10_resnet20", "cifar10_mix"):
+        ev, an = cmds[f"evaluate_{row}"], cmds[f"analyze_{row}"]
+        assert [t.split("=")[0] for t in _flag(ev, "targets").split(",")] == ["T_Base", "T_Div"]
+        assert _flag(ev, "num_examples") == "500" and _flag(an, "analyses") == "coherence"
+    assert "report" in cmds
+
+
+def test_cpu_cifar_full_rows_and_defaults(tmp_path, data_dir):
+    _, cmds = _dry("cpu-cifar", tmp_path, data_dir, CIFAR_FULL_ROWS="1")
+    for row in ("cifar10_resnet20", "cifar10_mix"):
+        roles = [k.split("_")[-1] for k in cmds if k.startswith(f"train_{row}_")]
+        assert roles == ["surrogate", "static", "base", "div", "ens", "ensdiv"]
+        assert "--static_model=" in cmds[f"train_{row}_ensdiv"]
+        assert _flag(cmds[f"evaluate_{row}"], "targets").count("=") == 4
+    # Defaults: the targets of a row share one step count; the static model stays one member.
+    for row in ("cifar10_conv4", "cifar10_resnet20", "cifar10_mix"):
+        n = {_flag(v, "max_steps") for k, v in cmds.items() if k.startswith(f"train_{row}_")}
+        assert len(n) == 1 and int(n.pop()) > 0
+    assert _flag(cmds["train_cifar10_conv4_static"], "ensemble_size") is None
+
+
+def test_stage_reruns_when_results_lack_a_target(tmp_path, data_dir):
+    ev = tmp_path / "cpu-cifar" / "cifar10_resnet20" / "eval"
+    ev.mkdir(parents=True)
+    (ev / "results.json").write_text(json.dumps({"rows": [{"label": "T_Base"}, {"label": "T_Div"}]}))
+    out, cmds = _dry("cpu-cifar", tmp_path, data_dir)
+    assert "evaluate_cifar10_resnet20" not in cmds and "evaluate_cifar10_resnet20: done already" in out
+    out, cmds = _dry("cpu-cifar", tmp_path, data_dir, CIFAR_FULL_ROWS="1")
+    assert "lacks some of: T_Base T_Div T_Ens T_Ens+Div" in out and "evaluate_cifar10_resnet20" in cmds
+
+
+def test_paper_preset_keeps_the_paper_settings(tmp_path, data_dir):
+    _, cmds = _dry("paper", tmp_path, data_dir)
+    epochs = {"mnist_conv3": "10", "cifar10_conv4": "20", "cifar10_resnet20": "40", "cifar10_mix": "40"}
+    for row, ep in epochs.items():
+        roles = [k.split("_")[-1] for k in cmds if k.startswith(f"train_{row}_")]
+        assert roles == ["surrogate", "static", "base", "div", "ens", "ensdiv"], row
+        for role in roles:
+            cmd = cmds[f"train_{row}_{role}"]
+            assert _flag(cmd, "max_steps") is None and _flag(cmd, "epochs") is None
+            with open(os.path.join(REPO, "flags", f"{row}_{role}.cfg")) as f:
+                cfg = f.read()
+            assert f"--epochs={ep}\n" in cfg and "--batch_size=128\n" in cfg, (row, role)
+            if role != "static":
+                assert "--ensemble_size=5\n" in cfg
+    for row in ("cifar10_conv4", "cifar10_resnet20", "cifar10_mix"):
+        assert _flag(cmds[f"analyze_{row}"], "gaas_k") == "4,16,36,64"
+        assert _flag(cmds[f"evaluate_{row}"], "num_examples") == "1000"
+
+
+def _metrics(mode, steps, members=5, acc=0.5, model="conv4"):
+    return {"config": {"dataset": "cifar10", "mode": mode, "batch_size": 128, "max_steps": steps,
+                       "train_examples": 0, "model": model},
+            "steps": steps, "ensemble_accuracy": acc, "member_accuracy": [acc] * members,
+            "test_gradient_stats": {"gal": 1.0, "coherence": 0.5, "mean_cosine": 0.3},
+            "images_per_sec_this_session": 100.0, "train_seconds_this_session": 10.0}
+
+
+def _cifar_results(labels):
+    att = {a: {"0.03": 0.4, "0.09": 0.1} for a in ("fgsm", "rfgsm", "ifgsm", "mifgsm", "pgd_cw")}
+    rows = [{"label": "S", "role": "surrogate", "clean": 0.6, "attacks": att}]
+    for i, lbl in enumerate(labels):
+        a = {k: {"0.03": v["0.03"] + 0.05 * i, "0.09": v["0.09"] + 0.02 * i} for k, v in att.items()}
+        rows.append({"label": lbl, "role": "target", "clean": 0.55, "attacks": a})
+    return {"eps": [0.03, 0.09], "attacks": ["fgsm", "rfgsm", "ifgsm", "mifgsm", "pgd_cw"],
+            "rows": rows, "dataset": "cifar10", "num_examples": 1000, "seed": 0}
+
+
+def _gaas(p):
+    return {"definition": "d", "num_examples": 100, "num_correct": 50,
+            "results": {e: {k: {"p_all": p, "mean_num_adversarial": 10 * p} for k in ("4", "16", "36", "64")}
+                        for e in ("0.03", "0.06", "0.09")}}
+
+
+def test_report_renders_cifar_rows_missing_targets_and_k25_note(tmp_path):
+    res = tmp_path / "cpu-cifar"
+    w = res / "work"
+    for role, mode in (("surrogate", "baseline"), ("static", "baseline"), ("base", "baseline"),
+                       ("div", "div"), ("ens", "ens_adv"), ("ensdiv", "ens_adv_div")):
+        d = w / "cifar10_conv4" / role
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps(_metrics(mode, 120, 1 if role == "static" else 5)))
+    for role, mode in (("surrogate", "baseline"), ("base", "baseline"), ("div", "div")):
+        d = w / "cifar10_resnet20" / role
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps(_metrics(mode, 60, model="resnet20")))
+    for row, labels in (("cifar10_conv4", ["T_Base", "T_Div", "T_Ens", "T_Ens+Div"]),
+                        ("cifar10_resnet20", ["T_Base", "T_Div"])):
+        (res / row / "eval").mkdir(parents=True)
+        (res / row / "eval" / "results.json").write_text(json.dumps(_cifar_results(labels)))
+    coh = {"n": 500, "mean": 0.5, "median": 0.5, "q25": 0.4, "q75": 0.6}
+    an = {"analyses": ["coherence", "gaas", "transfer"],
+          "subset_sizes": {"coherence": 500, "gaas": 100, "transfer": 100},
+          "settings": {"gaas_k": [4, 16, 36, 64], "gaas_eps": [0.03, 0.06, 0.09]},
+          "ensembles": {"T_Base": {"coherence": dict(coh, mean=0.8), "gaas": _gaas(0.2),
+                                   # short CIFAR runs: no example two members both get right
+                                   "transfer": {"definition": "d", "eps": 0.09, "nb_iter": 10,
+                                                "mean_off_diagonal": None,
+                                                "matrix": [[None, None], [None, 1.0]]}},
+                        "T_Div": {"coherence": dict(coh, mean=0.1), "gaas": _gaas(0.0)},
+                        "T_Ens": {"coherence": coh, "gaas": _gaas(0.1)},
+                        "T_Ens+Div": {"coherence": coh, "gaas": _gaas(0.1)}}}
+    (res / "cifar10_conv4" / "analysis").mkdir(parents=True)
+    (res / "cifar10_conv4" / "analysis" / "analysis.json").write_text(json.dumps(an))
+    text = report.build_report("cpu-cifar", str(res))
+    # Every planned row is present; MIX (no outputs at all) renders as not run with the paper's row.
+    for needle in ("## CONV-4 (CIFAR-10)", "## RESNET-20 (CIFAR-10)", "## MIX (CIFAR-10)", "## Coverage"):
+        assert needle in text, needle
+    mix = text[text.index("## MIX (CIFAR-10)"):]
+    assert "**Not run**" in mix and "| T_Base | paper | 89.7 |" in mix and "| T_Div | paper | 88.2 |" in mix
+    assert "| MIX (CIFAR-10) | not run | not run | not run | not run | not run | not run | not run | not run |" in text
+    resnet = text[text.index("## RESNET-20 (CIFAR-10)"):text.index("## MIX (CIFAR-10)")]
+    for needle in ("| T_Ens | ours | not run |", "| T_Ens+Div | ours | not run |",
+                   "| T_Base | paper | 88.9 |", "| T_Div | paper | 84.0 |",
+                   "Targets not run: T_Ens, T_Ens+Div and the static model",
+                   "**T_Ens+Div ≥ T_Ens** under attack: not checked — T_Ens+Div, T_Ens not run",
+                   "**T_Div > T_Base** under attack: holds in 10 of 10 cells",
+                   "60 steps of batch 128 = 0.15 epochs per model instead of the paper's 40 epochs",
+                   "Analyses (coherence, GAAS, transferability, white-box): not run"):
+        assert needle in resnet, needle
+    conv4 = text[text.index("## CONV-4 (CIFAR-10)"):text.index("## RESNET-20 (CIFAR-10)")]
+    for needle in ("| T_Base | paper | 85.1 |", "| T_Div | paper | 82.4 |",
+                   "120 steps of batch 128 = 0.31 epochs per model instead of the paper's 20 epochs",
+                   "GAAS orders k = 4, 16, 36, 64 instead of the paper's 4, 25, 36, 64",
+                   "No Hadamard matrix of order 25 exists", "k = 36 passes", "k = 64 passes",
+                   "`analysis.check_gaas_k(25)` raises an error", "up to order 100 it constructs exactly 4, 16, 36, 64",
+                   "holds in 12 of 12 cells (0 of them ties)", "**T_Ens+Div ≥ T_Ens** under attack: holds",
+                   "Lower coherence for T_Div than T_Base** (Fig. 4): mean 0.100 vs 0.800 — holds",
+                   "| T_Base | 50 / 100 | 0.03 |", "transferability on 100 test images",
+                   "not run: white-box", "mean off-diagonal n/a: no example that two members"):
+        assert needle in conv4, needle
+    # T_Ens vs T_Ens+Div GAAS: equal everywhere -> every cell is a tie, reported as such.
+    assert "Fewer GAAS directions for T_Ens+Div than T_Ens" in conv4 and "(12 of them ties)" in conv4
+
+
+def test_report_flags_targets_of_different_lengths(tmp_path):
+    w = tmp_path / "r" / "work" / "cifar10_conv4"
+    for role, steps in (("surrogate", 100), ("base", 100), ("div", 80)):
+        (w / role).mkdir(parents=True)
+        (w / role / "metrics.json").write_text(json.dumps(_metrics("baseline", steps)))
+    text = report.build_report("cpu-cifar", str(tmp_path / "r"))
+    assert "The targets trained different lengths" in text

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import platform
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from absl import app, flags
 
@@ -61,6 +62,17 @@ PAPER_TABLE2 = {
 # The paper's training settings, to list every reduction a preset makes.
 PAPER_EPOCHS = {"mnist_conv3": 10, "cifar10_conv4": 20, "cifar10_resnet20": 40, "cifar10_mix": 40}
 PAPER_TEST_EXAMPLES = {"mnist": 10000, "cifar10": 10000}
+ROW_DATASET = {"mnist_conv3": "mnist", "cifar10_conv4": "cifar10", "cifar10_resnet20": "cifar10",
+               "cifar10_mix": "cifar10"}
+TARGET_ROLES = {"T_Base": "base", "T_Div": "div", "T_Ens": "ens", "T_Ens+Div": "ensdiv"}
+# Rows each run_all.sh preset is meant to produce: a planned row without outputs is shown as
+# "not run". Other presets show only the rows that have outputs.
+PRESET_ROWS = {"paper": tuple(ROWS), "cpu": ("mnist_conv3",), "smoke": ("mnist_conv3",),
+               "cpu-cifar": ("cifar10_conv4", "cifar10_resnet20", "cifar10_mix"),
+               "smoke-cifar": ("cifar10_conv4",)}
+# The paper's Fig. 5 orders (Section 4.4); 25 is not a Hadamard order (see hadamard_note).
+PAPER_GAAS_K = (4, 25, 36, 64)
+NOT_RUN = "not run"
 
 
 def _load(path: str) -> Optional[dict]:
@@ -78,16 +90,24 @@ def _target_rows(results: dict) -> Dict[str, dict]:
     return {r["label"]: r for r in results["rows"] if r.get("role") == "target"}
 
 
-def table2_side_by_side(row: str, results: dict) -> str:
+def table2_side_by_side(row: str, results: Optional[dict]) -> str:
     """Our Table 2 row next to the paper's, one line each, same layout.
 
     When results.json has them: a ROBUST TO ALL column (correct under every attack, per eps and
     over all eps; the paper does not report it) and, with several surrogates (``by_surrogate``, e.g.
-    an adaptive diverse one), one "ours vs <label>" line per surrogate.
+    an adaptive diverse one), one "ours vs <label>" line per surrogate. A target without results
+    (or every target, when ``results`` is None) is shown as "not run".
     """
-    eps = [_eps_key(e) for e in results["eps"]]
-    attacks = [a for a in ATTACK_ORDER if a in results["attacks"]]
-    blocks = results.get("by_surrogate") or [{"label": "S", "rows": results["rows"]}]
+    if results:
+        eps = [_eps_key(e) for e in results["eps"]]
+        attacks = [a for a in ATTACK_ORDER if a in results["attacks"]]
+        blocks = results.get("by_surrogate") or [{"label": "S", "rows": results["rows"]}]
+    else:
+        from tf_divtrain.evaluation import DEFAULT_EPS
+
+        eps = [_eps_key(e) for e in DEFAULT_EPS[ROW_DATASET.get(row, "mnist")]]
+        attacks = list(ATTACK_ORDER)
+        blocks = []
     robust = any("robust_to_all" in r for b in blocks for r in b["rows"])
     head = (["TARGET", "source", "CLEAN"] + [ATTACK_NAMES[a] for a in attacks]
             + (["ROBUST TO ALL (all eps)"] if robust else []))
@@ -109,9 +129,13 @@ def table2_side_by_side(row: str, results: dict) -> str:
     ours = [("ours vs " + b["label"] if many else "ours", _target_rows(b)) for b in blocks]
     paper = PAPER_TABLE2.get(row, {})
     for label in TARGETS:
+        found = False
         for source, rows in ours:
             if label in rows:
                 lines.append(ours_line(label, source, rows[label]))
+                found = True
+        if not found:
+            lines.append("| " + " | ".join([label, "ours", NOT_RUN] + ["—"] * (len(attacks) + robust)) + " |")
         if label in paper:
             clean, pairs = paper[label]
             idx = [ATTACK_ORDER.index(a) for a in attacks]
@@ -125,16 +149,25 @@ def table2_side_by_side(row: str, results: dict) -> str:
     return "\n".join(lines)
 
 
-def ordering_checks(results: dict, analysis: Optional[dict]) -> List[str]:
-    """Cell-by-cell statements of the paper's orderings; each line says holds / does not hold."""
+def ordering_checks(results: Optional[dict], analysis: Optional[dict]) -> List[str]:
+    """Cell-by-cell statements of the paper's orderings; each line says holds / does not hold.
+    A pair with a missing target is listed as not checked (never silently dropped)."""
     out = []
-    ours = _target_rows(results)
-    eps = [_eps_key(e) for e in results["eps"]]
-    attacks = [a for a in ATTACK_ORDER if a in results["attacks"]]
+    ours = _target_rows(results) if results else {}
+    eps = [_eps_key(e) for e in results["eps"]] if results else []
+    attacks = [a for a in ATTACK_ORDER if a in results["attacks"]] if results else []
+    if not results:
+        out.append(f"- **T_Div > T_Base**, **T_Ens+Div ≥ T_Ens** under attack: not checked — "
+                   f"transfer evaluation {NOT_RUN}.")
     for better, worse, strict in (("T_Div", "T_Base", True), ("T_Ens+Div", "T_Ens", False)):
-        if better not in ours or worse not in ours:
-            continue
         rel = ">" if strict else "≥"
+        if not results:
+            continue
+        if better not in ours or worse not in ours:
+            missing = [t for t in (better, worse) if t not in ours]
+            out.append(f"- **{better} {rel} {worse}** under attack: not checked — "
+                       f"{', '.join(missing)} {NOT_RUN}.")
+            continue
         held = total = 0
         cells = []
         for a in attacks:
@@ -150,31 +183,93 @@ def ordering_checks(results: dict, analysis: Optional[dict]) -> List[str]:
         cb, cw = ours[better]["clean"], ours[worse]["clean"]
         out.append(f"  Clean accuracy: {better} {_pct(cb)} vs {worse} {_pct(cw)} (the paper expects "
                    f"a small drop for the diverse ensemble).")
-    if analysis:
-        ens = analysis.get("ensembles", {})
-        coh = {k: v.get("coherence", {}).get("mean") for k, v in ens.items() if "coherence" in v}
-        for div, base in (("T_Div", "T_Base"), ("T_Ens+Div", "T_Ens")):
-            if coh.get(div) is not None and coh.get(base) is not None:
-                ok = coh[div] < coh[base]
-                out.append(f"- **Lower coherence for {div} than {base}** (Fig. 4): mean "
-                           f"{coh[div]:.3f} vs {coh[base]:.3f} — "
-                           f"{'holds' if ok else '**does not hold**'}.")
-        gaas = {k: v.get("gaas") for k, v in ens.items() if v.get("gaas")}
-        for div, base in (("T_Div", "T_Base"),):
-            if div in gaas and base in gaas:
-                cells, held, total = [], 0, 0
-                for e, per_k in gaas[div]["results"].items():
-                    for k, r in per_k.items():
-                        rb = gaas[base]["results"][e][k]
-                        ok = r["p_all"] <= rb["p_all"]
-                        held += ok
-                        total += 1
-                        cells.append(f"eps {e}, k={k}: {r['p_all']:.3f} vs {rb['p_all']:.3f} "
-                                     f"{'holds' if ok else '**does not hold**'}")
-                out.append(f"- **Fewer GAAS directions for {div} than {base}** (Fig. 5, probability "
-                           f"that all k directions are adversarial, ≤): holds in {held} of {total} "
-                           f"cells. " + "; ".join(cells) + ".")
+    ens = (analysis or {}).get("ensembles", {})
+    coh = {k: v["coherence"].get("mean") for k, v in ens.items() if v.get("coherence")}
+    gaas = {k: v["gaas"] for k, v in ens.items() if v.get("gaas")}
+    for div, base in (("T_Div", "T_Base"), ("T_Ens+Div", "T_Ens")):
+        if coh.get(div) is not None and coh.get(base) is not None:
+            ok = coh[div] < coh[base]
+            out.append(f"- **Lower coherence for {div} than {base}** (Fig. 4): mean "
+                       f"{coh[div]:.3f} vs {coh[base]:.3f} — "
+                       f"{'holds' if ok else '**does not hold**'}.")
+        elif analysis is not None and (div in ours or base in ours or div in ens or base in ens):
+            out.append(f"- **Lower coherence for {div} than {base}** (Fig. 4): not checked — "
+                       f"coherence of {', '.join(t for t in (div, base) if coh.get(t) is None)} "
+                       f"{NOT_RUN}.")
+    for div, base in (("T_Div", "T_Base"), ("T_Ens+Div", "T_Ens")):
+        if div in gaas and base in gaas:
+            out.append(_gaas_check(div, base, gaas[div], gaas[base]))
+        elif div == "T_Div" and gaas:
+            out.append(f"- **Fewer GAAS directions for {div} than {base}** (Fig. 5): not checked — "
+                       f"GAAS of {', '.join(t for t in (div, base) if t not in gaas)} {NOT_RUN}.")
     return out
+
+
+def _gaas_check(div: str, base: str, gd: dict, gb: dict) -> str:
+    """Fig. 5's ordering per (eps, k): P(all k directions adversarial) of ``div`` <= ``base``;
+    ties are counted separately (at large k both are often 0); the mean number of adversarial
+    directions (strictly fewer) is given as a tie-free companion."""
+    cells, held, ties, fewer, total = [], 0, 0, 0, 0
+    for e, per_k in gd["results"].items():
+        for k, r in per_k.items():
+            rb = gb["results"].get(e, {}).get(k)
+            if rb is None or r.get("p_all") is None or rb.get("p_all") is None:
+                cells.append(f"eps {e}, k={k}: not comparable (missing for {base})")
+                continue
+            ok = r["p_all"] <= rb["p_all"]
+            tie = r["p_all"] == rb["p_all"]
+            m_ok = (r.get("mean_num_adversarial") is not None and rb.get("mean_num_adversarial")
+                    is not None and r["mean_num_adversarial"] < rb["mean_num_adversarial"])
+            held += ok
+            ties += tie
+            fewer += m_ok
+            total += 1
+            cells.append(f"eps {e}, k={k}: {r['p_all']:.3f} vs {rb['p_all']:.3f} "
+                         f"{'holds' + (' (tie)' if tie else '') if ok else '**does not hold**'}"
+                         + (f", mean adv. directions {r['mean_num_adversarial']:.1f} vs "
+                            f"{rb['mean_num_adversarial']:.1f}"
+                            if r.get("mean_num_adversarial") is not None
+                            and rb.get("mean_num_adversarial") is not None else ""))
+    note = "" if div == "T_Div" else "; the paper's figure shows only T_Base and T_Div"
+    return (f"- **Fewer GAAS directions for {div} than {base}** (Fig. 5{note}; probability that all "
+            f"k directions are adversarial, ≤): holds in {held} of {total} cells ({ties} of them "
+            f"ties); strictly fewer adversarial directions on average in {fewer} of {total}. "
+            + "; ".join(cells) + ".")
+
+
+def hadamard_note(ks: Sequence[int]) -> str:
+    """How the paper's k = 25 is handled, with the regular-Hadamard property of every k we use
+    re-checked on tf_divtrain.analysis's own matrices when the report is built."""
+    import numpy as np
+
+    from tf_divtrain import analysis as an
+
+    checks = []
+    for k in ks:
+        h = an.regular_hadamard(int(k))
+        ok = (set(np.unique(h).tolist()) <= {-1, 1}
+              and np.array_equal(h @ h.T, int(k) * np.eye(int(k), dtype=h.dtype))
+              and bool(np.all(h.sum(axis=1) == math.isqrt(int(k))))
+              and math.isqrt(int(k)) ** 2 == int(k))
+        checks.append(f"k = {k} {'passes' if ok else '**FAILS**'}")
+    try:
+        an.check_gaas_k(25)
+        rejected = "**is accepted (unexpected)**"
+    except an.AnalysisError:
+        rejected = "raises an error"
+    small = ", ".join(map(str, an.supported_hadamard_orders(100)))
+    return ("**GAAS orders k and the paper's k = 25.** The paper (§4.4) uses k ∈ {4, 25, 36, 64} "
+            "with \"a Regular Hadamard matrix of order k\". No Hadamard matrix of order 25 exists "
+            "at all: for n > 2 a Hadamard matrix needs n divisible by 4, and 25 is odd. A *regular* "
+            "one (every row sums to the same value, ±√n — GAAS needs this so that every direction "
+            "has a positive inner product with sign(∇J)) additionally needs n to be a square, so "
+            "n = 4u²: 4, 16, 36, 64, 100, … `tf_divtrain.analysis` constructs 4 = J − 2I, "
+            "16 = H₄ ⊗ H₄, 36 = J − 2A of the Latin-square graph L₃(6) (strongly regular "
+            "(36, 15, 6, 6)) and 64 = H₄ ⊗ H₁₆; up to order 100 it constructs exactly "
+            f"{small}. We use k = {', '.join(map(str, ks))}: the paper's 4, 36 and 64, with 16 "
+            "(the next regular order below 25) in place of 25. Checked when this report was "
+            "built on the matrices the analysis uses (±1 entries, H Hᵀ = kI, every row sums to "
+            f"+√k): {'; '.join(checks)}; `analysis.check_gaas_k(25)` {rejected}.")
 
 
 def _run_metrics(work: str, role: str) -> Optional[dict]:
@@ -191,6 +286,7 @@ def _training_table(work: str) -> List[str]:
     for role, label in ROLES:
         m = _run_metrics(work, role)
         if not m:
+            lines.append(f"| {label} | {NOT_RUN} |" + " — |" * 10)
             continue
         c, g = m["config"], m.get("test_gradient_stats") or {}
         fmt = lambda k: f"{g[k]:.3f}" if k in g else "—"  # noqa: E731
@@ -202,36 +298,89 @@ def _training_table(work: str) -> List[str]:
     return lines
 
 
+def _all_metrics(work: str) -> Dict[str, dict]:
+    """{label: metrics.json} of every training run of a row that exists (ROLES order)."""
+    return {label: m for role, label in ROLES if (m := _run_metrics(work, role))}
+
+
 def _reductions(row: str, work: str, results: Optional[dict], analysis: Optional[dict]) -> List[str]:
     out = []
-    m = next((mm for mm in (_run_metrics(work, r) for r in ("base", "div", "surrogate")) if mm), None)
-    if m:
-        c = m["config"]
-        n_train = 60000 if c["dataset"] != "cifar10" else 50000
-        if c.get("train_examples"):
-            n_train = c["train_examples"]
-        steps = m["steps"]
-        epochs = steps * c["batch_size"] / n_train
+    runs = _all_metrics(work)
+    if runs:
+        first = next(iter(runs.values()))
+        c = first["config"]
+        n_train = c.get("train_examples") or (50000 if c["dataset"] == "cifar10" else 60000)
         paper_ep = PAPER_EPOCHS.get(row)
-        if c.get("max_steps") and paper_ep and epochs < paper_ep - 1e-9:
-            out.append(f"- Training length: {steps} steps of batch {c['batch_size']} = {epochs:.2f} "
-                       f"epochs per model instead of the paper's {paper_ep} epochs (same for every "
-                       f"model, so T_Base/T_Div and T_Ens/T_Ens+Div see the same number of steps).")
+        paper_txt = (f"the {paper_ep} epochs of our paper preset (the paper gives no epoch count for "
+                     f"MIX; 40 is ResNet-20's)" if row == "cifar10_mix" else f"the paper's {paper_ep} epochs")
+        lengths = {lbl: (m["steps"], m["config"]["batch_size"]) for lbl, m in runs.items()}
+        reduced = any(m["config"].get("max_steps") for m in runs.values()) and paper_ep and any(
+            st * bs / n_train < paper_ep - 1e-9 for st, bs in lengths.values())
+        if reduced and len(set(lengths.values())) == 1:
+            steps, bs = next(iter(lengths.values()))
+            out.append(f"- Training length: {steps} steps of batch {bs} = {steps * bs / n_train:.2f} "
+                       f"epochs per model instead of {paper_txt} (same for every model, so "
+                       f"T_Base/T_Div and T_Ens/T_Ens+Div see the same number of steps).")
+        elif reduced:
+            per = ", ".join(f"{lbl} {st} steps of batch {bs} ({st * bs / n_train:.2f} epochs)"
+                            for lbl, (st, bs) in lengths.items())
+            tl = {lengths[t] for t in TARGETS if t in lengths}
+            warn = ("" if len(tl) <= 1 else " **The targets trained different lengths: their "
+                    "comparison is not like for like.**")
+            out.append(f"- Training length instead of {paper_txt}: {per}.{warn}")
         if c.get("train_examples"):
             out.append(f"- Training set: first {c['train_examples']} examples instead of all.")
-        if len(m["member_accuracy"]) != 5:
-            out.append(f"- Ensemble size {len(m['member_accuracy'])} instead of 5.")
+        sizes = sorted({len(m["member_accuracy"]) for lbl, m in runs.items() if lbl != "static"})
+        if sizes and sizes != [5]:
+            out.append(f"- Ensemble size {', '.join(map(str, sizes))} instead of 5.")
+        missing = [t for t in TARGETS if t not in runs]
+        if missing:
+            extra = " and the static model" if "static" not in runs and "T_Ens" in missing else ""
+            out.append(f"- Targets {NOT_RUN}: {', '.join(missing)}{extra} (their Table 2 lines "
+                       f"show only the paper's numbers).")
     if results:
         full = PAPER_TEST_EXAMPLES.get(results["dataset"])
         if full and results["num_examples"] < full:
             out.append(f"- Transfer attacks: first {results['num_examples']} test images instead of "
                        f"the full test set ({full}).")
+        left = [ATTACK_NAMES[a] for a in ATTACK_ORDER if a not in results["attacks"]]
+        if left:
+            out.append(f"- Attacks {NOT_RUN}: {', '.join(left)}.")
     if analysis:
         sub = analysis.get("subset_sizes", {})
-        out.append(f"- Analyses: coherence on {sub.get('coherence')} test images, GAAS on "
-                   f"{sub.get('gaas')}, transferability on {sub.get('transfer')}, white-box on "
-                   f"{sub.get('whitebox')} (the paper does not state its subset sizes).")
+        ran = analysis.get("analyses") or list(sub)
+        names = {"coherence": "coherence", "gaas": "GAAS", "transfer": "transferability",
+                 "whitebox": "white-box"}
+        parts = [f"{names[a]} on {sub.get(a)} test images" for a in names if a in ran]
+        skipped = [names[a] for a in names if a not in ran]
+        out.append(f"- Analyses: {', '.join(parts)} (the paper does not state its subset sizes)"
+                   + (f"; {NOT_RUN}: {', '.join(skipped)}" if skipped else "") + ".")
+        st = analysis.get("settings", {})
+        if "gaas" in ran and st.get("gaas_k"):
+            out.append(f"- GAAS orders k = {', '.join(map(str, st['gaas_k']))} instead of the "
+                       f"paper's {', '.join(map(str, PAPER_GAAS_K))} (no regular Hadamard matrix "
+                       f"of order 25 exists; see the GAAS section), at eps "
+                       f"{', '.join(f'{e:g}' for e in st.get('gaas_eps', []))}.")
     return out or ["- None: the paper's settings."]
+
+
+def _coverage_table(rows: Sequence[str], results_dir: str) -> List[str]:
+    """One line per row: which models were trained (steps), evaluated and analysed."""
+    head = ["row"] + [lbl for _, lbl in ROLES] + ["Table 2 (images)", "analyses"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        w = os.path.join(results_dir, "work", row)
+        cells = []
+        for role, _ in ROLES:
+            m = _run_metrics(w, role)
+            cells.append(f"{m['steps']} steps" if m else NOT_RUN)
+        res = _load(os.path.join(results_dir, row, "eval", "results.json"))
+        an = _load(os.path.join(results_dir, row, "analysis", "analysis.json"))
+        cells.append(f"{', '.join(sorted(_target_rows(res), key=TARGETS.index))} ({res['num_examples']})"
+                     if res else NOT_RUN)
+        cells.append(", ".join(an.get("analyses", [])) if an else NOT_RUN)
+        lines.append("| " + " | ".join([ROWS[row]] + cells) + " |")
+    return lines
 
 
 def _analysis_sections(analysis: dict, rel: str) -> List[str]:
@@ -251,14 +400,22 @@ def _analysis_sections(analysis: dict, rel: str) -> List[str]:
     gaas = {k: v["gaas"] for k, v in ens.items() if v.get("gaas")}
     if gaas:
         any_g = next(iter(gaas.values()))
+        ks = list(next(iter(any_g["results"].values())))
         out += ["### Gradient-aligned adversarial subspace (Fig. 5)", "",
                 f"![GAAS]({rel}/gaas.png)", "", f"Definition: {any_g.get('definition', '')}", "",
-                "| ensemble | eps | " + " | ".join(f"k={k}" for k in next(iter(any_g['results'].values()))) + " |",
-                "|---|---|" + "---|" * len(next(iter(any_g['results'].values())))]
+                hadamard_note([int(k) for k in ks]), "",
+                "| ensemble | correct / examples | eps | " + " | ".join(f"k={k}" for k in ks) + " |",
+                "|---|---|---|" + "---|" * len(ks)]
+
+        def cell(r):
+            if r is None or r.get("p_all") is None:
+                return "—"
+            return f"{r['p_all']:.3f} (mean {r['mean_num_adversarial']:.1f} adv.)"
+
         for label, g in gaas.items():
             for e, per_k in g["results"].items():
-                out.append(f"| {label} | {e} | " + " | ".join(
-                    f"{r['p_all']:.3f} (mean {r['mean_num_adversarial']:.1f} adv.)" for r in per_k.values()) + " |")
+                out.append(f"| {label} | {g.get('num_correct', '?')} / {g.get('num_examples', '?')} "
+                           f"| {e} | " + " | ".join(cell(per_k.get(k)) for k in ks) + " |")
         out.append("")
     tms = {k: v["transfer"] for k, v in ens.items() if v.get("transfer")}
     if tms:
@@ -268,7 +425,10 @@ def _analysis_sections(analysis: dict, rel: str) -> List[str]:
                    f"iterations. Lower off-diagonal values = less transfer inside the ensemble.")
         out.append("")
         for label, tm in tms.items():
-            out.append(f"**{label}** (mean off-diagonal {tm['mean_off_diagonal']:.3f}): "
+            mod = tm.get("mean_off_diagonal")
+            mod = ("n/a: no example that two members both classify correctly" if mod is None
+                   else f"{mod:.3f}")
+            out.append(f"**{label}** (mean off-diagonal {mod}): "
                        f"![transfer {label}]({rel}/transfer_{_safe(label)}.png)")
             out.append("")
             n = len(tm["matrix"])
@@ -352,27 +512,41 @@ def _versions() -> str:
     return ", ".join(parts)
 
 
+def _row_outputs(results_dir: str, row: str):
+    w = os.path.join(results_dir, "work", row)
+    results = _load(os.path.join(results_dir, row, "eval", "results.json"))
+    analysis = _load(os.path.join(results_dir, row, "analysis", "analysis.json"))
+    return w, results, analysis, bool(_all_metrics(w) or results or analysis)
+
+
 def build_report(preset: str, results_dir: str) -> str:
-    work = os.path.join(results_dir, "work")
     lines = [f"# Diversity Training reproduction — preset `{preset}`", "",
              f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by "
              f"`python -m tf_divtrain.report` from the files run_all.sh wrote; every number below "
              f"is read from those files.", "", f"Software and machine: {_versions()}.", ""]
     notes = os.path.join(results_dir, "notes.md")
-    for row in ROWS:
-        w = os.path.join(work, row)
-        results = _load(os.path.join(results_dir, row, "eval", "results.json"))
-        analysis = _load(os.path.join(results_dir, row, "analysis", "analysis.json"))
-        if _run_metrics(w, "base") is None and results is None:
+    planned = PRESET_ROWS.get(preset, ())
+    rows = [r for r in ROWS if r in planned or _row_outputs(results_dir, r)[3]]
+    if len(rows) > 1 or any(not _row_outputs(results_dir, r)[3] for r in rows):
+        lines += ["## Coverage", "", "Steps each model trained, targets and test images of the "
+                  f"transfer evaluation, analyses run; \"{NOT_RUN}\" = no output found.", ""]
+        lines += _coverage_table(rows, results_dir) + [""]
+    for row in rows:
+        w, results, analysis, ran = _row_outputs(results_dir, row)
+        lines += [f"## {ROWS[row]}", ""]
+        if not ran:
+            lines += [f"**{NOT_RUN.capitalize()}**: no training run, evaluation or analysis of this "
+                      f"row was found (`work/{row}/`, `{row}/eval/`, `{row}/analysis/`). The paper's "
+                      "numbers for reference:", "", table2_side_by_side(row, None), ""]
             continue
-        lines += [f"## {ROWS[row]}", "", "### Reductions against the paper", ""]
+        lines += ["### Reductions against the paper", ""]
         lines += _reductions(row, w, results, analysis) + [""]
         lines += ["### Training runs", ""] + _training_table(w) + [""]
         lines += ["GAL / coherence / mean cosine: input-gradient statistics of the members on the "
                   "first min(500, eval_examples) test images after training (inference mode).", ""]
+        lines += ["### Table 2 row: accuracy (%) under transfer attacks, ours next to the paper's", ""]
         if results:
-            lines += ["### Table 2 row: accuracy (%) under transfer attacks, ours next to the paper's",
-                      "", f"eps = {' / '.join(_eps_key(e) for e in results['eps'])}; attacks crafted on "
+            lines += [f"eps = {' / '.join(_eps_key(e) for e in results['eps'])}; attacks crafted on "
                       f"the surrogate S ({results['num_examples']} test images, seed {results['seed']}); "
                       "bold = most successful attack per eps for our rows.", "",
                       table2_side_by_side(row, results), ""]
@@ -382,11 +556,15 @@ def build_report(preset: str, results_dir: str) -> str:
                     f"{ATTACK_NAMES.get(a, a)}@{e}: {v['images_per_sec']:.0f} img/s"
                     + (" (first crafting run; reused from the cache here)" if v.get("cached") else "")
                     for a, per in cr.items() for e, v in per.items() if v.get("images_per_sec")) + ".", ""]
+        else:
+            lines += [f"Transfer evaluation {NOT_RUN}; the paper's numbers for reference:", "",
+                      table2_side_by_side(row, None), ""]
         lines += ["### Do the paper's orderings hold?", ""]
-        checks = ordering_checks(results, analysis) if results else []
-        lines += (checks or ["- Not evaluated yet."]) + [""]
+        lines += ordering_checks(results, analysis) + [""]
         if analysis:
             lines += _analysis_sections(analysis, f"{row}/analysis")
+        else:
+            lines += [f"Analyses (coherence, GAAS, transferability, white-box): {NOT_RUN}.", ""]
     if os.path.isfile(notes):
         with open(notes) as f:
             lines += ["## Discussion", "", f.read().strip(), ""]
