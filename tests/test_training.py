@@ -49,21 +49,54 @@ def test_div_lowers_gradient_alignment_more_than_baseline(mnist):
     assert drops["div"] > drops["baseline"] + 0.02, drops
 
 
-def test_static_fgsm_random_eps_is_fgsm_per_example(mnist_batch):
-    ens = models.build_ensemble("conv3", (28, 28, 1), 10, 2, seed=1)
-    x, y = tf.constant(mnist_batch[0][:32]), tf.constant(mnist_batch[1][:32])
-    seed = tf.constant([4, 2], tf.int64)
-    adv = training.fgsm_random_eps(ens.member_logits, x, y, 0.3, seed).numpy()
-    eps = np.abs(tf.random.stateless_truncated_normal([32], seed, stddev=0.15).numpy())
+def _expected_fgsm(ens, x, labels, eps):
+    """Independent FGSM: grad of the mean member CE against ``labels``, per-example eps, clip."""
+    xt = tf.constant(x)
     with tf.GradientTape() as tape:
-        tape.watch(x)
-        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-            tf.repeat(y[:, None], 2, 1), ens.member_logits(x)), axis=1)
-        loss = tf.reduce_sum(loss)
-    g = tape.gradient(loss, x).numpy()
-    expected = np.clip(mnist_batch[0][:32] + eps[:, None, None, None] * np.sign(g), 0, 1)
-    np.testing.assert_allclose(adv, expected, atol=1e-6)
+        tape.watch(xt)
+        lg = ens.member_logits(xt)
+        loss = tf.reduce_sum(tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+            tf.repeat(tf.constant(labels)[:, None], lg.shape[1], 1), lg), axis=1))
+    g = tape.gradient(loss, xt).numpy()
+    return np.clip(x + eps[:, None, None, None] * np.sign(g), 0, 1)
+
+
+@pytest.mark.parametrize("source", ["true", "predicted"])
+def test_static_fgsm_random_eps_is_fgsm_per_example(mnist_batch, source):
+    ens = models.build_ensemble("conv3", (28, 28, 1), 10, 2, seed=1)  # untrained: many wrong guesses
+    x, y = mnist_batch[0][:32], mnist_batch[1][:32]
+    seed = tf.constant([4, 2], tf.int64)
+    adv = training.fgsm_random_eps(ens.member_logits, tf.constant(x), tf.constant(y), 0.3, seed,
+                                   labels=source).numpy()
+    eps = np.abs(tf.random.stateless_truncated_normal([32], seed, stddev=0.15).numpy())
+    # The label source: the true labels, or the argmax of the static model's average softmax.
+    probs = np.exp(ens.member_logits(x).numpy())
+    probs = (probs / probs.sum(-1, keepdims=True)).mean(1)
+    labels = y if source == "true" else probs.argmax(-1).astype(y.dtype)
+    assert source == "true" or (labels != y).any()  # the two sources really differ here
+    np.testing.assert_allclose(adv, _expected_fgsm(ens, x, labels, eps), atol=1e-6)
     assert eps.max() <= 0.3 + 1e-6
+
+
+def test_batch_parts_per_mode():
+    assert training.batch_parts("baseline", 128) == [128]
+    assert training.batch_parts("div", 128) == [64, 64]
+    # Same D_adv per step in both ens_adv modes; the rest split equally.
+    assert training.batch_parts("ens_adv", 128) == [64, 64]
+    assert training.batch_parts("ens_adv_div", 128) == [32, 32, 64]
+    assert training.batch_parts("ens_adv_div", 128, 0.25) == [48, 48, 32]
+    assert training.batch_parts("ens_adv", 10, 0.3) == [7, 3]
+
+
+@pytest.mark.parametrize("kw, match", [({"adv_labels": "guess"}, "adv_labels"),
+                                       ({"adv_share": 0.0}, "adv_share"),
+                                       ({"adv_share": 1.0}, "adv_share"),
+                                       ({"precision": "float8"}, "precision"),
+                                       ({"strategy": "tpu"}, "strategy")])
+def test_bad_adv_precision_strategy_settings(kw, match):
+    cfg = training.TrainConfig(mode="ens_adv", static_model="x", **kw)
+    with pytest.raises(ValueError, match=match):
+        cfg.validate()
 
 
 def _train_cfg(out_dir, **kw):

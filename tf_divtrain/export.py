@@ -6,6 +6,9 @@ Contract of ``<out_dir>/saved_model/`` (loadable with ``tf.saved_model.load``):
   [0, 1], any B -> ``{"probabilities": [B, classes]`` (the ensemble's average softmax),
   ``"member_logits": [B, N, classes]}``. Gradients flow through ``serve``; members run in
   inference mode (BatchNorm uses its moving statistics).
+* The graph computes in float32 (training in a mixed precision exports a float32 copy), so every
+  tool that loads it evaluates in float32 unless it asks ``load_ensemble`` for another precision.
+* ``member_weights``: each member's variables in Keras order (rebuilding in another precision).
 * ``metadata``: a string variable holding JSON (dataset, input_shape, num_classes, models, mode,
   seed, ...), read back by :func:`load_ensemble`.
 
@@ -23,6 +26,7 @@ from typing import Optional
 import tensorflow as tf
 
 from tf_divtrain import models as models_lib
+from tf_divtrain import precision as precision_lib
 
 SAVED_MODEL_DIR = "saved_model"
 
@@ -31,6 +35,9 @@ class _ServingModule(tf.Module):
     def __init__(self, ensemble: models_lib.Ensemble, metadata: dict):
         super().__init__(name="tf_divtrain_ensemble")
         self.members = list(ensemble.members)
+        # Each member's weights in Keras order, so a loader can rebuild the members in another
+        # precision (``load_ensemble(..., precision=...)``); the variables are stored once.
+        self.member_weights = [list(m.weights) for m in ensemble.members]
         self.metadata = tf.Variable(json.dumps(metadata, sort_keys=True), trainable=False,
                                     dtype=tf.string, name="metadata")
         shape = [None] + list(metadata["input_shape"])
@@ -38,7 +45,7 @@ class _ServingModule(tf.Module):
                                  input_signature=[tf.TensorSpec(shape, tf.float32, name="images")])
 
     def _serve(self, images):
-        logits = tf.stack([m(images, training=False) for m in self.members], axis=1)
+        logits = models_lib.member_logits(self.members, images, training=False)
         return {"probabilities": models_lib.ensemble_probabilities(logits), "member_logits": logits}
 
 
@@ -113,8 +120,15 @@ def find_export(path: str) -> str:
         f"--out_dir={path} ...`, which exports on completion.")
 
 
-def load_ensemble(path: str, expect_dataset: Optional[str] = None) -> LoadedEnsemble:
-    """Loads an export written by :func:`export_ensemble` (``path`` = out_dir or saved_model dir)."""
+def load_ensemble(path: str, expect_dataset: Optional[str] = None, precision: str = "float32"):
+    """Loads an export written by :func:`export_ensemble` (``path`` = out_dir or saved_model dir).
+
+    ``precision="float32"`` (default) serves the exported float32 graph (a :class:`LoadedEnsemble`).
+    Another precision rebuilds the members from the registry names in the metadata under that
+    Keras dtype policy and copies the exported weights in: a ``models.Ensemble`` with the same
+    ``member_logits`` / ``probabilities`` / ``metadata`` interface, computing in e.g. bfloat16.
+    """
+    precision_lib.check_precision(precision)
     sm = find_export(path)
     module = tf.saved_model.load(sm)
     if not hasattr(module, "metadata") or not hasattr(module, "serve"):
@@ -122,4 +136,15 @@ def load_ensemble(path: str, expect_dataset: Optional[str] = None) -> LoadedEnse
     ens = LoadedEnsemble(sm, module)
     if expect_dataset is not None and ens.dataset != expect_dataset:
         raise ValueError(f"{sm} was trained on {ens.dataset!r}, not {expect_dataset!r}.")
-    return ens
+    if precision == "float32":
+        return ens
+    if not hasattr(module, "member_weights"):
+        raise ValueError(f"{sm} predates per-member weight lists, so it can only be served in "
+                         f"float32; re-export it (re-run its training command) or use float32.")
+    meta = ens.metadata
+    rebuilt = models_lib.build_ensemble(list(meta["models"]), meta["input_shape"],
+                                        meta["num_classes"], precision=precision)
+    for member, weights in zip(rebuilt.members, module.member_weights):
+        member.set_weights([w.numpy() for w in weights])
+    rebuilt.path, rebuilt.metadata = sm, meta
+    return rebuilt

@@ -8,7 +8,7 @@ scale by the global batch).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -21,27 +21,43 @@ def member_cross_entropy(member_logits, labels):
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=member_logits)
 
 
-def member_input_gradients(members: Sequence, x, labels, training: bool = False):
+def member_input_gradients(members: Sequence, x, labels, training: bool = False,
+                           loss_fn: Optional[Callable] = None, loss_scale=None):
     """grad_x J_i(theta_i, x, y) for every member i, in ONE backward pass.
 
     Each member is fed its own ``tf.identity`` copy of ``x``; the gradient of the summed losses
     with respect to copy i is exactly member i's input gradient (the other members' losses do not
     depend on copy i). Per-example gradients are exact too: example b's loss depends only on row b.
 
-    Returns ``(grads [B, N, D], member_logits [B, N, C], ce [B, N])``. The logits/CE come from the
-    same forward pass, so a training step reuses them for the CE term (no second forward). Call it
-    under an outer ``GradientTape`` to differentiate GAL w.r.t. the parameters (double backprop).
+    ``loss_fn(labels, member_logits [B, N, C]) -> [B, N]`` is J (default: per-member
+    cross-entropy, the paper's choice); like CleverHans' ``loss_fn`` it lets a caller take input
+    gradients of another per-member objective. Member logits are float32 (``models.member_logits``).
+    ``loss_scale`` (mixed_float16): the summed loss is multiplied by it before the backward pass
+    and the gradients divided by it in float32 after, so small input gradients do not underflow.
+
+    Returns ``(grads [B, N, D] float32, member_logits [B, N, C], loss [B, N])``. The logits/loss
+    come from the same forward pass, so a training step reuses them for the CE term (no second
+    forward). Call it under an outer ``GradientTape`` to differentiate GAL w.r.t. the parameters
+    (double backprop).
     """
+    from tf_divtrain.models import member_logits  # local: models imports nothing from gal
+
+    loss_fn = loss_fn or (lambda y, lg: member_cross_entropy(lg, y))
     copies = [tf.identity(x) for _ in members]
     with tf.GradientTape() as tape:
         tape.watch(copies)
-        logits = tf.stack([m(c, training=training) for m, c in zip(members, copies)], axis=1)
-        ce = member_cross_entropy(logits, labels)
-        total = tf.reduce_sum(ce)
+        logits = tf.concat([member_logits([m], c, training=training) for m, c in zip(members, copies)],
+                           axis=1)
+        loss = loss_fn(labels, logits)
+        total = tf.reduce_sum(loss)
+        if loss_scale is not None:
+            total = total * tf.cast(loss_scale, total.dtype)
     grads = tape.gradient(total, copies)
     batch = tf.shape(x)[0]
-    grads = tf.stack([tf.reshape(g, [batch, -1]) for g in grads], axis=1)
-    return grads, logits, ce
+    grads = tf.stack([tf.reshape(tf.cast(g, tf.float32), [batch, -1]) for g in grads], axis=1)
+    if loss_scale is not None:
+        grads = grads / tf.cast(loss_scale, tf.float32)
+    return grads, logits, loss
 
 
 def pairwise_cosine(grads, eps: float = 1e-12):

@@ -27,6 +27,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_divtrain import precision as precision_lib
+
 LEAKY_SLOPE = 0.2
 BN_MOMENTUM = 0.9
 
@@ -141,9 +143,15 @@ def check_model_name(name: str) -> str:
     return name
 
 
-def build_model(name: str, input_shape, num_classes: int = 10, seed: int = 0) -> keras.Model:
-    """Registry: builds model ``name`` (logits output) with weights initialised from ``seed``."""
-    return MODELS[check_model_name(name)](tuple(input_shape), num_classes, seed)
+def build_model(name: str, input_shape, num_classes: int = 10, seed: int = 0,
+                precision: str = "float32") -> keras.Model:
+    """Registry: builds model ``name`` (logits output) with weights initialised from ``seed``.
+
+    ``precision`` is the Keras dtype policy its layers compute in (variables are float32 always;
+    see ``tf_divtrain.precision``); the same seed gives the same float32 weights in every precision.
+    """
+    with precision_lib.policy_scope(precision):
+        return MODELS[check_model_name(name)](tuple(input_shape), num_classes, seed)
 
 
 def member_names(model: Union[str, Sequence[str]], ensemble_size: int) -> list:
@@ -180,7 +188,7 @@ class Ensemble(tf.Module):
         return len(self.members)
 
     def member_logits(self, x, training: bool = False):
-        return tf.stack([m(x, training=training) for m in self.members], axis=1)
+        return member_logits(self.members, x, training=training)
 
     def probabilities(self, x, training: bool = False):
         return ensemble_probabilities(self.member_logits(x, training=training))
@@ -193,20 +201,41 @@ class Ensemble(tf.Module):
         return [v for m in self.members for v in m.trainable_variables]
 
 
+def member_logits(members: Sequence, x, training: bool = False):
+    """Every member's logits, cast to float32 as they leave the member: -> [B, N, C].
+
+    The one place member outputs enter the package's maths, so CE, softmax averages, cosines and
+    GAL are float32 whatever precision the members compute in.
+    """
+    return tf.stack([tf.cast(m(x, training=training), tf.float32) for m in members], axis=1)
+
+
 def ensemble_probabilities(member_logits):
     """Average softmax over the member axis: [B, N, C] -> [B, C]."""
     return tf.reduce_mean(tf.nn.softmax(member_logits, axis=-1), axis=1)
 
 
 def build_ensemble(model: Union[str, Sequence[str]], input_shape, num_classes: int = 10,
-                   ensemble_size: int = 5, seed: int = 0) -> Ensemble:
+                   ensemble_size: int = 5, seed: int = 0, precision: str = "float32") -> Ensemble:
     """Builds an ensemble from one name (N copies), 'mix', or a list of names.
 
     Member i is initialised from seed ``seed * 100 + i``, so members differ and runs reproduce.
     """
     names = member_names(model, ensemble_size)
-    members = [build_model(n, input_shape, num_classes, seed * 100 + i) for i, n in enumerate(names)]
+    members = [build_model(n, input_shape, num_classes, seed * 100 + i, precision)
+               for i, n in enumerate(names)]
     return Ensemble(members)
+
+
+def clone_ensemble(ensemble: Ensemble, names: Sequence[str], input_shape, num_classes: int,
+                   precision: str = "float32") -> Ensemble:
+    """The same weights in members rebuilt under ``precision`` (e.g. a float32 copy of a
+    mixed-precision ensemble for export and evaluation). Variables are float32 in every
+    precision, so the copy is exact."""
+    clone = build_ensemble(list(names), input_shape, num_classes, precision=precision)
+    for src, dst in zip(ensemble.members, clone.members):
+        dst.set_weights(src.get_weights())
+    return clone
 
 
 def count_params(model: keras.Model) -> int:

@@ -14,6 +14,7 @@ from absl import app, flags
 
 from tf_divtrain import data as data_lib
 from tf_divtrain import models as models_lib
+from tf_divtrain import precision as precision_lib
 from tf_divtrain import training
 
 FLAGS = flags.FLAGS
@@ -39,7 +40,17 @@ flags.DEFINE_string("out_dir", None, "Run directory (config, checkpoints, logs, 
 flags.DEFINE_integer("train_examples", 0, "Use only the first N training examples (0 = all).")
 flags.DEFINE_integer("validation_examples", 0, "Hold out the last N training examples for validation.")
 flags.DEFINE_integer("eval_examples", 1000, "Test examples for metrics.json (0 = whole test split).")
-flags.DEFINE_enum("strategy", "default", ["default", "mirrored"], "tf.distribute strategy.")
+flags.DEFINE_enum("strategy", "default", list(training.STRATEGIES), "tf.distribute strategy: "
+                  "default (one device), mirrored (local GPUs), multi_worker (several processes or "
+                  "machines; cluster from $TF_CONFIG, checkpoints written by the chief).")
+flags.DEFINE_enum("precision", "float32", list(precision_lib.CHOICES), "Compute precision: float32, "
+                  "mixed_bfloat16, mixed_float16 (loss-scaled), or auto (mixed_bfloat16 where the "
+                  "hardware runs bfloat16 natively, else float32). Variables, losses, GAL and the "
+                  "export stay float32 (see tf_divtrain/precision.py).")
+flags.DEFINE_enum("adv_labels", "predicted", list(training.ADV_LABELS), "Labels of the D_adv FGSM: "
+                  "the static model's prediction (Kurakin et al. 2016, avoids label leaking) or true.")
+flags.DEFINE_float("adv_share", 0.5, "Fraction of each batch that is D_adv in the ens_adv modes, "
+                   "in (0, 1).")
 flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.")
 flags.DEFINE_integer("log_every", 20, "TensorBoard logging interval in steps.")
 flags.DEFINE_integer("checkpoint_every", 100, "Checkpoint interval in steps (also every epoch).")
@@ -113,6 +124,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     cfg = config_from_flags()
+    cfg.precision = precision_lib.resolve(cfg.precision)
     configure_threads(FLAGS.intra_op_threads, FLAGS.inter_op_threads, len(cfg.members))
     try:
         metrics = training.train(cfg)
@@ -120,7 +132,7 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     summary = {k: metrics[k] for k in ("steps", "ensemble_accuracy", "member_accuracy",
-                                       "test_gradient_stats")}
+                                       "test_gradient_stats", "chief") if k in metrics}
     print(json.dumps(summary, indent=2))
 
 

@@ -9,6 +9,13 @@ remainder going to the first part, in this order; see ``data.train_stream``):
   with its own epsilon ~ |N(0, sigma = adv_eps / 2)| truncated at 2 sigma (so eps <= adv_eps).
 * ``ens_adv_div``  -- {D', D_noise, D_adv}: Eq 9 (GAL on the whole batch).
 
+D_adv follows Kurakin et al. 2016 / Tramer et al. 2018 where the paper (§4.2) is silent:
+``adv_labels="predicted"`` crafts the FGSM with the static model's own predicted labels, not the
+true ones (true labels leak into one-step perturbations: "label leaking", Kurakin et al. §4.2), and
+``adv_share`` (default 0.5) of every batch is D_adv in both ens_adv modes, so clean and adversarial
+losses weigh equally (Tramer et al.'s 0.5 / 0.5) and T_Ens and T_Ens+Div see the same D_adv per
+step; the rest of the batch is split equally between the other sources (``batch_parts``).
+
 CE and GAL are computed on every example of the batch. BatchNorm (ResNets): members run in
 training mode during the step -- the single forward pass inside the inner tape uses batch
 statistics and updates the moving averages once per step (the CE term reuses that forward, so
@@ -37,6 +44,7 @@ from tf_divtrain import data as data_lib
 from tf_divtrain import export as export_lib
 from tf_divtrain import gal as gal_lib
 from tf_divtrain import models as models_lib
+from tf_divtrain import precision as precision_lib
 
 MODES = {
     "baseline": ("aug",),
@@ -46,6 +54,11 @@ MODES = {
 }
 GAL_MODES = ("div", "ens_adv_div")
 ADV_MODES = ("ens_adv", "ens_adv_div")
+ADV_LABELS = ("predicted", "true")
+STRATEGIES = ("default", "mirrored", "multi_worker")
+# mixed_float16: a non-finite loss makes LossScaleOptimizer skip the step and halve its scale; this
+# many in a row (scale / 2^25) means the run itself diverged, and the NaN guard stops it.
+MAX_SKIPPED_FP16_STEPS = 25
 
 # Config keys that may change between a run and its resumption (they do not change the result).
 RESUMABLE_KEYS = ("epochs", "max_steps", "out_dir", "strategy", "jit_compile", "log_every",
@@ -87,6 +100,9 @@ class TrainConfig:
     progress: bool = True
     download: bool = False
     deterministic: bool = True  # tf.config.experimental.enable_op_determinism (slower on GPU)
+    precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16 (tf_divtrain.precision)
+    adv_labels: str = "predicted"  # D_adv FGSM labels: the static model's prediction, or "true"
+    adv_share: float = 0.5  # fraction of each batch that is D_adv in the ens_adv modes
 
     def validate(self) -> "TrainConfig":
         data_lib.check_dataset_name(self.dataset)
@@ -106,10 +122,21 @@ class TrainConfig:
         if self.mode in ADV_MODES and not self.static_model:
             raise ValueError(f"mode={self.mode} needs --static_model: the out_dir (or saved_model dir)"
                              f" of a pre-trained model of the same architecture.")
+        precision_lib.check_precision(self.precision)
+        if self.adv_labels not in ADV_LABELS:
+            raise ValueError(f"Unknown adv_labels {self.adv_labels!r}; valid: {', '.join(ADV_LABELS)} "
+                             f"('predicted' avoids label leaking, Kurakin et al. 2016).")
+        if not 0.0 < self.adv_share < 1.0:
+            raise ValueError(f"adv_share={self.adv_share} must be in (0, 1): the fraction of each batch "
+                             f"that is D_adv in the ens_adv modes (default 0.5).")
         if self.batch_size < len(MODES[self.mode]):
             raise ValueError(f"batch_size={self.batch_size} is too small for mode={self.mode}.")
-        if self.strategy not in ("default", "mirrored"):
-            raise ValueError(f"Unknown strategy {self.strategy!r}; valid: default, mirrored.")
+        batch_parts(self.mode, self.batch_size, self.adv_share)
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"Unknown strategy {self.strategy!r}; valid: {', '.join(STRATEGIES)}.")
+        if self.strategy == "multi_worker" and not os.environ.get("TF_CONFIG"):
+            raise ValueError("strategy=multi_worker reads the cluster from the TF_CONFIG environment "
+                             "variable, which is not set (see README, 'Several machines').")
         if self.learning_rate <= 0 or self.epochs < 0 or self.max_steps < 0:
             raise ValueError("learning_rate must be > 0; epochs and max_steps must be >= 0.")
         return self
@@ -128,33 +155,94 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def batch_parts(mode: str, batch_size: int, adv_share: float = 0.5) -> list:
+    """Sizes of the contiguous parts of a batch, in ``MODES[mode]`` order.
+
+    Without D_adv: equal parts (remainder to the first). With D_adv: the last part holds
+    ``round(adv_share * B)`` examples and the others split the rest equally -- so ens_adv and
+    ens_adv_div craft the same number of D_adv examples per step.
+    """
+    sources = MODES[mode]
+    if "adv" not in sources:
+        return data_lib.split_sizes(batch_size, len(sources))
+    n_adv = int(round(adv_share * batch_size))
+    rest = batch_size - n_adv
+    if n_adv < 1 or rest < len(sources) - 1:
+        raise ValueError(f"batch_size={batch_size} with adv_share={adv_share} leaves {n_adv} D_adv and "
+                         f"{rest} other examples for mode={mode}; raise --batch_size.")
+    return data_lib.split_sizes(rest, len(sources) - 1) + [n_adv]
+
+
 # ----------------------------------------------------------------------------------------------
 # The maths of one step (pure functions of tensors; no Python state).
 
-def per_example_objective(members, x, y, mode: str, gal_lambda: float, training: bool = True):
+def per_example_objective(members, x, y, mode: str, gal_lambda: float, training: bool = True,
+                          loss_scale=None):
     """Forward (+ inner input-gradient tape for GAL modes) -> dict of per-example tensors.
 
     ``loss`` [B] is Eq 9 (GAL modes) or the mean member CE (other modes); ``ce`` [B, N];
     ``gal`` / ``coherence`` [B] only in GAL modes (computed from the same pair cosines).
+    ``loss_scale``: the inner input-gradient loss scale (mixed_float16; see ``tf_divtrain.precision``).
     """
     if mode in GAL_MODES:
-        grads, logits, ce = gal_lib.member_input_gradients(members, x, y, training=training)
+        grads, logits, ce = gal_lib.member_input_gradients(members, x, y, training=training,
+                                                           loss_scale=loss_scale)
         pairs = gal_lib.pair_cosines(grads)
         gal = gal_lib.gal_from_pairs(pairs)
         return {"loss": gal_lib.div_loss_per_example(ce, gal, gal_lambda), "ce": ce, "gal": gal,
                 "coherence": gal_lib.coherence_from_pairs(pairs), "logits": logits}
-    logits = tf.stack([m(x, training=training) for m in members], axis=1)
+    logits = models_lib.member_logits(members, x, training=training)
     ce = gal_lib.member_cross_entropy(logits, y)
     return {"loss": tf.reduce_mean(ce, axis=-1), "ce": ce, "logits": logits}
 
 
-def fgsm_random_eps(logits_fn: Callable, x, y, max_eps: float, seed):
-    """D_adv: FGSM (Eq 2) on ``logits_fn`` (mean member CE), per-example eps ~ |N(0, max_eps/2)|
-    truncated at 2 sigma (Kurakin et al. 2016, as in paper §4.2); result clipped to [0, 1]."""
+def random_eps(n, max_eps: float, seed):
+    """Per-example FGSM epsilons ~ |N(0, max_eps / 2)| truncated at 2 sigma (Kurakin et al. 2016,
+    as in paper §4.2), so 0 <= eps <= max_eps: -> [n]."""
+    return tf.abs(tf.random.stateless_truncated_normal([n], seed, stddev=max_eps / 2.0))
+
+
+def fgsm_random_eps(logits_fn: Callable, x, y, max_eps: float, seed, labels: str = "predicted"):
+    """D_adv: FGSM (Eq 2) on ``logits_fn`` with per-example eps from :func:`random_eps`."""
+    return fgsm_per_example(logits_fn, x, y, random_eps(tf.shape(x)[0], max_eps, seed), labels)
+
+
+def fgsm_per_example(logits_fn: Callable, x, y, eps, labels: str = "predicted"):
+    """FGSM (Eq 2) on ``logits_fn`` (mean member CE) with eps [B] per example; clipped to [0, 1].
+
+    ``labels="predicted"`` (default) takes the gradient of the CE against ``logits_fn``'s own
+    prediction (argmax of its average softmax) instead of the true label ``y``: Kurakin et al.
+    2016 (§4.2, "label leaking") and Tramer et al. 2018's code do this, because one-step examples
+    crafted with the true label carry it in the perturbation. ``labels="true"`` uses ``y``.
+    """
+    if labels == "predicted":
+        y = tf.argmax(models_lib.ensemble_probabilities(logits_fn(x)), axis=-1)
+    elif labels != "true":
+        raise ValueError(f"Unknown FGSM label source {labels!r}; valid: {', '.join(ADV_LABELS)}.")
     grad = attacks_lib.input_gradient(logits_fn, attacks_lib.ensemble_ce, x, y)
-    eps = tf.abs(tf.random.stateless_truncated_normal(tf.shape(x)[:1], seed, stddev=max_eps / 2.0))
-    eps = tf.reshape(eps, [-1, 1, 1, 1])
+    eps = tf.reshape(tf.cast(eps, x.dtype), [-1, 1, 1, 1])
     return tf.stop_gradient(tf.clip_by_value(x + eps * tf.sign(grad), 0.0, 1.0))
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """default (one device) | mirrored (local devices) | multi_worker (cluster from TF_CONFIG)."""
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name != "default":
+        raise ValueError(f"Unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}.")
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy) -> bool:
+    """The chief: task 'chief', or worker 0 of a cluster without one; every single-process run."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "chief" or (task_type == "worker" and task_id == 0 and not has_chief)
 
 
 class Trainer:
@@ -163,38 +251,45 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, input_shape, num_classes: int,
                  static_model: Optional[Callable] = None):
         self.cfg = cfg
-        self.strategy = (tf.distribute.MirroredStrategy() if cfg.strategy == "mirrored"
-                         else tf.distribute.get_strategy())
+        self.strategy = make_strategy(cfg.strategy)
+        if cfg.batch_size % self.strategy.num_replicas_in_sync:
+            raise TrainingError(f"batch_size={cfg.batch_size} does not split evenly across "
+                                f"{self.strategy.num_replicas_in_sync} replicas; use a multiple.")
         self.sources = MODES[cfg.mode]
-        self.sizes = data_lib.split_sizes(cfg.batch_size, len(self.sources))
+        self.sizes = batch_parts(cfg.mode, cfg.batch_size, cfg.adv_share)
         self.static_model = static_model
+        self.input_shape, self.num_classes = tuple(input_shape), num_classes
         with self.strategy.scope():
             self.ensemble = models_lib.build_ensemble(cfg.members, input_shape, num_classes,
-                                                      cfg.ensemble_size, cfg.seed)
-            self.optimizer = keras.optimizers.Adam(cfg.learning_rate)
+                                                      cfg.ensemble_size, cfg.seed, cfg.precision)
+            inner = keras.optimizers.Adam(cfg.learning_rate)
+            # mixed_float16: dynamic loss scaling (the inner GAL tape uses the same scale).
+            self.optimizer = (keras.optimizers.LossScaleOptimizer(inner)
+                              if cfg.precision == "mixed_float16" else inner)
             self.optimizer.build(self.ensemble.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        # The checkpoint holds the float32 variables and the *inner* optimizer, so it has the same
+        # structure in every precision (a run's weights restore under another precision).
         self.checkpoint = tf.train.Checkpoint(members=self.ensemble.members,
-                                              optimizer=self.optimizer, step=self.step)
+                                              optimizer=inner, step=self.step)
         self._train_step = tf.function(self._distributed_step, jit_compile=cfg.jit_compile)
 
     # -- one replica's step -------------------------------------------------------------------
     def _replica_step(self, x, y):
         cfg = self.cfg
         if cfg.mode in ADV_MODES:
-            # The adv part is the last part of the batch (see MODES / data.train_stream).
-            n_adv = self.sizes[-1]
-            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-            seed = tf.stack([self.step * 1000 + tf.cast(replica, tf.int64), tf.constant(cfg.seed, tf.int64)])
-            head, tail = x[:-n_adv], x[-n_adv:]
-            tail = fgsm_random_eps(self.static_model, tail, y[-n_adv:], cfg.resolved_adv_eps(), seed)
-            x = tf.concat([head, tail], axis=0)
+            x = self._craft_adv_rows(x, y)
         variables = self.ensemble.trainable_variables
+        scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+        scale = self.optimizer.dynamic_scale if scaled else None
         with tf.GradientTape() as tape:
-            out = per_example_objective(self.ensemble.members, x, y, cfg.mode, cfg.gal_lambda)
+            out = per_example_objective(self.ensemble.members, x, y, cfg.mode, cfg.gal_lambda,
+                                        loss_scale=scale)
             loss = tf.reduce_sum(out["loss"]) / float(cfg.batch_size)
+            if scaled:
+                loss = self.optimizer.scale_loss(loss)
         grads = tape.gradient(loss, variables)
-        self.optimizer.apply_gradients(zip(grads, variables))
+        self.optimizer.apply_gradients(zip(grads, variables))  # LossScaleOptimizer unscales
         correct = tf.cast(tf.equal(tf.argmax(models_lib.ensemble_probabilities(out["logits"]), -1),
                                    tf.cast(y, tf.int64)), tf.float32)
         sums = {"loss": tf.reduce_sum(out["loss"]), "ce": tf.reduce_sum(tf.reduce_mean(out["ce"], -1)),
@@ -204,6 +299,24 @@ class Trainer:
             sums["gal"] = tf.reduce_sum(out["gal"])
             sums["coherence"] = tf.reduce_sum(out["coherence"])
         return sums
+
+    def _craft_adv_rows(self, x, y):
+        """Replaces this replica's D_adv rows by FGSM examples on the static model.
+
+        The D_adv part is the last ``sizes[-1]`` rows of the *global* batch; replica r holds global
+        rows [r * b, (r + 1) * b) (contiguous split, see ``distribute``), so the rows and their
+        epsilons (drawn per global D_adv row from (step, seed)) are the same under any strategy.
+        """
+        cfg = self.cfg
+        n_adv = self.sizes[-1]
+        local = tf.shape(x)[0]
+        replica = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int32)
+        adv_index = replica * local + tf.range(local) - (cfg.batch_size - n_adv)
+        rows = tf.where(adv_index >= 0)
+        eps = random_eps(n_adv, cfg.resolved_adv_eps(), tf.stack([self.step, tf.constant(cfg.seed, tf.int64)]))
+        adv = fgsm_per_example(self.static_model, tf.gather_nd(x, rows), tf.gather_nd(y, rows),
+                               tf.gather(eps, tf.gather_nd(adv_index, rows)), labels=cfg.adv_labels)
+        return tf.tensor_scatter_nd_update(x, rows, adv)
 
     def _distributed_step(self, x, y):
         per_replica = self.strategy.run(self._replica_step, args=(x, y))
@@ -218,9 +331,38 @@ class Trainer:
         return self._train_step(x, y)
 
     def distribute(self, dataset: tf.data.Dataset):
+        """Global batches -> per-replica batches; replica r always gets global rows [r*b, (r+1)*b).
+
+        Every worker builds the same seeded global stream; under multi_worker each input pipeline
+        keeps the slices of its own replicas (no tf.data auto-sharding, which would hand workers
+        different *batches* rather than parts of one global batch).
+        """
         if self.cfg.strategy == "default":
             return dataset
-        return self.strategy.experimental_distribute_dataset(dataset)
+        if self.cfg.strategy == "mirrored":
+            return self.strategy.experimental_distribute_dataset(dataset)
+        b = self.cfg.batch_size // self.strategy.num_replicas_in_sync
+
+        def per_pipeline(ctx: tf.distribute.InputContext):
+            local = self.strategy.num_replicas_in_sync // ctx.num_input_pipelines
+            first = ctx.input_pipeline_id * local
+
+            def slices(x, y):
+                idx = [(first + k) * b for k in range(local)]
+                return tf.data.Dataset.from_tensor_slices(
+                    (tf.stack([x[i:i + b] for i in idx]), tf.stack([y[i:i + b] for i in idx])))
+
+            ds = dataset.flat_map(slices)
+            opts = tf.data.Options()
+            opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+            return ds.with_options(opts)
+
+        return self.strategy.distribute_datasets_from_function(per_pipeline)
+
+    @property
+    def is_chief(self) -> bool:
+        """Whether this process writes checkpoints, logs, metrics and the export."""
+        return is_chief(self.strategy)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -324,16 +466,23 @@ def train(cfg: TrainConfig) -> dict:
     static = None
     if cfg.mode in ADV_MODES:
         static = load_static_model(cfg.static_model, cfg.dataset, ds.input_shape)
-    prepare_out_dir(cfg)
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
     trainer = Trainer(cfg, ds.input_shape, ds.num_classes, static)
+    chief = trainer.is_chief
+    if chief:
+        prepare_out_dir(cfg)
     ckpt_dir = os.path.join(cfg.out_dir, "checkpoints")
-    manager = tf.train.CheckpointManager(trainer.checkpoint, ckpt_dir, max_to_keep=3)
-    if manager.latest_checkpoint:
-        trainer.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        print(f"Resumed from {manager.latest_checkpoint} (step {int(trainer.step.numpy())})")
+    # Under multi_worker every worker takes part in a save; only the chief's lands in out_dir, the
+    # others write to a private temp dir that is deleted (tf.distribute's documented pattern).
+    save_dir = ckpt_dir if chief else os.path.join(
+        cfg.out_dir, ".worker_tmp", f"task_{trainer.strategy.cluster_resolver.task_id}")
+    manager = tf.train.CheckpointManager(trainer.checkpoint, save_dir, max_to_keep=3)
+    latest = tf.train.latest_checkpoint(ckpt_dir)
+    if latest:
+        trainer.checkpoint.restore(latest).assert_existing_objects_matched()
+        print(f"Resumed from {latest} (step {int(trainer.step.numpy())})")
 
     steps_per_epoch = max(1, len(ds.x_train) // cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
@@ -343,7 +492,8 @@ def train(cfg: TrainConfig) -> dict:
     stream = data_lib.train_stream(ds.x_train, ds.y_train, cfg.dataset, cfg.batch_size,
                                    trainer.sources, cfg.resolved_noise_eps(), cfg.seed, start)
     it = iter(trainer.distribute(stream))
-    writer = tf.summary.create_file_writer(os.path.join(cfg.out_dir, "logs"))
+    writer = (tf.summary.create_file_writer(os.path.join(cfg.out_dir, "logs")) if chief
+              else tf.summary.create_noop_writer())
     x_eval = ds.x_val if ds.x_val is not None else ds.x_test[:1000]
     y_eval = ds.y_val if ds.y_val is not None else ds.y_test[:1000]
 
@@ -353,12 +503,14 @@ def train(cfg: TrainConfig) -> dict:
     bar = tqdm(total=total, initial=start, disable=not cfg.progress, desc=f"{cfg.mode}",
                unit="step", mininterval=5.0)
     last = {}
+    skipped = 0  # consecutive non-finite steps (mixed_float16: the loss scaler skips and recovers)
     seen, t_loop = 0, time.time()
     for step in range(start, total):
         x, y = next(it)
         metrics = {k: v.numpy() for k, v in trainer.train_step(x, y).items()}
         seen += cfg.batch_size
-        if not np.isfinite(metrics["loss"]):
+        skipped = 0 if np.isfinite(metrics["loss"]) else skipped + 1
+        if skipped and (cfg.precision != "mixed_float16" or skipped > MAX_SKIPPED_FP16_STEPS):
             raise TrainingError(
                 f"Non-finite loss ({metrics['loss']}) at step {step + 1}; stopped. The last good "
                 f"checkpoint is kept in {manager.latest_checkpoint or ckpt_dir + ' (none yet)'}. "
@@ -386,8 +538,18 @@ def train(cfg: TrainConfig) -> dict:
                 tf.summary.scalar("val/ensemble_accuracy", acc["ensemble_accuracy"])
         if done % cfg.checkpoint_every == 0 or done == total or done % steps_per_epoch == 0:
             manager.save(checkpoint_number=done)
+            if not chief:
+                shutil.rmtree(save_dir, ignore_errors=True)
     bar.close()
     train_time = time.time() - t_loop
+    if not chief:
+        return {"steps": int(trainer.step.numpy()), "chief": False}
+    # Evaluation and the export run in float32 whatever the training precision (same weights).
+    final = trainer.ensemble
+    if cfg.precision != "float32":
+        final = models_lib.clone_ensemble(trainer.ensemble, cfg.members, ds.input_shape,
+                                          ds.num_classes, "float32")
+        predict_fn = make_predict_fn(final, ds.input_shape)
 
     n_eval = cfg.eval_examples or len(ds.x_test)
     x_te, y_te = ds.x_test[:n_eval], ds.y_test[:n_eval]
@@ -395,8 +557,8 @@ def train(cfg: TrainConfig) -> dict:
         "config": cfg.to_json(),
         "steps": int(trainer.step.numpy()),
         "test_examples": int(len(x_te)),
-        **evaluate_accuracy(trainer.ensemble, x_te, y_te, predict_fn=predict_fn),
-        "test_gradient_stats": gradient_statistics(trainer.ensemble.members, x_te[:500], y_te[:500]),
+        **evaluate_accuracy(final, x_te, y_te, predict_fn=predict_fn),
+        "test_gradient_stats": gradient_statistics(final.members, x_te[:500], y_te[:500]),
         "final_train": {k: (v.tolist() if isinstance(v, np.ndarray) else float(v)) for k, v in last.items()},
         "train_seconds_this_session": train_time,
         "images_per_sec_this_session": seen / train_time if seen else None,
@@ -405,8 +567,8 @@ def train(cfg: TrainConfig) -> dict:
     export_dir = os.path.join(cfg.out_dir, export_lib.SAVED_MODEL_DIR)
     meta = {"dataset": cfg.dataset, "input_shape": list(ds.input_shape), "num_classes": ds.num_classes,
             "models": cfg.members, "mode": cfg.mode, "seed": cfg.seed, "steps": metrics_out["steps"],
-            "gal_lambda": cfg.gal_lambda}
-    export_lib.export_ensemble(trainer.ensemble, export_dir, meta, overwrite=True)
+            "gal_lambda": cfg.gal_lambda, "trained_precision": cfg.precision}
+    export_lib.export_ensemble(final, export_dir, meta, overwrite=True)
     metrics_out["wall_seconds_this_session"] = time.time() - t_start
     tmp = os.path.join(cfg.out_dir, "metrics.json.tmp")
     with open(tmp, "w") as f:
