@@ -485,12 +485,15 @@ def bench_train(dataset: str, model: str, members: int, batch: int, data_dir, re
     names = list(runners)
     first = {n: timed(lambda: runners[n](0)) for n in names}  # first call: tracing / primitive setup
     times = {n: [] for n in names}
+    t_loop = time.time()
     for i in range(warmup + reps):
         k = i % len(names)
         for n in names[k:] + names[:k]:  # rotated order: no variant always follows the same one
             t = timed(lambda: runners[n](i + 1))
             if i >= warmup:
                 times[n].append(t)
+        print(f"  {model}: repetition {i + 1}/{warmup + reps} done ({time.time() - t_loop:.0f} s, "
+              f"load {os.getloadavg()[0]:.1f})", flush=True)
     for n in names:
         mult = GAL_MULT if steps[n]["mode"] == "gal" else PLAIN_MULT
         steps[n] = _step_stats(times[n], first[n], batch, mult, fwd, **steps[n])
