@@ -1,18 +1,38 @@
-"""tf_divtrain benchmark (issue 7): prints figures, writes JSON + a Markdown table. Not a test.
+"""tf_divtrain benchmark (issues 7, 10): prints figures, writes JSON + a Markdown table. Not a test.
 
     python benchmarks/bench.py [--quick] [--data_dir=DIR] [--out=benchmarks/results.json]
                                [--md=benchmarks/RESULTS.md] [--reps=N] [--intra=N --inter=N] [--xla]
+                               [--precisions=float32,mixed_bfloat16] [--torch=fp32,bf16]
+                               [--torch_layout=contiguous|channels_last] [--torch_threads=N,...]
+                               [--skip=SECTION,...]
 
-Sections (each timed after warm-up; the figure is the *median* of the repeated calls):
+Sections (each timed after warm-up; the figure is the *median* of the repeated calls; a section
+named in ``--skip`` is reported as "skipped"):
 
-* ``matmul``  -- attainable float32 FLOP/s: an N x N @ N x N ``tf.linalg.matmul`` (N = 4096, quick:
-  1024), 2 N^3 FLOPs per call.
-* ``train``   -- ``training.Trainer(cfg, input_shape, 10).train_step(x, y)`` in ``baseline`` (plain)
-  and ``div`` (GAL) mode on real batches from ``data.train_stream`` (pre-fetched, so the input
-  pipeline is not in the step time; it is measured separately in ``data_pipeline``). Plain and GAL
-  steps are *interleaved* (A, B, A, B, ...) so background load hits both alike; the GAL/plain ratio
-  is the ratio of the medians. Conv-3 x 5 on MNIST batch 128 and ResNet-20 x 5 on CIFAR-10 batch 128
-  (quick: Conv-3 x 2, batch 16, no ResNet).
+* ``matmul``  -- attainable FLOP/s per precision: an N x N @ N x N ``tf.linalg.matmul`` (N = 4096,
+  quick: 1024), 2 N^3 FLOPs per call, on float32 tensors for float32 steps and on bfloat16 tensors
+  for bfloat16 steps (ours mixed_bfloat16, PyTorch bf16 autocast), float16 for mixed_float16.
+  Run at the start and at the end; "attainable" = the best call of both runs.
+* ``kernels`` -- the step's own GEMM shapes: every Conv2D / Dense layer of Conv-3 at the benchmark
+  batch, forward + both backward products (dX, dW) = 3x the layer's forward FLOPs, as single TF
+  ops in each matmul precision. Their FLOP/s is what the step's conv/matmul kernels can reach at
+  these shapes (small channel counts, 3x3 windows) -- the measured ceiling a whole step is compared
+  with when it falls short of the big-matmul figure.
+* ``train_conv3`` / ``train_resnet20`` -- train steps on real batches from ``data.train_stream``
+  (pre-fetched, so the input pipeline is not in the step time; it is measured in
+  ``data_pipeline``), every variant *interleaved* in one process (one step of each variant per
+  repetition, order rotated every repetition) so background load hits all alike:
+  - ``ours_<precision>_plain`` / ``ours_<precision>_gal``: ``training.Trainer(TrainConfig(...,
+    precision=p)).train_step`` in ``baseline`` / ``div`` mode, for p in ``--precisions``. A
+    precision the installed ``TrainConfig`` does not have is reported as "unavailable (...)".
+  - ``torch_<fp32|bf16>_plain`` / ``torch_<fp32|bf16>_gal`` (Conv-3 only; ``--torch``): the PyTorch
+    reference step of ``benchmarks/torch_gal.py`` (same architecture and maths -- tested in
+    ``tests/test_torch_gal.py`` -- in fp32 or under ``torch.autocast("cpu", bfloat16)``) on the same
+    batches. "unavailable" when torch is not installed (``pip install -e '.[bench]'``).
+  Ratios: GAL / plain step time per framework and precision, and "our GAL img/s over each" other
+  GAL variant (ratio of medians, and the median of the per-repetition ratios, "paired").
+  Conv-3 x 5 on MNIST batch 128 and ResNet-20 x 5 on CIFAR-10 batch 128 (ours only) (quick:
+  Conv-3 x 2, batch 16, no ResNet).
 * ``attacks`` -- ``attacks.make_attack`` I-FGSM (10 steps) and PGD-CW (30 steps) on an untrained
   5 x Conv-3 surrogate (``models.build_ensemble``); first batch (includes tracing) vs the median of
   later batches. A retrace shows up as a later batch as slow as the first one, and in
@@ -21,6 +41,7 @@ Sections (each timed after warm-up; the figure is the *median* of the repeated c
   seconds and bytes on disk.
 * ``data_pipeline`` -- batches/s that ``data.train_stream`` delivers on its own (if it is far above
   1 / step time, overlapping it with the step cannot matter).
+* ``torch`` in ``--skip`` drops the PyTorch variants.
 
 FLOP model (analytic, from the built Keras layers; see ``model_flops``): per image and member,
 forward F = sum over Conv2D of 2 * H_out * W_out * K_h * K_w * C_in * C_out / groups, plus sum over
@@ -33,17 +54,29 @@ backward, 2 F (each transposed conv in it is linear in its input and in the weig
 backward is again one dX-type and one dW-type product of the same size). LeakyReLU' and
 MaxPool's argmax are piecewise constant, so they add no products. The GAL pair cosines
 (B x N x N x D) are negligible. Hence the *FLOP* ratio GAL / plain is ~2.0 for this formulation.
-Achieved fraction = (multiplier * F * N_members * batch / median step seconds) / attainable FLOP/s,
-where attainable = the best matmul call of two runs (start and end of the benchmark).
+The PyTorch step is the same network and the same formulation, so the same FLOPs.
+Achieved fraction = (multiplier * F * N_members * batch / median step seconds) / attainable FLOP/s
+of the matmul in the step's precision (float32 steps: float32 matmul; bfloat16 steps: bfloat16).
 
-Targets (issue 7; reported under ``targets``, not enforced): Conv-3 x 5, MNIST, batch 128:
-GAL step <= 1.6 x plain step, and GAL step >= 50 % of attainable matmul FLOP/s.
+Targets (reported under ``targets``, not enforced), Conv-3 x 5, MNIST, batch 128:
+issue 10 -- GAL step in mixed_bfloat16 >= 1.6 x float32 GAL step (images/s); our GAL >= 2.5 x
+PyTorch fp32 GAL and >= 1.6 x PyTorch bf16-autocast GAL (ours = our fastest measured precision; the
+like-for-like ratios are in the table); our GAL step >= 70 % of attainable matmul FLOP/s in the
+precision used (with the ``kernels`` ceiling as the measured reason when it is not).
+issue 7 -- GAL step <= 1.6 x plain step (float32).
 
 Memory: ``peak_rss_mb`` is the process max RSS (``resource.getrusage``) at the end of a section,
 so it is cumulative (monotone over the run); ``tf_cpu_memory`` is TF's
 ``get_memory_info('CPU:0')`` when TF supports it on CPU, else "n/a".
 
-Thread settings (``--intra`` / ``--inter``) are applied before TensorFlow initialises.
+Thread settings (``--intra`` / ``--inter``) are applied before TensorFlow initialises;
+``--torch_threads`` (0 = PyTorch's default, one per core; a comma list runs every PyTorch variant
+once per value, named ``torch_<precision>_t<N>_<mode>``) right before each PyTorch step. The full
+run's default is ``0,1``: PyTorch's OpenMP kernels end every parallel region in a barrier, so when
+other processes share the cores, a descheduled thread stalls each op (measured: 2-10x slower steps
+with 2 threads than with 1 at load average 5-9 on 2 cores), while TF's work-stealing pool degrades
+gracefully; the targets compare with PyTorch's *fastest* thread setting.
+The load average is recorded at the start, around each train section and at the end.
 """
 
 from __future__ import annotations
@@ -60,6 +93,9 @@ import sys
 import tempfile
 import time
 
+SECTIONS = ("matmul", "kernels", "train_conv3", "train_resnet20", "attacks", "export",
+            "data_pipeline", "torch")
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -74,9 +110,23 @@ def parse_args(argv=None):
     p.add_argument("--intra", type=int, default=0, help="intra-op threads (0 = TF default)")
     p.add_argument("--inter", type=int, default=0, help="inter-op threads (0 = TF default)")
     p.add_argument("--xla", action="store_true", help="TrainConfig(jit_compile=True) for the train steps")
-    p.add_argument("--skip", default="", help="comma list of sections to skip "
-                   "(matmul,train_conv3,train_resnet20,attacks,export,data_pipeline)")
-    return p.parse_args(argv)
+    p.add_argument("--precisions", default="float32,mixed_bfloat16",
+                   help="comma list of TrainConfig precisions for our train steps")
+    p.add_argument("--torch", default="fp32,bf16",
+                   help="comma list of PyTorch GAL/plain step precisions (fp32, bf16 = autocast); "
+                        "empty = none")
+    p.add_argument("--torch_layout", default="contiguous", choices=("contiguous", "channels_last"),
+                   help="PyTorch memory format of the Conv-3 members and inputs")
+    p.add_argument("--torch_threads", default="",
+                   help="comma list of torch.set_num_threads values (0 = PyTorch's default); with "
+                        "several, every PyTorch variant runs once per value (names get _t<N>). "
+                        "Default: 0,1 (quick: 0)")
+    p.add_argument("--skip", default="", help="comma list of sections to skip (" + ",".join(SECTIONS) + ")")
+    args = p.parse_args(argv)
+    unknown = {s.strip() for s in args.skip.split(",") if s.strip()} - set(SECTIONS)
+    if unknown:
+        p.error(f"--skip: unknown section(s) {', '.join(sorted(unknown))}; valid: {', '.join(SECTIONS)}")
+    return args
 
 
 ARGS = parse_args() if __name__ == "__main__" else None
@@ -100,6 +150,24 @@ from tf_divtrain import training  # noqa: E402
 
 PLAIN_MULT = 3.0
 GAL_MULT = 6.0
+# matmul dtype a step is compared with, by (our TrainConfig / PyTorch) precision name
+MATMUL_DTYPE = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16",
+                "fp32": "float32", "bf16": "bfloat16"}
+TORCH_INSTALL_HINT = "pip install -e '.[bench]'"
+
+
+def import_torch_gal():
+    """(torch_gal module, None) or (None, reason) when PyTorch is not installed."""
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        return None, f"torch not installed ({e}; {TORCH_INSTALL_HINT})"
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import torch_gal
+
+    return torch_gal, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -157,7 +225,17 @@ def machine_info():
             "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
             "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
             "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
-            "load_average_at_start": list(os.getloadavg())}
+            "amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags,
+            **torch_info(), "load_average_at_start": list(os.getloadavg())}
+
+
+def torch_info() -> dict:
+    try:
+        import torch
+    except ImportError:
+        return {"torch": "not installed"}
+    return {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "torch_mkldnn": bool(torch.backends.mkldnn.is_available())}
 
 
 def _sync(out):
@@ -202,17 +280,248 @@ def ensemble_forward_flops(ensemble) -> int:
 # ----------------------------------------------------------------------------------------------
 # Sections
 
-def bench_matmul(n: int, reps: int, warmup: int) -> dict:
-    a = tf.random.stateless_uniform([n, n], [1, 2], dtype=tf.float32)
-    b = tf.random.stateless_uniform([n, n], [3, 4], dtype=tf.float32)
-    f = tf.function(lambda: tf.reduce_sum(tf.linalg.matmul(a, b)))  # scalar out: no copy-out cost
+def bench_matmul(n: int, reps: int, warmup: int, dtype: str = "float32") -> dict:
+    a = tf.cast(tf.random.stateless_uniform([n, n], [1, 2]), dtype)
+    b = tf.cast(tf.random.stateless_uniform([n, n], [3, 4]), dtype)
+    # scalar out (no copy-out cost); the sum is accumulated in float32
+    f = tf.function(lambda: tf.reduce_sum(tf.cast(tf.linalg.matmul(a, b), tf.float32)))
     for _ in range(warmup):
         timed(f)
     times = [timed(f) for _ in range(reps)]
     flops = 2.0 * n ** 3
-    return {"n": n, "flops_per_call": flops, "median_s": median(times), "min_s": min(times),
-            "attainable_flops_per_s": flops / min(times), "median_flops_per_s": flops / median(times),
-            "times_s": times, **memory()}
+    return {"dtype": dtype, "n": n, "flops_per_call": flops, "median_s": median(times),
+            "min_s": min(times), "attainable_flops_per_s": flops / min(times),
+            "median_flops_per_s": flops / median(times), "times_s": times, **memory()}
+
+
+def conv3_gemm_layers(input_shape):
+    """(name, kind, input shape without batch, kernel shape, forward FLOPs per image) of Conv-3."""
+    model = models_lib.conv3(input_shape)
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            kh, kw, c_in, _ = layer.kernel.shape
+            out.append((layer.name, "conv", tuple(layer.input.shape[1:]), tuple(layer.kernel.shape),
+                        2 * h * w * kh * kw * c_in * c_out))
+        elif isinstance(layer, keras.layers.Dense):
+            n_in, n_out = layer.kernel.shape
+            out.append((layer.name, "dense", (int(n_in),), (int(n_in), int(n_out)), 2 * n_in * n_out))
+    return out
+
+
+def bench_kernels(input_shape, batch: int, members: int, dtypes, reps: int, warmup: int) -> dict:
+    """Each Conv-3 GEMM layer at the step's shapes: forward + dX + dW of ``members`` independent
+    weight sets in one ``tf.function`` (as in a step, TF may run the members' ops side by side)."""
+    reset_tf_peak()
+    res = {"model": "conv3", "input_shape": list(input_shape), "batch_size": batch,
+           "members": members,
+           "what": f"forward + input-gradient + weight-gradient product (3x forward FLOPs) of each "
+                   f"conv/dense layer for {members} members in one tf.function; single ops, no "
+                   f"activations/pooling/optimizer"}
+    layers = conv3_gemm_layers(input_shape)
+    for dtype in dtypes:
+        rows, total_flops, total_s = [], 0.0, 0.0
+        for i, (name, kind, in_shape, k_shape, fwd) in enumerate(layers):
+            xs = [tf.cast(tf.random.stateless_uniform((batch,) + in_shape, [i, 10 + j]), dtype)
+                  for j in range(members)]
+            ws = [tf.cast(tf.random.stateless_uniform(k_shape, [i, 20 + j], -0.1, 0.1), dtype)
+                  for j in range(members)]
+
+            def op(x, w, kind=kind):
+                return tf.nn.conv2d(x, w, 1, "VALID") if kind == "conv" else tf.linalg.matmul(x, w)
+
+            dys = [tf.cast(tf.random.stateless_uniform(op(xs[0], ws[0]).shape, [i, 30 + j]), dtype)
+                   for j in range(members)]
+
+            @tf.function
+            def f(xs=xs, ws=ws, dys=dys, op=op):
+                total = 0.0
+                for x, w, dy in zip(xs, ws, dys):
+                    with tf.GradientTape() as tape:
+                        tape.watch([x, w])
+                        y = op(x, w)
+                    dx, dw = tape.gradient(y, [x, w], output_gradients=dy)
+                    total += (tf.reduce_sum(tf.cast(y[:1], tf.float32))
+                              + tf.reduce_sum(tf.cast(dx[:1], tf.float32))
+                              + tf.reduce_sum(tf.cast(dw, tf.float32)))
+                return total
+
+            for _ in range(warmup + 1):
+                timed(f)
+            times = [timed(f) for _ in range(reps)]
+            flops = 3.0 * fwd * batch * members
+            med = median(times)
+            rows.append({"layer": name, "kind": kind, "input_shape": list(in_shape),
+                         "kernel_shape": list(k_shape), "flops_per_call": flops, "median_s": med,
+                         "flops_per_s": flops / med})
+            total_flops += flops
+            total_s += med
+        res[dtype] = {"layers": rows, "total_flops": total_flops, "total_s": total_s,
+                      "flops_per_s": total_flops / total_s}
+    res.update(memory())
+    return res
+
+
+class Unavailable(Exception):
+    """A benchmark variant this installation cannot run (reported, not fatal)."""
+
+
+def train_config(precision: str, **kw):
+    """``training.TrainConfig(..., precision=precision)``.
+
+    Before ``TrainConfig`` had a ``precision`` field (TypeError), float32 -- what it computed
+    then -- runs without it and any other precision is ``Unavailable``.
+    """
+    try:
+        return training.TrainConfig(precision=precision, **kw)
+    except TypeError as e:
+        if "precision" not in str(e):
+            raise
+        if precision == "float32":
+            return training.TrainConfig(**kw)
+        raise Unavailable("TrainConfig has no precision") from None
+
+
+def make_trainer(precision: str, input_shape, **cfg_kw):
+    """A ``training.Trainer`` in ``precision`` and the dtype its first layer computes in."""
+    cfg = train_config(precision, **cfg_kw)
+    try:
+        cfg.validate()
+    except ValueError as e:
+        if precision == "float32":
+            raise
+        raise Unavailable(f"{type(e).__name__}: {e}") from None
+    policy = keras.config.dtype_policy()
+    try:
+        trainer = training.Trainer(cfg, input_shape, 10)
+    finally:
+        keras.config.set_dtype_policy(policy)  # a leaked global policy would change later sections
+    layer = next(l for l in trainer.ensemble.members[0].layers
+                 if isinstance(l, (keras.layers.Conv2D, keras.layers.Dense)))
+    compute = str(layer.compute_dtype)
+    if compute != {"float32": "float32", "mixed_bfloat16": "bfloat16",
+                   "mixed_float16": "float16"}.get(precision, compute):
+        raise Unavailable(f"precision {precision!r} not applied: layers compute in {compute}")
+    return trainer, compute
+
+
+def _step_stats(times, first, batch, mult, fwd, **meta):
+    med = median(times)
+    flops = mult * fwd * batch
+    return {**meta, "first_call_s": first, "median_step_s": med, "min_step_s": min(times),
+            "images_per_s": batch / med, "flop_multiplier": mult, "flops_per_step": flops,
+            "achieved_flops_per_s": flops / med, "times_s": times}
+    # + fraction_of_attainable, filled in by main() from the matmul in "matmul_dtype"
+
+
+def bench_train(dataset: str, model: str, members: int, batch: int, data_dir, reps: int,
+                warmup: int, jit: bool = False, precisions=("float32",), torch_precisions=(),
+                torch_layout: str = "contiguous", torch_threads=(0,)) -> dict:
+    """Every variant (ours per precision, PyTorch per precision; plain and GAL) interleaved."""
+    reset_tf_peak()
+    load_start = list(os.getloadavg())
+    n_batches = 4
+    batches, shape = {}, None
+    for key, mode in (("plain", "baseline"), ("gal", "div")):
+        batches[key], shape = real_batches(dataset, data_dir, batch, training.MODES[mode], n_batches)
+    runners, steps = {}, {}  # name -> callable(i); name -> stats dict or "unavailable (...)"
+    fwd = None
+    for p in precisions:
+        for key, mode in (("plain", "baseline"), ("gal", "div")):
+            name = f"ours_{p}_{key}"
+            try:
+                trainer, compute = make_trainer(p, shape, dataset=dataset, model=model,
+                                                ensemble_size=members, mode=mode, batch_size=batch,
+                                                data_dir=data_dir, jit_compile=jit)
+            except Unavailable as e:
+                steps[name] = f"unavailable ({e})"
+                continue
+            if fwd is None:
+                fwd = ensemble_forward_flops(trainer.ensemble)
+            runners[name] = (lambda i, t=trainer, b=batches[key]: t.train_step(*b[i % n_batches]))
+            steps[name] = {"framework": "ours", "precision": p, "compute_dtype": compute,
+                           "matmul_dtype": MATMUL_DTYPE[p], "mode": key, "train_mode": mode}
+    if fwd is None:
+        raise RuntimeError("no TF train variant could be built")
+    torch_info = None
+    if torch_precisions:
+        tg, why = import_torch_gal()
+        if model != "conv3":
+            why = f"torch_gal.py implements conv3 only, not {model}"
+        threads = list(torch_threads)
+        if not why:
+            import torch
+
+            default_threads = torch.get_num_threads()
+            threads = [n or default_threads for n in torch_threads]
+            torch_info = {"torch": torch.__version__, "default_threads": default_threads,
+                          "threads": threads, "interop_threads": torch.get_num_interop_threads(),
+                          "layout": torch_layout}
+        for tp in torch_precisions:
+            for nt in threads:
+                for key in ("plain", "gal"):
+                    name = f"torch_{tp}_{key}" if len(threads) == 1 else f"torch_{tp}_t{nt}_{key}"
+                    if why:
+                        steps[name] = f"unavailable ({why})"
+                        continue
+                    tmembers = tg.build_ensemble(members, shape, 10, seed=0, memory_format=torch_layout)
+                    tstep = tg.TorchStep(tmembers, key, tp)
+                    tb = [(tg.to_torch_images(x.numpy(), torch_layout), torch.from_numpy(y.numpy()).long())
+                          for x, y in batches[key]]
+
+                    def run(i, s=tstep, b=tb, nt=nt):
+                        torch.set_num_threads(nt)  # cheap when unchanged
+                        return s(*b[i % n_batches])
+
+                    runners[name] = run
+                    steps[name] = {"framework": "torch", "precision": tp, "threads": nt,
+                                   "compute_dtype": "bfloat16 (autocast)" if tp == "bf16" else "float32",
+                                   "matmul_dtype": MATMUL_DTYPE[tp], "mode": key, "layout": torch_layout}
+    res = {"dataset": dataset, "model": model, "members": members, "batch_size": batch,
+           "jit_compile": jit, "forward_flops_per_image_all_members": fwd,
+           "forward_flops_per_image_per_member": fwd // members, "torch": torch_info,
+           "load_average_start": load_start}
+    names = list(runners)
+    first = {n: timed(lambda: runners[n](0)) for n in names}  # first call: tracing / primitive setup
+    times = {n: [] for n in names}
+    t_loop = time.time()
+    for i in range(warmup + reps):
+        k = i % len(names)
+        for n in names[k:] + names[:k]:  # rotated order: no variant always follows the same one
+            t = timed(lambda: runners[n](i + 1))
+            if i >= warmup:
+                times[n].append(t)
+        print(f"  {model}: repetition {i + 1}/{warmup + reps} done ({time.time() - t_loop:.0f} s, "
+              f"load {os.getloadavg()[0]:.1f})", flush=True)
+    for n in names:
+        mult = GAL_MULT if steps[n]["mode"] == "gal" else PLAIN_MULT
+        steps[n] = _step_stats(times[n], first[n], batch, mult, fwd, **steps[n])
+    res["steps"] = steps
+    res["load_average_end"] = list(os.getloadavg())
+
+    def ok(n):
+        return isinstance(steps.get(n), dict)
+
+    res["gal_over_plain"] = {}
+    for prefix in sorted({n.rsplit("_", 1)[0] for n in names}):
+        g, p = f"{prefix}_gal", f"{prefix}_plain"
+        if ok(g) and ok(p):
+            res["gal_over_plain"][prefix] = {
+                "time_ratio": steps[g]["median_step_s"] / steps[p]["median_step_s"],
+                # median over reps of gal_i / plain_i (robust to slow drifts in background load)
+                "paired": median([a / b for a, b in zip(times[g], times[p])])}
+    res["our_gal_speedup"] = {}
+    gals = [n for n in names if n.endswith("_gal")]
+    for ours in (n for n in gals if n.startswith("ours_")):
+        for other in gals:
+            if other != ours:
+                res["our_gal_speedup"][f"{ours} / {other}"] = {
+                    "images_per_s_ratio": steps[ours]["images_per_s"] / steps[other]["images_per_s"],
+                    "paired": median([b / a for a, b in zip(times[ours], times[other])])}
+    res.update(memory())
+    del runners
+    return res
 
 
 def real_batches(dataset: str, data_dir, batch: int, sources, count: int, seed: int = 0):
@@ -233,49 +542,6 @@ def bench_data_pipeline(dataset: str, data_dir, batch: int, sources, count: int)
     dt = time.perf_counter() - t
     return {"dataset": dataset, "batch_size": batch, "sources": list(sources),
             "batches_per_s": count / dt, "images_per_s": count * batch / dt}
-
-
-def bench_train(dataset: str, model: str, members: int, batch: int, data_dir, reps: int,
-                warmup: int, jit: bool = False) -> dict:
-    """Interleaved plain (baseline) / GAL (div) train steps on real batches."""
-    reset_tf_peak()
-    n_batches = 4
-    trainers, batches = {}, {}
-    for key, mode in (("plain", "baseline"), ("gal", "div")):
-        cfg = training.TrainConfig(dataset=dataset, model=model, ensemble_size=members, mode=mode,
-                                   batch_size=batch, data_dir=data_dir, jit_compile=jit)
-        cfg.validate()
-        batches[key], shape = real_batches(dataset, data_dir, batch, training.MODES[mode], n_batches)
-        trainers[key] = training.Trainer(cfg, shape, 10)
-    fwd = ensemble_forward_flops(trainers["plain"].ensemble)
-    res = {"dataset": dataset, "model": model, "members": members, "batch_size": batch,
-           "jit_compile": jit, "forward_flops_per_image_all_members": fwd,
-           "forward_flops_per_image_per_member": fwd // members}
-    times = {"plain": [], "gal": []}
-    first = {}
-    for key in ("plain", "gal"):  # first call: tracing (+ XLA compile)
-        x, y = batches[key][0]
-        first[key] = timed(lambda: trainers[key].train_step(x, y))
-    for i in range(warmup + reps):
-        for key in ("plain", "gal"):
-            x, y = batches[key][(i + 1) % n_batches]
-            t = timed(lambda: trainers[key].train_step(x, y))
-            if i >= warmup:
-                times[key].append(t)
-    for key, mult in (("plain", PLAIN_MULT), ("gal", GAL_MULT)):
-        med = median(times[key])
-        flops = mult * fwd * batch
-        res[key] = {"mode": "baseline" if key == "plain" else "div", "first_call_s": first[key],
-                    "median_step_s": med, "min_step_s": min(times[key]),
-                    "images_per_s": batch / med, "flop_multiplier": mult,
-                    "flops_per_step": flops, "achieved_flops_per_s": flops / med,
-                    "times_s": times[key]}  # + fraction_of_attainable, filled in by main()
-    res["gal_over_plain_time"] = res["gal"]["median_step_s"] / res["plain"]["median_step_s"]
-    # Paired ratio: median over reps of gal_i / plain_i (robust to slow drifts in background load).
-    res["gal_over_plain_time_paired"] = median([g / p for g, p in zip(times["gal"], times["plain"])])
-    res.update(memory())
-    del trainers
-    return res
 
 
 def bench_attacks(data_dir, members: int, batch: int, n_batches: int, quick: bool) -> dict:
@@ -352,70 +618,135 @@ def fmt(v, nd=3):
     return str(v)
 
 
+def pct(v):
+    return "n/a" if v is None else f"{100 * v:.0f} %"
+
+
+def not_run(res: dict, key: str):
+    """The reason string of a section that did not run ("skipped ...", "unavailable ..."), else None."""
+    v = res.get(key)
+    if v is None:
+        return "not run"
+    return v if isinstance(v, str) else None
+
+
+def _loads(xs):
+    return ", ".join(f"{x:.2f}" for x in xs)
+
+
 def markdown(res: dict) -> str:
     m = res["machine"]
     s = res["settings"]
     lines = [f"# tf_divtrain benchmark ({'quick' if s['quick'] else 'full'})", "",
              f"{res['timestamp_utc']} UTC -- {m['cpu_model']}, {m['logical_cores']} logical cores, "
-             f"TF {m['tensorflow']}, Keras {m['keras']}, intra/inter threads "
-             f"{m['intra_op_threads']}/{m['inter_op_threads']} (0 = TF default), "
-             f"load average at start {', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}.",
-             "", "Medians after warm-up; settings: " + ", ".join(f"{k}={v}" for k, v in s.items()), ""]
-    mm = res["matmul"]
-    lines += [f"Attainable float32 matmul ({mm['n']}x{mm['n']}, best call of a run at the start and "
-              f"one at the end): **{mm['attainable_flops_per_s'] / 1e9:.1f} GFLOP/s** (median "
-              f"{mm['median_flops_per_s'] / 1e9:.1f}).", "",
-              "## Training steps", "",
-              "| model | batch | mode | median step s | images/s | GFLOP/step | GFLOP/s | % of matmul | first call s |",
-              "|---|---|---|---|---|---|---|---|---|"]
+             f"TF {m['tensorflow']}, Keras {m['keras']}, PyTorch {m.get('torch', 'n/a')}, "
+             f"intra/inter threads {m['intra_op_threads']}/{m['inter_op_threads']} (0 = TF default), "
+             f"torch threads {m.get('torch_threads', 'n/a')}. Load average (1, 5, 15 min) at start "
+             f"{_loads(m['load_average_at_start'])}"
+             + (f", at end {_loads(res['load_average_at_end'])}" if "load_average_at_end" in res else "")
+             + ".", "", "Medians after warm-up; settings: " + ", ".join(f"{k}={v}" for k, v in s.items()), ""]
+    skipped = [f"{k}: {v}" for k, v in res.items() if k in SECTIONS and isinstance(v, str)]
+    if skipped:
+        lines += ["Not run: " + "; ".join(skipped) + ".", ""]
+    mm = res.get("matmul")
+    if isinstance(mm, dict):
+        lines += ["Attainable matmul FLOP/s (N x N @ N x N `tf.linalg.matmul`, best call of a run at "
+                  "the start and one at the end): " + "; ".join(
+                      f"**{d}: {r['attainable_flops_per_s'] / 1e9:.1f} GFLOP/s** (N = {r['n']}, median "
+                      f"{r['median_flops_per_s'] / 1e9:.1f})" for d, r in mm.items() if isinstance(r, dict))
+                  + ".", ""]
+    else:
+        lines += [f"Attainable matmul FLOP/s: {not_run(res, 'matmul')} (no % of matmul figures).", ""]
+    k = res.get("kernels")
+    if isinstance(k, dict):
+        dts = [d for d in k if isinstance(k.get(d), dict) and "layers" in k[d]]
+        lines += [f"## Conv-3 GEMM kernels at batch {k['batch_size']} (ceiling for the step)", "",
+                  f"{k['what']}.", "",
+                  "| layer | input | kernel | " + " | ".join(f"{d} GFLOP/s (% of {d} matmul)" for d in dts) + " |",
+                  "|---|---|---|" + "---|" * len(dts)]
+        for i, row in enumerate(k[dts[0]]["layers"] if dts else []):
+            cells = [f"{k[d]['layers'][i]['flops_per_s'] / 1e9:.1f} "
+                     f"({pct(k[d]['layers'][i].get('fraction_of_attainable'))})" for d in dts]
+            lines.append(f"| {row['layer']} | {'x'.join(map(str, row['input_shape']))} | "
+                         f"{'x'.join(map(str, row['kernel_shape']))} | " + " | ".join(cells) + " |")
+        lines.append("| **all (time-weighted)** | | | " + " | ".join(
+            f"**{k[d]['flops_per_s'] / 1e9:.1f}** ({pct(k[d].get('fraction_of_attainable'))})"
+            for d in dts) + " |")
+        lines.append("")
+    lines += ["## Training steps", ""]
     for key in ("train_conv3", "train_resnet20"):
         r = res.get(key)
         if not isinstance(r, dict):
+            lines += [f"{key}: {not_run(res, key)}.", ""]
             continue
-        for mode in ("plain", "gal"):
-            t = r[mode]
-            lines.append(f"| {r['members']} x {r['model']} ({r['dataset']}) | {r['batch_size']} | "
-                         f"{mode} ({t['mode']}) | {fmt(t['median_step_s'])} | {t['images_per_s']:.1f} | "
-                         f"{t['flops_per_step'] / 1e9:.2f} | {t['achieved_flops_per_s'] / 1e9:.1f} | "
-                         f"{100 * t.get('fraction_of_attainable', float('nan')):.0f} % | "
+        ti = r.get("torch")
+        lines += [f"### {r['members']} x {r['model']} ({r['dataset']}), batch {r['batch_size']}", "",
+                  f"Load average at start {_loads(r['load_average_start'])}, at end "
+                  f"{_loads(r['load_average_end'])}."
+                  + (f" PyTorch {ti['torch']}, threads {'/'.join(map(str, ti['threads']))} "
+                     f"(default {ti['default_threads']}), layout {ti['layout']}." if ti else ""),
+                  "", "| variant | compute dtype | median step s | images/s | GFLOP/step | GFLOP/s | "
+                  "% of matmul (dtype) | first call s |", "|---|---|---|---|---|---|---|---|"]
+        for name, t in r["steps"].items():
+            if not isinstance(t, dict):
+                lines.append(f"| {name} | {t} | | | | | | |")
+                continue
+            frac = t.get("fraction_of_attainable")
+            lines.append(f"| {name} | {t['compute_dtype']} | {fmt(t['median_step_s'])} | "
+                         f"{t['images_per_s']:.1f} | {t['flops_per_step'] / 1e9:.2f} | "
+                         f"{t['achieved_flops_per_s'] / 1e9:.1f} | {pct(frac)} ({t['matmul_dtype']}) | "
                          f"{fmt(t['first_call_s'])} |")
-        lines.append(f"| | | **GAL / plain** | **{r['gal_over_plain_time']:.2f}x** (paired "
-                     f"{r['gal_over_plain_time_paired']:.2f}x) | | | | | |")
+        lines.append("")
+        for prefix, g in r["gal_over_plain"].items():
+            lines.append(f"- GAL / plain, {prefix}: **{g['time_ratio']:.2f}x** (paired {g['paired']:.2f}x)")
+        if r["our_gal_speedup"]:
+            lines += ["", "Our GAL images/s over each other GAL variant (ratio of medians; paired = median "
+                      "of per-repetition ratios):", ""]
+            for pair, v in r["our_gal_speedup"].items():
+                lines.append(f"- {pair}: **{v['images_per_s_ratio']:.2f}x** (paired {v['paired']:.2f}x)")
+        lines.append("")
     a = res.get("attacks")
     if isinstance(a, dict):
-        lines += ["", f"## Attacks ({a['surrogate']}, batch {a['batch_size']}, eps {a['eps']})", "",
+        lines += [f"## Attacks ({a['surrogate']}, batch {a['batch_size']}, eps {a['eps']})", "",
                   "| attack | iters | first batch s | later batches s | first / later | images/s | "
-                  "GFLOP/s | % of matmul | traces |", "|---|---|---|---|---|---|---|---|---|"]
+                  "GFLOP/s | % of float32 matmul | traces |", "|---|---|---|---|---|---|---|---|---|"]
         for name in ("ifgsm", "pgd_cw"):
             t = a[name]
             lines.append(f"| {name} | {t['nb_iter']} | {fmt(t['first_batch_s'])} | "
                          f"{fmt(t['later_batches_median_s'])} | {t['first_over_later']:.1f} | "
                          f"{t['images_per_s']:.1f} | {t['achieved_flops_per_s'] / 1e9:.1f} | "
-                         f"{100 * t.get('fraction_of_attainable', float('nan')):.0f} % | "
-                         f"{t['tracing_count']} |")
+                         f"{pct(t.get('fraction_of_attainable'))} | {t['tracing_count']} |")
+        lines.append("")
     e = res.get("export")
     if isinstance(e, dict):
-        lines += ["", "## SavedModel export", "",
+        lines += ["## SavedModel export", "",
                   "| members | parameters | export s | load s | first call after load s | size MB |",
                   "|---|---|---|---|---|---|",
                   f"| {e['members']} x conv3 | {e['parameters']:,} | {fmt(e['export_median_s'])} | "
                   f"{fmt(e['load_median_s'])} | {fmt(e['first_call_after_load_median_s'])} | "
-                  f"{e['size_mb']:.1f} |"]
+                  f"{e['size_mb']:.1f} |", ""]
     d = res.get("data_pipeline")
     if isinstance(d, dict):
-        lines += ["", f"Data pipeline alone ({d['dataset']}, batch {d['batch_size']}, "
+        lines += [f"Data pipeline alone ({d['dataset']}, batch {d['batch_size']}, "
                   f"{'+'.join(d['sources'])}): {d['batches_per_s']:.1f} batches/s "
-                  f"({d['images_per_s']:.0f} images/s)."]
+                  f"({d['images_per_s']:.0f} images/s).", ""]
     t = res.get("targets")
     if t:
-        lines += ["", f"Targets ({t['scope']}): GAL/plain {t['gal_over_plain']:.2f} <= "
-                  f"{t['gal_over_plain_max']} -> {'met' if t['gal_over_plain_met'] else 'NOT met'}; "
-                  f"GAL at {100 * t['gal_fraction']:.0f} % >= {100 * t['gal_fraction_min']:.0f} % of "
-                  f"matmul -> {'met' if t['gal_fraction_met'] else 'NOT met'}."]
-    lines += ["", "## Memory", "", "| section | process peak RSS MB (cumulative) | TF CPU peak MB (this section) |",
+        lines += [f"## Targets ({t['scope']}; reported, not enforced)", ""]
+        for it in t["items"]:
+            if it["value"] is None:
+                lines.append(f"- {it['name']} {it['op']} {it['threshold']}: n/a ({it['why']})")
+            else:
+                lines.append(f"- {it['name']}: {it['value']:.2f} {it['op']} {it['threshold']} -> "
+                             f"**{'met' if it['met'] else 'NOT met'}**"
+                             + (f" ({it['note']})" if it.get("note") else ""))
+        lines.append("")
+    lines += ["## Memory", "", "| section | process peak RSS MB (cumulative) | TF CPU peak MB (this section) |",
               "|---|---|---|"]
-    for key in ("matmul", "train_conv3", "train_resnet20", "attacks", "export"):
+    for key in ("matmul", "kernels", "train_conv3", "train_resnet20", "attacks", "export"):
         r = res.get(key)
+        if isinstance(r, dict) and key == "matmul":
+            r = r.get("float32") or next((v for v in r.values() if isinstance(v, dict)), None)
         if isinstance(r, dict) and "peak_rss_mb" in r:
             tfm = r["tf_cpu_memory"]
             tfm = f"{tfm['peak_mb']:.0f}" if isinstance(tfm, dict) else tfm
@@ -424,7 +755,9 @@ def markdown(res: dict) -> str:
               f"Total wall time {res['wall_s']:.1f} s.", "",
               "FLOP model: forward F per image per member = sum of conv 2*Ho*Wo*Kh*Kw*Cin*Cout and "
               "dense 2*in*out; plain step = 3F, GAL step = 6F (forward + input-gradient backward + "
-              "outer backward through both, 2F each); attack iteration = 2F. See bench.py docstring.",
+              "outer backward through both, 2F each), the same for the PyTorch step (same network, "
+              "same formulation); attack iteration = 2F; % of matmul uses the matmul in the step's "
+              "precision. See bench.py docstring.",
               "", "Timings on a shared machine are noisy; compare ratios (interleaved) rather than "
               "absolute figures.", ""]
     return "\n".join(lines)
@@ -450,6 +783,59 @@ def check_results(res: dict):
     return bad
 
 
+def _item(name, value, op, threshold, why=None, note=None):
+    met = None if value is None else bool(value >= threshold if op == ">=" else value <= threshold)
+    return {"name": name, "value": value, "op": op, "threshold": threshold, "met": met,
+            "why": why, "note": note}
+
+
+def targets(r: dict, kernels, scope: str) -> dict:
+    """Issue 10 (+ issue 7) targets from the train_conv3 section (reported, not enforced)."""
+    steps = r["steps"]
+
+    def st(n):
+        v = steps.get(n)
+        return v if isinstance(v, dict) else None
+
+    def why(*names):
+        return "; ".join(f"{n}: {steps.get(n, 'not requested')}" for n in names if st(n) is None)
+
+    items = []
+    f32, b16 = st("ours_float32_gal"), st("ours_mixed_bfloat16_gal")
+    items.append(_item("GAL step images/s, ours mixed_bfloat16 / ours float32",
+                       b16["images_per_s"] / f32["images_per_s"] if f32 and b16 else None, ">=", 1.6,
+                       why("ours_float32_gal", "ours_mixed_bfloat16_gal")))
+    ours = [n for n, v in steps.items() if n.startswith("ours_") and n.endswith("_gal") and isinstance(v, dict)]
+    best = max(ours, key=lambda n: steps[n]["images_per_s"]) if ours else None
+    for tp, thr in (("fp32", 2.5), ("bf16", 1.6)):
+        cands = [n for n, v in steps.items() if n.startswith(f"torch_{tp}_") and n.endswith("_gal")]
+        done = [n for n in cands if st(n)]
+        other = max(done, key=lambda n: steps[n]["images_per_s"]) if done else f"torch_{tp}_gal"
+        o = st(other)
+        items.append(_item(f"GAL step images/s, ours ({best}) / {other}",
+                           steps[best]["images_per_s"] / o["images_per_s"] if best and o else None,
+                           ">=", thr, (why(*cands) if cands else "not requested") if not o else
+                           (None if best else "no ours GAL step"),
+                           note="ours = our fastest measured GAL precision"
+                           + (f"; PyTorch = its fastest thread setting" if len(cands) > 1 else "")))
+    for n in ours:
+        v = steps[n]
+        frac = v.get("fraction_of_attainable")
+        note = None
+        kd = kernels.get(v["matmul_dtype"]) if isinstance(kernels, dict) else None
+        if frac is not None and isinstance(kd, dict) and "fraction_of_attainable" in kd:
+            note = (f"Conv-3 GEMM kernels alone at this batch reach {100 * kd['fraction_of_attainable']:.0f} % "
+                    f"of the {v['matmul_dtype']} matmul; the step runs at "
+                    f"{100 * v['achieved_flops_per_s'] / kd['flops_per_s']:.0f} % of those kernels")
+        items.append(_item(f"{n} FLOP/s as a fraction of attainable {v['matmul_dtype']} matmul",
+                           frac, ">=", 0.7, None if frac is not None else "matmul not measured", note))
+    g = r["gal_over_plain"].get("ours_float32")
+    items.append(_item("issue 7: GAL / plain step time, ours float32", g["time_ratio"] if g else None,
+                       "<=", 1.6, None if g else "ours float32 not measured",
+                       note="FLOP floor of exact double backprop is 2.0x (FINDINGS.md)"))
+    return {"scope": scope, "items": items}
+
+
 def main(args) -> dict:
     t0 = time.time()
     quick = args.quick
@@ -458,77 +844,114 @@ def main(args) -> dict:
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     members = 2 if quick else 5
     batch = 16 if quick else 128
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    torch_precisions = [] if "torch" in skip else [p.strip() for p in args.torch.split(",") if p.strip()]
+    torch_threads = ([int(n) for n in str(args.torch_threads).split(",") if n.strip()]
+                     or ([0] if quick else [0, 1]))
+    for p in precisions + torch_precisions:
+        if p not in MATMUL_DTYPE:
+            sys.exit(f"bench.py: unknown precision {p!r}; ours: float32, mixed_bfloat16, mixed_float16; "
+                     f"--torch: fp32, bf16.")
     settings = {"quick": quick, "reps": reps, "warmup": warmup, "members": members,
                 "batch_size": batch, "matmul_n": 1024 if quick else 4096,
-                "attack_batches": 1 if quick else 3, "xla": args.xla, "data_dir": args.data_dir}
+                "attack_batches": 1 if quick else 3, "xla": args.xla, "precisions": precisions,
+                "torch_precisions": torch_precisions, "torch_layout": args.torch_layout,
+                "torch_threads": torch_threads, "skip": sorted(skip), "data_dir": args.data_dir}
     if not args.data_dir or not os.path.isfile(os.path.join(args.data_dir, "mnist.npz")):
         sys.exit(f"bench.py: no mnist.npz in data dir {args.data_dir!r}; pass --data_dir or set "
                  f"TF_DIVTRAIN_DATA.")
     keras.utils.set_random_seed(0)
+    if torch_precisions:
+        tg, _ = import_torch_gal()
+        if tg is not None:
+            import torch
+
+            torch.manual_seed(0)
     res = {"timestamp_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
            "machine": machine_info(), "settings": settings}
+    # matmul dtypes the requested step precisions are compared with
+    dtypes = sorted({MATMUL_DTYPE[p] for p in precisions + torch_precisions} | {"float32"},
+                    key=lambda d: (d != "float32", d))
 
     def log(msg):
         print(f"[{time.time() - t0:7.1f}s] {msg}", flush=True)
 
-    if "matmul" not in skip:
-        res["matmul"] = bench_matmul(settings["matmul_n"], max(reps, 3), warmup)
-        log(f"matmul {res['matmul']['attainable_flops_per_s'] / 1e9:.1f} GFLOP/s")
-    if "train_conv3" not in skip:
+    def skipped(key):
+        if key in skip:
+            res[key] = "skipped (--skip)"
+            return True
+        return False
+
+    if not skipped("matmul"):
+        res["matmul"] = {d: bench_matmul(settings["matmul_n"], max(reps, 3), warmup, d) for d in dtypes}
+        log("matmul " + ", ".join(f"{d} {r['attainable_flops_per_s'] / 1e9:.1f}"
+                                  for d, r in res["matmul"].items()) + " GFLOP/s")
+    if not skipped("kernels"):
+        res["kernels"] = bench_kernels((28, 28, 1), batch, members, dtypes, max(3, reps // 2), warmup)
+        log("conv3 kernels " + ", ".join(f"{d} {res['kernels'][d]['flops_per_s'] / 1e9:.1f}"
+                                         for d in dtypes) + " GFLOP/s")
+    if not skipped("train_conv3"):
         res["train_conv3"] = bench_train("mnist", "conv3", members, batch, args.data_dir, reps,
-                                         warmup, args.xla)
+                                         warmup, args.xla, precisions, torch_precisions,
+                                         args.torch_layout, torch_threads)
         r = res["train_conv3"]
-        log(f"conv3 x{members} b{batch}: plain {r['plain']['median_step_s']:.3f}s, GAL "
-            f"{r['gal']['median_step_s']:.3f}s, ratio {r['gal_over_plain_time']:.2f} "
-            f"(paired {r['gal_over_plain_time_paired']:.2f})")
-    if not quick and "train_resnet20" not in skip:
-        res["train_resnet20"] = bench_train("cifar10", "resnet20", members, batch, args.data_dir,
-                                            max(3, reps // 2), warmup, args.xla)
-        r = res["train_resnet20"]
-        log(f"resnet20 x{members} b{batch}: plain {r['plain']['median_step_s']:.3f}s, GAL "
-            f"{r['gal']['median_step_s']:.3f}s, ratio {r['gal_over_plain_time']:.2f}")
-    elif quick:
+        log(f"conv3 x{members} b{batch}: " + ", ".join(
+            f"{n} {v['median_step_s']:.3f}s" if isinstance(v, dict) else f"{n} {v}"
+            for n, v in r["steps"].items()))
+    if quick:
         res["train_resnet20"] = "skipped (--quick)"
-    if "attacks" not in skip:
+    elif not skipped("train_resnet20"):
+        res["train_resnet20"] = bench_train("cifar10", "resnet20", members, batch, args.data_dir,
+                                            max(3, reps // 2), warmup, args.xla, precisions)
+        r = res["train_resnet20"]
+        log(f"resnet20 x{members} b{batch}: " + ", ".join(
+            f"{n} {v['median_step_s']:.3f}s" if isinstance(v, dict) else f"{n} {v}"
+            for n, v in r["steps"].items()))
+    if not skipped("attacks"):
         res["attacks"] = bench_attacks(args.data_dir, members, batch, settings["attack_batches"], quick)
         a = res["attacks"]
         log(f"attacks: ifgsm {a['ifgsm']['images_per_s']:.1f} img/s (first/later "
             f"{a['ifgsm']['first_over_later']:.1f}), pgd_cw {a['pgd_cw']['images_per_s']:.1f} img/s")
-    if "export" not in skip:
+    if not skipped("export"):
         res["export"] = bench_export(members, 2 if quick else 3)
         e = res["export"]
         log(f"export {e['export_median_s']:.2f}s, load {e['load_median_s']:.2f}s, {e['size_mb']:.1f} MB")
-    if "data_pipeline" not in skip:
+    if not skipped("data_pipeline"):
         res["data_pipeline"] = bench_data_pipeline("mnist", args.data_dir, batch, ("aug", "noise"),
                                                    5 if quick else 50)
         log(f"data pipeline {res['data_pipeline']['batches_per_s']:.1f} batches/s")
-    if "matmul" in res:
+    if isinstance(res.get("matmul"), dict):
         # Again at the end: "attainable" = the best of both runs (background load only slows).
-        post = bench_matmul(settings["matmul_n"], max(reps, 3), warmup)
-        mm = res["matmul"]
-        mm["post_median_s"], mm["post_min_s"] = post["median_s"], post["min_s"]
-        mm["attainable_flops_per_s"] = mm["flops_per_call"] / min(mm["min_s"], post["min_s"])
-        mm["median_flops_per_s"] = mm["flops_per_call"] / min(mm["median_s"], post["median_s"])
-        log(f"matmul again; attainable (best) {mm['attainable_flops_per_s'] / 1e9:.1f} GFLOP/s")
+        for d, mm in res["matmul"].items():
+            post = bench_matmul(settings["matmul_n"], max(reps, 3), warmup, d)
+            mm["post_median_s"], mm["post_min_s"] = post["median_s"], post["min_s"]
+            mm["attainable_flops_per_s"] = mm["flops_per_call"] / min(mm["min_s"], post["min_s"])
+            mm["median_flops_per_s"] = mm["flops_per_call"] / min(mm["median_s"], post["median_s"])
+        log("matmul again; attainable (best) " + ", ".join(
+            f"{d} {r['attainable_flops_per_s'] / 1e9:.1f}" for d, r in res["matmul"].items()) + " GFLOP/s")
+        attainable = {d: r["attainable_flops_per_s"] for d, r in res["matmul"].items()}
         for key in ("train_conv3", "train_resnet20"):
             if isinstance(res.get(key), dict):
-                for mode in ("plain", "gal"):
-                    t = res[key][mode]
-                    t["fraction_of_attainable"] = t["achieved_flops_per_s"] / mm["attainable_flops_per_s"]
+                for t in res[key]["steps"].values():
+                    if isinstance(t, dict) and t["matmul_dtype"] in attainable:
+                        t["fraction_of_attainable"] = t["achieved_flops_per_s"] / attainable[t["matmul_dtype"]]
+        if isinstance(res.get("kernels"), dict):
+            for d in dtypes:
+                kd = res["kernels"].get(d)
+                if isinstance(kd, dict) and d in attainable:
+                    kd["fraction_of_attainable"] = kd["flops_per_s"] / attainable[d]
+                    for row in kd["layers"]:
+                        row["fraction_of_attainable"] = row["flops_per_s"] / attainable[d]
         if isinstance(res.get("attacks"), dict):
             for name in ("ifgsm", "pgd_cw"):
                 t = res["attacks"][name]
-                t["fraction_of_attainable"] = t["achieved_flops_per_s"] / mm["attainable_flops_per_s"]
-    r = res.get("train_conv3")
-    if isinstance(r, dict) and "fraction_of_attainable" in r["gal"]:
-        res["targets"] = {
-            "scope": f"{members} x conv3, mnist, batch {batch}" + (" (quick: not the target setting)"
-                                                                 if quick else ""),
-            "gal_over_plain_max": 1.6, "gal_over_plain": r["gal_over_plain_time"],
-            "gal_over_plain_met": bool(r["gal_over_plain_time"] <= 1.6),
-            "gal_fraction_min": 0.5, "gal_fraction": r["gal"]["fraction_of_attainable"],
-            "gal_fraction_met": bool(r["gal"]["fraction_of_attainable"] >= 0.5)}
+                t["fraction_of_attainable"] = t["achieved_flops_per_s"] / attainable["float32"]
+    if isinstance(res.get("train_conv3"), dict):
+        res["targets"] = targets(res["train_conv3"], res.get("kernels"),
+                                 f"{members} x conv3, mnist, batch {batch}"
+                                 + (" (quick: not the target setting)" if quick else ""))
     res.update(memory())
+    res["load_average_at_end"] = list(os.getloadavg())
     res["wall_s"] = time.time() - t0
     bad = check_results(res)
     if bad:
