@@ -30,15 +30,15 @@ Presets:
              this script), with the paper's architectures, 5 members, lambda 0.5, D_noise/D_adv
              eps 0.09, and the five attacks with their paper settings at eps 0.03/0.09:
              - Conv-4 row complete: surrogate, static model, T_Base, T_Div, T_Ens, T_Ens+Div, each
-               CIFAR_STEPS (default 200) steps of batch 128 = 0.51 epochs instead of 20 epochs;
+               CIFAR_STEPS (default 160) steps of batch 128 = 0.41 epochs instead of 20 epochs;
                attacks on the 1,000 test images; coherence on 500 (Fig. 4); GAAS on the first 100
                (Fig. 5: k = 4, 16, 36, 64 at the paper's eps 0.03/0.06/0.09 -- 16 in place of the
                paper's k = 25, which has no regular Hadamard matrix); member transferability and
                white-box PGD on 100 (10 / 20 iterations).
              - ResNet-20 and MIX rows: surrogate, T_Base and T_Div only (CIFAR_FULL_ROWS=1 adds
                the static model, T_Ens and T_Ens+Div: roughly +30 min), each CIFAR_RESNET_STEPS
-               (default 150) / CIFAR_MIX_STEPS (default: CIFAR_RESNET_STEPS) steps of batch 128 =
-               0.38 epochs instead of 40 epochs; attacks on the first CIFAR_ROW_EVAL_EXAMPLES
+               (default 130) / CIFAR_MIX_STEPS (default: CIFAR_RESNET_STEPS) steps of batch 128 =
+               0.33 epochs instead of 40 epochs; attacks on the first CIFAR_ROW_EVAL_EXAMPLES
                (default 500) test images; coherence on 500 (no GAAS, transferability or white-box).
              The provided cifar10.npz holds only the first 1,000 test images (the paper: 10,000).
              The report, results/cpu-cifar/REPORT.md, lists every reduction and shows targets or
@@ -225,15 +225,20 @@ case "$PRESET" in
     # CPU time (0.50 plain, 0.43 GAL): Conv-4 ens_adv ~1.4 s, ens_adv_div ~2.8 s; ResNet-20 baseline
     # ~1.5 s, div ~3.2 s; MIX baseline ~1.3 s, div ~2.6 s. Per step of a whole row: Conv-4 (six
     # models) ~10.3 s, ResNet-20 (S, T_Base, T_Div) ~6.2 s, MIX ~5.2 s.
-    # Other stages, from FLOPs at the measured Conv-4 training rate (230 GFLOP/s; checked against an
-    # evaluate run on 250 images, 571 CPU s ~ 4.5 min quiet) and ~100-145 GFLOP/s for ResNet-20/MIX:
-    # Conv-4 evaluate (1,000 images, 4 targets) ~17 min, analyze ~12 min; ResNet-20 / MIX evaluate
-    # (500 images, 2 targets) ~9 / ~7 min, coherence ~1 min each; start-up, final metrics and
-    # export ~0.5 min per Conv-4 training and ~1-1.5 min per ResNet/MIX training (~11 min).
-    # Fixed part ~58 min; the default steps below add ~63 min: ~2 hours in all. PRESET_TRAIN_FLAGS
-    # (e.g. a faster precision) changes the step times, not the defaults.
-    C4_STEPS="${CIFAR_STEPS:-200}"
-    RN_STEPS="${CIFAR_RESNET_STEPS:-150}"
+    # Other stages (quiet-machine estimates): evaluate from FLOPs at the measured Conv-4 training
+    # rate (230 GFLOP/s; an evaluate run on 250 images used 571 CPU s, i.e. ~4.5 min quiet, as the
+    # FLOP model predicts) and ~100-145 GFLOP/s for ResNet-20/MIX: Conv-4 evaluate (1,000 images,
+    # 4 targets) ~17 min, ResNet-20 / MIX evaluate (500 images, 2 targets) ~9 / ~7 min. Conv-4
+    # analyze ~23 min: ~11 min of FLOPs (GAAS on the ~50% correctly classified of 100 images,
+    # transfer and white-box PGD on 100) plus ~3 min per target of tracing and small-batch overhead
+    # (a 2-target analyze run used 4x the CPU time its FLOPs need). Coherence-only analyze ~1 min
+    # per ResNet/MIX row. Start-up, final metrics and export: ~0.5 min per Conv-4 training, ~1-1.5
+    # min per ResNet/MIX training (~10 min in all).
+    # Fixed part ~68 min; the default steps add ~52 min (Conv-4 160 x 10.3 s, ResNet-20 130 x 6.2 s,
+    # MIX 130 x 5.2 s): ~2 hours in all, +-20 % (not timed end to end). PRESET_TRAIN_FLAGS (e.g. a
+    # faster precision) changes the step times, not these defaults.
+    C4_STEPS="${CIFAR_STEPS:-160}"
+    RN_STEPS="${CIFAR_RESNET_STEPS:-130}"
     MX_STEPS="${CIFAR_MIX_STEPS:-$RN_STEPS}"
     ROW_EVAL_N="${CIFAR_ROW_EVAL_EXAMPLES:-500}"
     ROW_ROLES="surrogate base div"
@@ -254,7 +259,7 @@ case "$PRESET" in
       "--dataset=mnist --num_examples=50 --gaas_k=4,16 --gaas_eps=0.3 --batch_size=50 --transfer_iters=3 --whitebox_iters=3"
     ;;
   smoke-cifar)
-    run_row cifar10_conv4 "--max_steps=2 --batch_size=16 --ensemble_size=3 --train_examples=256 --eval_examples=32 --log_every=1" \
+    run_row cifar10_conv4 "--max_steps=2 --batch_size=16 --ensemble_size=3 --train_examples=256 --eval_examples=32 --log_every=2" \
       "--dataset=cifar10 --num_examples=32 --batch_size=32 --attacks=fgsm,pgd_cw" \
       "--dataset=cifar10 --num_examples=32 --analyses=coherence,gaas --gaas_k=4,16 --gaas_eps=0.03 --gaas_num_examples=16 --batch_size=32" \
       "surrogate base div"
