@@ -273,3 +273,13 @@ def test_report_flags_targets_of_different_lengths(tmp_path):
         (w / role / "metrics.json").write_text(json.dumps(_metrics("baseline", steps)))
     text = report.build_report("cpu-cifar", str(tmp_path / "r"))
     assert "The targets trained different lengths" in text
+
+
+def test_mnist_paper_dry_run_trains_full_epochs_and_evaluates_all_test_images(tmp_path, data_dir):
+    out, cmds = _dry("mnist-paper", tmp_path, data_dir, PRESET_TRAIN_FLAGS="--precision=auto")
+    roles = ("surrogate", "static", "base", "div", "ens", "ensdiv")
+    assert set(cmds) >= {f"train_mnist_conv3_{r}" for r in roles}
+    for r in roles:  # the flagfiles' 10 epochs: no step cap; the extra flags reach every training
+        cmd = cmds[f"train_mnist_conv3_{r}"]
+        assert "--max_steps" not in cmd and "--precision=auto" in cmd, cmd
+    assert "--num_examples=10000" in cmds["evaluate_mnist_conv3"]
