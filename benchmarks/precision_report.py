@@ -9,8 +9,10 @@ writes ``REPORT.md`` beside them. Every number and every verdict is computed fro
 * run-to-run noise: |seed 0 - seed 1| per cell, both mixed_bfloat16 (same surrogate);
 * orderings: T_Div > T_Base in every cell, and lower coherence, for each precision / seed / surrogate.
 
-The verdict "no conclusion changes" needs every ordering to agree across precisions and the largest
-precision effect to stay within the largest seed-to-seed difference.
+The verdict "no conclusion changes" needs, against each surrogate, the cell-by-cell T_Div > T_Base
+pattern of float32 and mixed_bfloat16 (same seed) to agree and the largest precision effect to stay
+within the largest seed-to-seed difference, and T_Div's coherence below T_Base's in every run. It is
+written to ``verdict.json``; the exit code is 0 when it passes, 3 when it does not.
 """
 
 from __future__ import annotations
@@ -90,13 +92,20 @@ def build(res: str) -> str:
             if b and d:
                 holds[title] = [dv > bv for dv, bv in zip(cells(d, eps), cells(b, eps))]
                 out.append(f"| {title} | {sum(holds[title])} |")
-        same_order = len({tuple(h) for h in holds.values()}) == 1 if holds else None
+        # The precision verdict compares float32 with mixed_bfloat16 at the same seed; a cell whose
+        # ordering differs between seeds is run-to-run noise and is reported, not held against bf16.
+        same_order = (holds.get("float32") == holds.get("mixed_bfloat16")
+                      if "float32" in holds and "mixed_bfloat16" in holds else None)
+        seed_order = (holds.get("mixed_bfloat16") == holds.get("mixed_bfloat16 seed 1")
+                      if "mixed_bfloat16 seed 1" in holds and "mixed_bfloat16" in holds else None)
         if prec_diff and noise:
             out += ["", f"Largest |float32 - mixed_bfloat16| over the {len(prec_diff)} target cells: "
                     f"**{100 * max(prec_diff):.1f} pp** (mean {100 * sum(prec_diff) / len(prec_diff):.1f}); "
                     f"largest |seed 0 - seed 1| (mixed_bfloat16): **{100 * max(noise):.1f} pp** "
-                    f"(mean {100 * sum(noise) / len(noise):.1f}). The T_Div > T_Base pattern is "
-                    + ("identical" if same_order else "NOT identical") + " across precisions and seeds.", ""]
+                    f"(mean {100 * sum(noise) / len(noise):.1f}). The cell-by-cell T_Div > T_Base pattern is "
+                    + ("identical" if same_order else "NOT identical") + " in float32 and mixed_bfloat16 "
+                    "(seed 0), and " + ("identical" if seed_order else "NOT identical")
+                    + " between mixed_bfloat16 seeds 0 and 1.", ""]
             verdicts.append(bool(same_order) and max(prec_diff) <= max(noise))
     coh = {}
     for _, p, sfx in VARIANTS:
@@ -106,7 +115,11 @@ def build(res: str) -> str:
     out += ["## Verdict", "",
             f"- T_Div has lower test coherence than T_Base: {coh}",
             f"- Per surrogate, orderings identical and precision effect within seed noise: {verdicts}"]
-    if verdicts and all(verdicts) and coh and all(coh.values()):
+    passed = bool(verdicts and all(verdicts) and coh and all(coh.values()))
+    with open(os.path.join(res, "verdict.json"), "w") as f:
+        json.dump({"no_conclusion_changes": passed, "per_surrogate": verdicts,
+                   "lower_coherence": coh}, f, indent=1)
+    if passed:
         out.append("- **No conclusion changes with mixed_bfloat16**: presets use `--precision=auto` "
                    "(mixed_bfloat16 where the CPU/GPU runs bfloat16 natively, else float32).")
     else:
@@ -122,7 +135,9 @@ def main():
     with open(os.path.join(a.results, "REPORT.md"), "w") as f:
         f.write(text)
     print(text)
+    with open(os.path.join(a.results, "verdict.json")) as f:
+        return 0 if json.load(f)["no_conclusion_changes"] else 3
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
