@@ -44,6 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_divtrain import attacks as attacks_lib
+from tf_divtrain import batching
 from tf_divtrain import data as data_lib
 from tf_divtrain import export as export_lib
 from tf_divtrain import io_utils, paper
@@ -174,15 +175,10 @@ def _atomic_save(path: str, array: np.ndarray) -> None:
 def craft(attack_fn, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
           desc: str = "", progress: bool = True) -> np.ndarray:
     """Runs ``attack_fn(x_b, y_b, [seed, b])`` over batches (tqdm bar), returns float32 x_adv."""
-    from tqdm.auto import tqdm
-
-    out = np.empty_like(x, dtype=np.float32)
-    starts = range(0, len(x), batch_size)
-    for b, i in enumerate(tqdm(starts, desc=desc, unit="batch", disable=not progress,
-                               total=len(starts))):
-        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        out[i:i + len(xb)] = attack_fn(xb, yb, tf.constant([seed, b], tf.int64)).numpy()
-    return out
+    out = batching.map_batches(lambda xb, yb, b: attack_fn(xb, yb, tf.constant([seed, b], tf.int64)),
+                               x, y, batch_size=batch_size, with_index=True, progress=progress,
+                               desc=desc)
+    return out.astype(np.float32, copy=False)
 
 
 def craft_cached(surrogate, surrogate_id: str, dataset: str, attack: str, eps: float,
@@ -225,20 +221,14 @@ def craft_cached(surrogate, surrogate_id: str, dataset: str, attack: str, eps: f
 
 def accuracy(model, x: np.ndarray, y: np.ndarray, batch_size: int = 500) -> float:
     """Fraction of argmax(average member softmax) == y (the ensemble's prediction, §4.1)."""
-    correct = 0
-    for i in range(0, len(x), batch_size):
-        p = model.probabilities(tf.convert_to_tensor(x[i:i + batch_size], tf.float32))
-        correct += int(np.sum(np.argmax(np.asarray(p), axis=-1) == y[i:i + batch_size]))
-    return correct / len(x)
+    return float(np.mean(correct_mask(model, x, y, batch_size)))
 
 
 def correct_mask(model, x: np.ndarray, y: np.ndarray, batch_size: int = 500) -> np.ndarray:
     """Per-example bool: argmax(average member softmax) == y. ``mean()`` is :func:`accuracy`."""
-    out = np.empty(len(x), dtype=bool)
-    for i in range(0, len(x), batch_size):
-        p = model.probabilities(tf.convert_to_tensor(x[i:i + batch_size], tf.float32))
-        out[i:i + batch_size] = np.argmax(np.asarray(p), axis=-1) == y[i:i + batch_size]
-    return out
+    pred = batching.map_batches(lambda xb: tf.argmax(model.probabilities(tf.cast(xb, tf.float32)), -1),
+                                x, batch_size=batch_size)
+    return pred == np.asarray(y)
 
 
 def eps_key(eps: float) -> str:

@@ -30,19 +30,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from tf_divtrain import attacks as attacks_lib
+from tf_divtrain import batching
 from tf_divtrain import data as data_lib
 from tf_divtrain import export as export_lib
 from tf_divtrain import gal as gal_lib
 from tf_divtrain import io_utils
+from tf_divtrain import loop as loop_lib
 from tf_divtrain import models as models_lib
 from tf_divtrain import precision as precision_lib
 from tf_divtrain import step as step_lib
@@ -60,14 +61,11 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 # mixed_float16: a non-finite loss makes LossScaleOptimizer skip the step and halve its scale; this
 # many in a row (scale / 2^25) means the run itself diverged, and the NaN guard stops it.
 MAX_SKIPPED_FP16_STEPS = 25
+TrainingError = loop_lib.TrainingError  # a run cannot start or continue (config mismatch, NaN, ...)
 
 def _resumable(default):
     """A config field that may differ when a run is resumed (it does not change the result)."""
     return dataclasses.field(default=default, metadata={"resumable": True})
-
-
-class TrainingError(RuntimeError):
-    """A run cannot start or continue (config mismatch, NaN loss, ...)."""
 
 
 @dataclasses.dataclass
@@ -352,6 +350,10 @@ class Trainer:
 
         return self.strategy.distribute_datasets_from_function(per_pipeline)
 
+    def begin_epoch(self, epoch: int) -> None:
+        """Called by the loop when ``epoch`` (0-based) starts: per-epoch schedules of the objective
+        (none for the paper's modes)."""
+
     @property
     def is_chief(self) -> bool:
         """Whether this process writes checkpoints, logs, metrics and the export."""
@@ -380,8 +382,7 @@ def make_predict_fn(ensemble, input_shape) -> Callable:
 def predict_member_logits(ensemble, x: np.ndarray, batch_size: int = 500,
                           predict_fn: Optional[Callable] = None) -> np.ndarray:
     fn = predict_fn or make_predict_fn(ensemble, x.shape[1:])
-    return np.concatenate([fn(tf.constant(x[i:i + batch_size])).numpy()
-                           for i in range(0, len(x), batch_size)], axis=0)
+    return batching.map_batches(fn, x, batch_size=batch_size)
 
 
 def gradient_statistics(members, x: np.ndarray, y: np.ndarray, batch_size: int = 250) -> dict:
@@ -395,9 +396,7 @@ def gradient_statistics(members, x: np.ndarray, y: np.ndarray, batch_size: int =
         pairs = gal_lib.pair_cosines(grads)
         return gal_lib.gal_from_pairs(pairs), gal_lib.coherence_from_pairs(pairs), tf.reduce_mean(pairs, -1)
 
-    out = [stats(tf.constant(x[i:i + batch_size]), tf.constant(y[i:i + batch_size]))
-           for i in range(0, len(x), batch_size)]
-    gal_v, coh, cos = (np.concatenate([o[k].numpy() for o in out]) for k in range(3))
+    gal_v, coh, cos = batching.map_batches(stats, x, y, batch_size=batch_size)
     return {"gal": float(gal_v.mean()), "coherence": float(coh.mean()), "mean_cosine": float(cos.mean())}
 
 
@@ -447,118 +446,137 @@ def load_static_model(path: str, dataset: str, input_shape) -> export_lib.Loaded
     return static
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Runs (or resumes) a training run; returns the metrics written to metrics.json."""
+def seed_everything(cfg: TrainConfig) -> None:
+    """Python / NumPy / TF seeds from ``cfg.seed``; op determinism if ``cfg.deterministic``."""
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def step_budget(cfg: TrainConfig, num_train: int) -> tuple:
+    """(steps per epoch, total steps): ``epochs`` epochs, capped by ``max_steps`` when set."""
+    steps_per_epoch = max(1, num_train // cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps) if cfg.epochs else cfg.max_steps
+    return steps_per_epoch, total
+
+
+def checkpoint_manager(cfg: TrainConfig, trainer: Trainer) -> tuple:
+    """(CheckpointManager, scratch dir or ""), after restoring the latest checkpoint in out_dir.
+
+    Under multi_worker every worker takes part in a save; only the chief's lands in out_dir, the
+    others write to a private scratch dir that is deleted after each save (tf.distribute's
+    documented pattern); every worker restores from the chief's checkpoints.
+    """
+    ckpt_dir = os.path.join(cfg.out_dir, "checkpoints")
+    scratch = "" if trainer.is_chief else os.path.join(
+        cfg.out_dir, ".worker_tmp", f"task_{trainer.strategy.cluster_resolver.task_id}")
+    manager = tf.train.CheckpointManager(trainer.checkpoint, scratch or ckpt_dir, max_to_keep=3)
+    latest = tf.train.latest_checkpoint(ckpt_dir)
+    if latest:
+        trainer.checkpoint.restore(latest).assert_existing_objects_matched()
+        print(f"Resumed from {latest} (step {int(trainer.step.numpy())})")
+    return manager, scratch
+
+
+def default_hooks(cfg: TrainConfig, trainer: Trainer, ds, manager, scratch: str, start: int,
+                  total: int) -> list:
+    """The CLI's hooks, in order: NaN guard, progress bar, TensorBoard, checkpoints, epoch schedule."""
+    ckpt_dir = os.path.join(cfg.out_dir, "checkpoints")
+    writer = (tf.summary.create_file_writer(os.path.join(cfg.out_dir, "logs")) if trainer.is_chief
+              else tf.summary.create_noop_writer())
+    x_val = ds.x_val if ds.x_val is not None else ds.x_test[:1000]
+    y_val = ds.y_val if ds.y_val is not None else ds.y_test[:1000]
+    n_val = min(len(x_val), 500)
+    predict_fn = make_predict_fn(trainer.ensemble, ds.input_shape)
+
+    def val_accuracy() -> float:
+        return evaluate_accuracy(trainer.ensemble, x_val[:n_val], y_val[:n_val],
+                                 predict_fn=predict_fn)["ensemble_accuracy"]
+
+    fp16 = cfg.precision == "mixed_float16"
+    return [
+        loop_lib.NaNGuard(MAX_SKIPPED_FP16_STEPS if fp16 else 0,
+                          lambda: manager.latest_checkpoint or ckpt_dir + " (none yet)"),
+        loop_lib.ProgressBar(total, start, cfg.mode, cfg.progress),
+        loop_lib.TensorBoardLogger(writer, cfg.log_every, val_accuracy),
+        loop_lib.Checkpointer(manager, cfg.checkpoint_every, scratch),
+        loop_lib.EpochCallback(trainer.begin_epoch),
+    ]
+
+
+def final_metrics(cfg: TrainConfig, trainer: Trainer, final, ds, loop_out: dict) -> dict:
+    """metrics.json: clean accuracy and gradient statistics of ``final`` (the float32 weights,
+    :func:`float32_ensemble`) on the test subset, the last step's training metrics, and this
+    session's timing."""
+    n_eval = cfg.eval_examples or len(ds.x_test)
+    x_te, y_te = ds.x_test[:n_eval], ds.y_test[:n_eval]
+    seconds, seen = loop_out["seconds"], loop_out["images"]
+    return {
+        "config": cfg.to_json(),
+        "steps": int(trainer.step.numpy()),
+        "test_examples": int(len(x_te)),
+        **evaluate_accuracy(final, x_te, y_te),
+        "test_gradient_stats": gradient_statistics(final.members, x_te[:500], y_te[:500]),
+        "final_train": {k: (v.tolist() if isinstance(v, np.ndarray) else float(v))
+                        for k, v in loop_out["last"].items()},
+        "train_seconds_this_session": seconds,
+        "images_per_sec_this_session": seen / seconds if seen else None,
+    }
+
+
+def float32_ensemble(cfg: TrainConfig, trainer: Trainer, ds):
+    """The trained ensemble in float32 (a float32 copy of the weights under mixed precision):
+    evaluation and the export run in float32 whatever the training precision."""
+    if cfg.precision == "float32":
+        return trainer.ensemble
+    return models_lib.clone_ensemble(trainer.ensemble, cfg.members, ds.input_shape, ds.num_classes,
+                                     "float32")
+
+
+def export_run(cfg: TrainConfig, final, ds, steps: int) -> str:
+    """SavedModel of ``final`` (the float32 ensemble) in ``<out_dir>/saved_model`` with the run's
+    metadata."""
+    export_dir = os.path.join(cfg.out_dir, export_lib.SAVED_MODEL_DIR)
+    meta = {"dataset": cfg.dataset, "input_shape": list(ds.input_shape), "num_classes": ds.num_classes,
+            "models": cfg.members, "mode": cfg.mode, "seed": cfg.seed, "steps": steps,
+            "gal_lambda": cfg.gal_lambda, "trained_precision": cfg.precision}
+    export_lib.export_ensemble(final, export_dir, meta, overwrite=True)
+    return export_dir
+
+
+def train(cfg: TrainConfig, hooks: Optional[Sequence[loop_lib.Hook]] = None) -> dict:
+    """Runs (or resumes) a training run; returns the metrics written to metrics.json.
+
+    ``hooks``: extra :class:`tf_divtrain.loop.Hook` objects, run after the built-in ones
+    (:func:`default_hooks`) after every step.
+    """
     cfg.validate()
+    extra_hooks = loop_lib.as_hooks(hooks)
     t_start = time.time()
     ds = data_lib.load_dataset(cfg.dataset, cfg.data_dir, validation_size=cfg.validation_examples,
                                train_size=cfg.train_examples or None, download=cfg.download)
     static = None
     if cfg.mode in ADV_MODES:
         static = load_static_model(cfg.static_model, cfg.dataset, ds.input_shape)
-    keras.utils.set_random_seed(cfg.seed)
-    if cfg.deterministic:
-        tf.config.experimental.enable_op_determinism()
+    seed_everything(cfg)
     trainer = Trainer(cfg, ds.input_shape, ds.num_classes, static)
-    chief = trainer.is_chief
-    if chief:
+    if trainer.is_chief:
         prepare_out_dir(cfg)
-    ckpt_dir = os.path.join(cfg.out_dir, "checkpoints")
-    # Under multi_worker every worker takes part in a save; only the chief's lands in out_dir, the
-    # others write to a private temp dir that is deleted (tf.distribute's documented pattern).
-    save_dir = ckpt_dir if chief else os.path.join(
-        cfg.out_dir, ".worker_tmp", f"task_{trainer.strategy.cluster_resolver.task_id}")
-    manager = tf.train.CheckpointManager(trainer.checkpoint, save_dir, max_to_keep=3)
-    latest = tf.train.latest_checkpoint(ckpt_dir)
-    if latest:
-        trainer.checkpoint.restore(latest).assert_existing_objects_matched()
-        print(f"Resumed from {latest} (step {int(trainer.step.numpy())})")
-
-    steps_per_epoch = max(1, len(ds.x_train) // cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
-    if cfg.max_steps:
-        total = min(total, cfg.max_steps) if cfg.epochs else cfg.max_steps
+    manager, scratch = checkpoint_manager(cfg, trainer)
+    steps_per_epoch, total = step_budget(cfg, len(ds.x_train))
     start = int(trainer.step.numpy())
     stream = data_lib.train_stream(ds.x_train, ds.y_train, cfg.dataset, cfg.batch_size,
                                    trainer.sources, cfg.resolved_noise_eps(), cfg.seed, start)
-    it = iter(trainer.distribute(stream))
-    writer = (tf.summary.create_file_writer(os.path.join(cfg.out_dir, "logs")) if chief
-              else tf.summary.create_noop_writer())
-    x_eval = ds.x_val if ds.x_val is not None else ds.x_test[:1000]
-    y_eval = ds.y_val if ds.y_val is not None else ds.y_test[:1000]
-
-    predict_fn = make_predict_fn(trainer.ensemble, ds.input_shape)
-    from tqdm.auto import tqdm  # local: only the loop needs it
-
-    bar = tqdm(total=total, initial=start, disable=not cfg.progress, desc=f"{cfg.mode}",
-               unit="step", mininterval=5.0)
-    last = {}
-    skipped = 0  # consecutive non-finite steps (mixed_float16: the loss scaler skips and recovers)
-    seen, t_loop = 0, time.time()
-    for step in range(start, total):
-        x, y = next(it)
-        metrics = {k: v.numpy() for k, v in trainer.train_step(x, y).items()}
-        seen += cfg.batch_size
-        skipped = 0 if np.isfinite(metrics["loss"]) else skipped + 1
-        if skipped and (cfg.precision != "mixed_float16" or skipped > MAX_SKIPPED_FP16_STEPS):
-            raise TrainingError(
-                f"Non-finite loss ({metrics['loss']}) at step {step + 1}; stopped. The last good "
-                f"checkpoint is kept in {manager.latest_checkpoint or ckpt_dir + ' (none yet)'}. "
-                f"Lower --learning_rate or --gal_lambda.")
-        last = metrics
-        ips = seen / max(time.time() - t_loop, 1e-9)
-        post = {"ce": f"{metrics['ce']:.3f}", "img/s": f"{ips:.0f}"}
-        if "gal" in metrics:
-            post.update(gal=f"{metrics['gal']:.3f}", coh=f"{metrics['coherence']:.3f}")
-        bar.set_postfix(post, refresh=False)
-        bar.update(1)
-        done = step + 1
-        if done % cfg.log_every == 0 or done == total:
-            with writer.as_default(step=done):
-                for k, v in metrics.items():
-                    if k == "member_ce":
-                        for i, c in enumerate(v):
-                            tf.summary.scalar(f"train/member_{i}_ce", c)
-                    else:
-                        tf.summary.scalar(f"train/{k}", v)
-                tf.summary.scalar("train/images_per_sec", ips)
-                n_val = min(len(x_eval), 500)
-                acc = evaluate_accuracy(trainer.ensemble, x_eval[:n_val], y_eval[:n_val],
-                                        predict_fn=predict_fn)
-                tf.summary.scalar("val/ensemble_accuracy", acc["ensemble_accuracy"])
-        if done % cfg.checkpoint_every == 0 or done == total or done % steps_per_epoch == 0:
-            manager.save(checkpoint_number=done)
-            if not chief:
-                shutil.rmtree(save_dir, ignore_errors=True)
-    bar.close()
-    train_time = time.time() - t_loop
-    if not chief:
+    hook_list = default_hooks(cfg, trainer, ds, manager, scratch, start, total) + extra_hooks
+    loop_out = loop_lib.run_loop(trainer.train_step, iter(trainer.distribute(stream)), start, total,
+                                 hook_list, cfg.batch_size, steps_per_epoch)
+    if not trainer.is_chief:
         return {"steps": int(trainer.step.numpy()), "chief": False}
-    # Evaluation and the export run in float32 whatever the training precision (same weights).
-    final = trainer.ensemble
-    if cfg.precision != "float32":
-        final = models_lib.clone_ensemble(trainer.ensemble, cfg.members, ds.input_shape,
-                                          ds.num_classes, "float32")
-        predict_fn = make_predict_fn(final, ds.input_shape)
-
-    n_eval = cfg.eval_examples or len(ds.x_test)
-    x_te, y_te = ds.x_test[:n_eval], ds.y_test[:n_eval]
-    metrics_out = {
-        "config": cfg.to_json(),
-        "steps": int(trainer.step.numpy()),
-        "test_examples": int(len(x_te)),
-        **evaluate_accuracy(final, x_te, y_te, predict_fn=predict_fn),
-        "test_gradient_stats": gradient_statistics(final.members, x_te[:500], y_te[:500]),
-        "final_train": {k: (v.tolist() if isinstance(v, np.ndarray) else float(v)) for k, v in last.items()},
-        "train_seconds_this_session": train_time,
-        "images_per_sec_this_session": seen / train_time if seen else None,
-        "wall_seconds_this_session": time.time() - t_start,
-    }
-    export_dir = os.path.join(cfg.out_dir, export_lib.SAVED_MODEL_DIR)
-    meta = {"dataset": cfg.dataset, "input_shape": list(ds.input_shape), "num_classes": ds.num_classes,
-            "models": cfg.members, "mode": cfg.mode, "seed": cfg.seed, "steps": metrics_out["steps"],
-            "gal_lambda": cfg.gal_lambda, "trained_precision": cfg.precision}
-    export_lib.export_ensemble(final, export_dir, meta, overwrite=True)
+    final = float32_ensemble(cfg, trainer, ds)
+    metrics_out = final_metrics(cfg, trainer, final, ds, loop_out)
+    export_run(cfg, final, ds, metrics_out["steps"])
     metrics_out["wall_seconds_this_session"] = time.time() - t_start
     io_utils.atomic_write_json(os.path.join(cfg.out_dir, "metrics.json"), metrics_out, indent=2)
     return metrics_out
