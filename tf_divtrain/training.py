@@ -440,9 +440,9 @@ def load_static_model(path: str, dataset: str, input_shape) -> export_lib.Loaded
         static = export_lib.load_ensemble(path)
     except FileNotFoundError as e:
         raise TrainingError(f"--static_model: {e}") from e
-    if static.dataset != dataset or tuple(static.input_shape) != tuple(input_shape):
-        raise TrainingError(f"--static_model {path} was trained on {static.dataset} "
-                            f"{static.input_shape}, but this run uses {dataset} {tuple(input_shape)}.")
+    problem = export_lib.dataset_mismatch(static.metadata, dataset)
+    if problem:
+        raise TrainingError(f"--static_model {path} {problem}; pass a static model trained on {dataset}.")
     return static
 
 
