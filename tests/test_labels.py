@@ -41,3 +41,23 @@ def test_dataset_mismatch_names_the_difference():
     assert "not on 'cifar10'" in export.dataset_mismatch(meta, "cifar10")
     assert "shape [32, 32, 3]" in export.dataset_mismatch({**meta, "input_shape": [32, 32, 3]}, "mnist")
     assert "has 100 classes" in export.dataset_mismatch({**meta, "num_classes": 100}, "mnist")
+
+
+def test_clis_share_dataset_and_precision_flags_and_the_error_exit(tmp_path, capsys):
+    from absl import flags
+
+    from tf_divtrain import analyze, evaluate, train
+
+    for cli, extra in ((train, [f"--out_dir={tmp_path}"]), (analyze, []),
+                       (evaluate, ["--surrogate_dir=s", "--targets=T=t", f"--out_dir={tmp_path}"])):
+        fv = flags.FlagValues()
+        cli.define_flags(fv)
+        assert "data_dir" in fv and "precision" in fv
+        with pytest.raises(flags.IllegalFlagValueError, match="--dataset must be one of cifar10, "):
+            fv(["prog", "--dataset=imagenet"] + extra)
+    fv = flags.FlagValues()
+    evaluate.define_flags(fv)
+    fv(["prog", f"--surrogate_dir={tmp_path / 'nope'}", "--targets=T=t", f"--out_dir={tmp_path / 'o'}"])
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["prog"], fv)
+    assert e.value.code == 2 and capsys.readouterr().err.startswith(f"error: surrogate")

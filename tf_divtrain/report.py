@@ -15,12 +15,12 @@ import json
 import math
 import os
 import platform
-import sys
 from typing import Dict, List, Optional, Sequence
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from tf_divtrain import attacks as attacks_lib
+from tf_divtrain import cli_flags
 from tf_divtrain import io_utils
 from tf_divtrain.evaluation import eps_key as _eps_key
 
@@ -587,15 +587,18 @@ def define_flags(fv=FLAGS):
     flags.mark_flag_as_required("results_dir", flag_values=fv)
 
 
-def main(argv):
-    del argv
-    if not os.path.isdir(FLAGS.results_dir):
-        print(f"error: {FLAGS.results_dir} does not exist; run run_all.sh first.", file=sys.stderr)
-        sys.exit(2)
-    text = build_report(FLAGS.preset, FLAGS.results_dir)
-    path = os.path.join(FLAGS.results_dir, "REPORT.md")
+def main(argv, fv: flags.FlagValues = None):
+    """Writes <results_dir>/REPORT.md for the flags in ``fv`` (default: the global FLAGS)."""
+    fv = fv if fv is not None else FLAGS
+    if len(argv) > 1:
+        cli_flags.fail(f"unexpected arguments {argv[1:]}")
+    if not os.path.isdir(fv.results_dir):
+        cli_flags.fail(f"{fv.results_dir} does not exist; run run_all.sh first.")
+    text = build_report(fv.preset, fv.results_dir)
+    path = os.path.join(fv.results_dir, "REPORT.md")
     io_utils.atomic_write_text(path, text)
-    print(f"wrote {path}")
+    logging.info("wrote %s", path)
+    return 0
 
 
 def run():
