@@ -119,3 +119,17 @@ def test_map_batches_equals_the_unbatched_computation():
         batching.map_batches(lambda a, b: a, x, y[:3], batch_size=5)
     with pytest.raises(ValueError, match="batch_size"):
         batching.map_batches(lambda a: a, x, batch_size=0)
+
+
+def test_a_hook_can_end_the_run_cleanly(tmp_path, data_dir):
+    class StopAt2(loop.Hook):
+        def on_step_end(self, state):
+            state.stop = state.step == 2
+
+    cfg = training.TrainConfig(mode="baseline", ensemble_size=2, batch_size=32, max_steps=5,
+                               train_examples=256, eval_examples=64, log_every=10, checkpoint_every=10,
+                               progress=False, out_dir=str(tmp_path / "run"), data_dir=data_dir)
+    m = training.train(cfg, hooks=[StopAt2()])
+    assert m["steps"] == 2 and os.path.isdir(os.path.join(cfg.out_dir, "saved_model"))
+    # checkpoint_every=10 would not have saved step 2: the checkpointer saves where the loop stopped
+    assert tf.train.latest_checkpoint(os.path.join(cfg.out_dir, "checkpoints")).endswith("ckpt-2")

@@ -13,7 +13,9 @@ list of :class:`Hook` objects in order. Everything else a run does between steps
   run starts in): per-epoch schedules of the training objective.
 
 A user adds their own hook through ``training.train(cfg, hooks=[...])``; hooks run after the
-built-in ones, and an exception raised by a hook stops the loop (the last checkpoint is kept).
+built-in ones. A hook ends a run early and cleanly with ``state.stop = True`` (the step is
+checkpointed, then evaluated and exported); an exception raised by a hook aborts the run (the last
+checkpoint is kept, nothing is exported).
 """
 
 from __future__ import annotations
@@ -34,13 +36,16 @@ class TrainingError(RuntimeError):
 @dataclasses.dataclass
 class LoopState:
     """What hooks see after a step: ``step`` = steps done (1-based), the step's metrics (numpy),
-    images per second since the loop started, and the loop's range."""
+    images per second since the loop started, and the loop's range. A hook sets ``stop = True``
+    to end the run after this step (the checkpointer saves it; ``train()`` then evaluates and
+    exports as usual)."""
 
     step: int
     total: int
     metrics: dict
     images_per_sec: float
     steps_per_epoch: int
+    stop: bool = False
 
 
 class Hook:
@@ -75,6 +80,8 @@ def run_loop(step_fn: Callable, batches: Iterator, start: int, total: int, hooks
         for h in hooks:
             h.on_step_end(state)
         last = metrics
+        if state.stop:
+            break
     for h in hooks:
         h.on_loop_end(state)
     return {"last": last, "seconds": time.time() - t0, "images": seen}
@@ -153,13 +160,22 @@ class Checkpointer(Hook):
 
     def __init__(self, manager: tf.train.CheckpointManager, every: int, scratch_dir: str = ""):
         self.manager, self.every, self.scratch_dir = manager, every, scratch_dir
+        self.saved = None
+
+    def _save(self, step: int) -> None:
+        self.manager.save(checkpoint_number=step)
+        self.saved = step
+        if self.scratch_dir:
+            shutil.rmtree(self.scratch_dir, ignore_errors=True)
 
     def on_step_end(self, state: LoopState) -> None:
         s = state.step
         if s % self.every == 0 or s == state.total or s % state.steps_per_epoch == 0:
-            self.manager.save(checkpoint_number=s)
-            if self.scratch_dir:
-                shutil.rmtree(self.scratch_dir, ignore_errors=True)
+            self._save(s)
+
+    def on_loop_end(self, state) -> None:
+        if state is not None and self.saved != state.step:  # a hook stopped the run early
+            self._save(state.step)
 
 
 class EpochCallback(Hook):

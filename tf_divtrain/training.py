@@ -1,4 +1,7 @@
-"""Training: the train step (nested GradientTapes), the loop, checkpoints and resume (paper §3-4).
+"""Training runs (paper §3-4): TrainConfig (one validation), Trainer (ensemble, optimizer, strategy,
+the compiled step) and ``train()``, which composes small named pieces -- data, seeding, out_dir
+guard, checkpoint restore, the loop with its hooks (``tf_divtrain.loop``), final metrics, export.
+The maths of the step is in ``tf_divtrain.step`` (shared with ``DiversityEnsemble``).
 
 Modes and what one batch of ``B`` distinct training images holds (parts of equal size, the
 remainder going to the first part, in this order; see ``data.train_stream``):
@@ -401,7 +404,7 @@ def gradient_statistics(members, x: np.ndarray, y: np.ndarray, batch_size: int =
 
 
 # ----------------------------------------------------------------------------------------------
-# The loop: config bookkeeping, resume, checkpoints, TensorBoard, NaN guard, export.
+# A run: config bookkeeping, resume, the loop's hooks, final metrics, export.
 
 def _config_diff(old: dict, new: dict) -> dict:
     keys = (set(old) | set(new)) - set(RESUMABLE_KEYS)
