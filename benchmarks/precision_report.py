@@ -66,8 +66,10 @@ def build(res: str) -> str:
         out.append(f"| {n} | {cfg.get('precision', 'float32')} | {cfg['seed']} | {m['steps']} | "
                    f"{100 * m['ensemble_accuracy']:.1f} | {st.get('coherence', float('nan')):.3f} | "
                    f"{st.get('gal', float('nan')):.3f} | {secs.get(n, 'n/a')} |")
-    out += ["", "Train seconds are wall time on a shared 2-core machine (other jobs ran beside them); "
-            "use `benchmarks/bench.py` for step-time ratios.", ""]
+    out += ["", "Train seconds are wall time of the session that finished each run (a run resumed "
+            "from a checkpoint counts only its last session) on a shared 2-core machine (other jobs "
+            "ran beside them): not comparable across rows; `benchmarks/bench.py` measures step-time "
+            "ratios.", ""]
     verdicts = []
     for sur, r in evals.items():
         eps = list(r["rows"][0]["attacks"][ATTACKS[0]].keys())
