@@ -662,7 +662,7 @@ def methods_table(results_dir: str, row: str = METHODS_ROW) -> List[str]:
         eps = [_eps_key(e) for e in DEFAULT_EPS["mnist"]]
         attacks, blocks = list(ATTACK_ORDER), []
     planned = [lbl for _, lbl, _ in METHOD_SURROGATES]
-    labels = [lbl for lbl, _ in blocks] + [lbl for lbl in planned if lbl not in dict(blocks)]
+    labels = planned + [lbl for lbl, _ in blocks if lbl not in planned]
     wb_eps = [_eps_key(e) for e in analysis.get("settings", {}).get("whitebox_eps", [])] or eps
     head = (["target", "method", "surrogate", "clean"] + [f"{ATTACK_NAMES[a]} ({' / '.join(eps)})" for a in attacks]
             + [f"robust to all ({' / '.join(eps)}; all)", "coherence", "member transfer",
