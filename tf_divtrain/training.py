@@ -10,9 +10,9 @@ remainder going to the first part, in this order; see ``data.train_stream``):
 * ``ens_adv_div``  -- {D', D_noise, D_adv}: Eq 9 (GAL on the whole batch).
 * ``adp`` / ``trs`` / ``dverge`` -- {D'}: the peer methods of issue 14 (``tf_divtrain.methods``:
   ADP, Pang et al. 2019; TRS, Yang et al. 2021; DVERGE, Yang et al. 2020) with their authors'
-  defaults, overridable with ``method_params="name=value,..."``. The authors train on plain clean
-  (for CIFAR-10 crop+flip augmented) images; D' is this package's clean augmented source, so every
-  mode sees the same images. Per-epoch schedules (TRS's PGD radius, DVERGE's layer) are set by
+  defaults, overridable with ``method_params="name=value,..."``. The authors train on clean images
+  (plain for MNIST; shifted/cropped and flipped for CIFAR-10); D' is this package's clean augmented
+  source, so every mode sees the same images. Per-epoch schedules (TRS's PGD radius, DVERGE's layer) are set by
   ``Trainer.begin_epoch``; see ``tf_divtrain.methods.objective`` for DVERGE's target batch (a
   seeded derangement of the same batch) and the stateless seeds. DVERGE trains from scratch
   like every other mode (the authors start from a pre-trained baseline by default).

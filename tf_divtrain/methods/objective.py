@@ -23,9 +23,10 @@ beyond one batch lives here:
   multi-replica strategy the permutation is within each replica's rows.
 
 Batch composition: every method trains on {D'} (the augmented clean images of the baseline mode).
-The authors' loaders also feed plain (for CIFAR-10: crop + flip augmented) clean training images;
-none of them adds noise or static-model adversarial examples to the batch, and their optional
-``--plus-adv`` PGD terms are not part of these modes (see each method module).
+The authors' loaders also feed clean training images (plain for MNIST; shifted/cropped and flipped
+for CIFAR-10); by default none of them adds noise or static-model adversarial examples to the
+batch, and their optional adversarial-training terms (e.g. ``--plus-adv``) are not part of these
+modes (see each method module).
 """
 
 from __future__ import annotations
