@@ -49,17 +49,18 @@ Presets:
              The report, results/cpu-cifar/REPORT.md, lists every reduction and shows targets or
              rows that did not run as "not run".
   cpu-methods  GAL next to the peer methods of issue 14 at the cpu preset's scale: MNIST Conv-3,
-             5 members, every model CPU_STEPS (default 500) steps of batch 128 from the flagfiles
-             (flags/mnist_conv3_{base,div,adp,dverge,trs}.cfg; same seed 0, so the same initial
-             weights). Targets T_Base, T_Div, T_ADP, T_DVERGE, T_TRS; surrogates: baseline ensembles
-             of 3, 5 and 8 members (S3, S5, S8; seeds 13, 10, 18) and an adaptive attacker S_div, a
-             GAL-trained 5-member ensemble (seed 20). All five attacks at eps 0.1/0.3 from every
-             surrogate on the first 1,000 test images; coherence (500 images), member
-             transferability and white-box PGD (100 images, 10 / 20 iterations); report:
-             results/cpu-methods/REPORT.md (one comparison table). Everything is trained in the
-             preset's own work dir (the cpu preset's weights are not reused). Estimated 4-5 hours on
-             2 shared cores (steps measured at load ~4: ADP ~1 s, TRS ~7.6 s, DVERGE ~10.6 s per
-             step; baseline ~0.9 s and GAL ~2.7 s from the cpu preset), not timed end to end.
+             every model CPU_STEPS (default 500) steps of batch 128. Targets T_Base, T_Div, T_ADP,
+             T_DVERGE, T_TRS (flags/mnist_conv3_{base,div,adp,dverge,trs}.cfg: 5 members, seed 0,
+             so the same initial weights); surrogates: baseline ensembles of 3, 5 and 8 members (S3,
+             S5, S8; seeds 13, 10, 18) and an adaptive attacker S_div, a GAL-trained 5-member
+             ensemble (seed 20). All five attacks at eps 0.1/0.3 from every surrogate on the first
+             1,000 test images; coherence (500 images), member transferability and white-box PGD
+             (100 images, 10 / 20 iterations); report: results/cpu-methods/REPORT.md (one
+             comparison table). Everything is trained in the preset's own work dir (the cpu
+             preset's weights are not reused). Estimated about 5 hours on 2 shared cores (~4 h
+             training: steps measured at load ~4, ADP ~1 s, TRS ~7.6 s, DVERGE ~10.6 s; baseline
+             ~0.9 s and GAL ~2.7 s from the cpu preset; ~45 min crafting on four surrogates from
+             the cpu preset's crafting rates), not timed end to end.
   smoke      Every stage on tiny settings (3 members, a few steps, 100 test images): a few
              minutes; used by the test suite to prove the script works end to end.
   smoke-cifar  The CIFAR-10 Conv-4 row on tiny settings (surrogate, T_Base, T_Div; 3 members,
@@ -68,9 +69,9 @@ Presets:
              suite runs it (tests/test_cifar_smoke.py, with a MIX-like GAL step in-process).
 
 Environment: TF_DIVTRAIN_DATA = folder with mnist.npz / cifar10.npz (default: the package's
-lookup rules); PYTHON (default python); RESULTS_ROOT (default results); CPU_STEPS (cpu preset);
-CIFAR_STEPS, CIFAR_RESNET_STEPS, CIFAR_MIX_STEPS, CIFAR_FULL_ROWS, CIFAR_ROW_EVAL_EXAMPLES
-(cpu-cifar preset); PRESET_TRAIN_FLAGS = extra flags appended to every training command of any
+lookup rules); PYTHON (default python); RESULTS_ROOT (default results); CPU_STEPS (cpu and
+cpu-methods presets); CIFAR_STEPS, CIFAR_RESNET_STEPS, CIFAR_MIX_STEPS, CIFAR_FULL_ROWS,
+CIFAR_ROW_EVAL_EXAMPLES (cpu-cifar preset); PRESET_TRAIN_FLAGS = extra flags appended to every training command of any
 preset (default empty), e.g. PRESET_TRAIN_FLAGS="--intra_op_threads=-1".
 Weights, checkpoints and cached adversarial arrays go to results/<preset>/work/ (git-ignored).
 TXT
