@@ -267,6 +267,7 @@ def test_method_params_parsing():
     (dict(mode="dverge", method_params="layer=0"), r"dverge: layer=0 is outside the valid range \[1, inf\)"),
     (dict(mode="div", method_params="alpha=1"), r"only for the modes adp, trs, dverge; mode=div takes none"),
     (dict(mode="dverge", ensemble_size=1), r"mode=dverge needs an ensemble of at least 2 members.*--ensemble_size"),
+    (dict(mode="dverge", model="conv3,resnet20"), r"needs members of one architecture .* got conv3, resnet20"),
     (dict(mode="trs", precision="mixed_float16"), r"mode=trs does not support precision=mixed_float16: TRS's "
                                                   r"input-gradient tapes .* are not loss-scaled.*mixed_bfloat16"),
     (dict(mode="dverge", precision="mixed_float16"), r"DVERGE's feature-distillation tapes are not loss-scaled"),

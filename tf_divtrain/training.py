@@ -173,10 +173,14 @@ class TrainConfig:
                                  f"{', '.join(METHOD_MODES)}; mode={self.mode} takes none (drop "
                                  f"--method_params, or pick one of those modes).")
             return
-        n = len(models_lib.member_names(self.model, self.ensemble_size))
-        if n < 2:
+        names = models_lib.member_names(self.model, self.ensemble_size)
+        if len(names) < 2:
             raise ValueError(f"mode={self.mode} needs an ensemble of at least 2 members (its diversity "
-                             f"term compares members), got {n}; raise --ensemble_size.")
+                             f"term compares members), got {len(names)}; raise --ensemble_size.")
+        if self.mode == "dverge" and len(set(names)) > 1:
+            raise ValueError(f"mode=dverge distils every member at the same layer index, which needs "
+                             f"members of one architecture (as in the authors' code); got "
+                             f"{', '.join(names)}. Use --model=<one name> with --ensemble_size.")
         self.method_config()
         if self.precision == "mixed_float16" and self.mode in FLOAT16_UNSCALED:
             raise ValueError(f"mode={self.mode} does not support precision=mixed_float16: "
