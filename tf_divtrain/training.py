@@ -12,10 +12,10 @@ remainder going to the first part, in this order; see ``data.train_stream``):
   ADP, Pang et al. 2019; TRS, Yang et al. 2021; DVERGE, Yang et al. 2020) with their authors'
   defaults, overridable with ``method_params="name=value,..."``. The authors train on clean images
   (plain for MNIST; shifted/cropped and flipped for CIFAR-10); D' is this package's clean augmented
-  source, so every mode sees the same images. Per-epoch schedules (TRS's PGD radius, DVERGE's layer) are set by
-  ``Trainer.begin_epoch``; see ``tf_divtrain.methods.objective`` for DVERGE's target batch (a
-  seeded derangement of the same batch) and the stateless seeds. DVERGE trains from scratch
-  like every other mode (the authors start from a pre-trained baseline by default).
+  source, so every mode sees the same images. Per-epoch schedules (TRS's PGD radius, DVERGE's
+  layer) are set by ``Trainer.begin_epoch``; see ``tf_divtrain.methods.objective`` for DVERGE's
+  target batch (a seeded derangement of the same batch) and the stateless seeds. DVERGE trains from
+  scratch like every other mode (the authors start from a pre-trained baseline by default).
 
 D_adv follows Kurakin et al. 2016 / Tramer et al. 2018 where the paper (§4.2) is silent:
 ``adv_labels="predicted"`` crafts the FGSM with the static model's own predicted labels, not the
@@ -51,9 +51,9 @@ from tf_divtrain import data as data_lib
 from tf_divtrain import export as export_lib
 from tf_divtrain import gal as gal_lib
 from tf_divtrain import io_utils
+from tf_divtrain import methods as methods_lib
 from tf_divtrain import models as models_lib
 from tf_divtrain import precision as precision_lib
-from tf_divtrain import methods as methods_lib
 from tf_divtrain import step as step_lib
 from tf_divtrain.methods.objective import MethodObjective
 
