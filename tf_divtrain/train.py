@@ -1,7 +1,8 @@
 """Train an ensemble: ``python -m tf_divtrain.train --flagfile=flags/<experiment>.cfg [--flag=value]``.
 
 Modes: baseline, div (Diversity Training, Eq 9), ens_adv (Ensemble Adversarial Training),
-ens_adv_div (both). Writes config.json, checkpoints/, logs/ (TensorBoard), metrics.json and
+ens_adv_div (both), and the peer methods adp, trs, dverge (``--method_params=name=value,...``
+overrides their authors' defaults; see tf_divtrain.methods). Writes config.json, checkpoints/, logs/ (TensorBoard), metrics.json and
 saved_model/ into --out_dir; re-running the same command resumes from the latest checkpoint.
 """
 
@@ -53,6 +54,11 @@ def define_flags(fv=FLAGS) -> None:
                                     choices=precision_lib.CHOICES)
     flags.DEFINE_enum("adv_labels", "predicted", list(training.ADV_LABELS), "Labels of the D_adv FGSM: "
                       "the static model's prediction (Kurakin et al. 2016, avoids label leaking) or true.", flag_values=fv)
+    flags.DEFINE_string("method_params", "", "Modes adp, trs, dverge: comma list name=value overriding "
+                        "the method's defaults, e.g. adp: alpha=2,beta=0.5; trs: coeff=2,lamda=2,scale=5,"
+                        "init_eps=0.1,adv_eps=0.2; dverge: eps=0.35,step_size=0.035,steps=10,layer=5. "
+                        "Names and ranges are checked (see tf_divtrain.methods); other modes take none.",
+                        flag_values=fv)
     flags.DEFINE_float("adv_share", 0.5, "Fraction of each batch that is D_adv in the ens_adv modes, "
                        "in (0, 1).", flag_values=fv)
     flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.", flag_values=fv)

@@ -11,6 +11,14 @@ remainder going to the first part, in this order; see ``data.train_stream``):
 * ``ens_adv``      -- {D', D_adv}: CE only. D_adv = FGSM on a static pre-trained model, each example
   with its own epsilon ~ |N(0, sigma = adv_eps / 2)| truncated at 2 sigma (so eps <= adv_eps).
 * ``ens_adv_div``  -- {D', D_noise, D_adv}: Eq 9 (GAL on the whole batch).
+* ``adp`` / ``trs`` / ``dverge`` -- {D'}: the peer methods of issue 14 (``tf_divtrain.methods``:
+  ADP, Pang et al. 2019; TRS, Yang et al. 2021; DVERGE, Yang et al. 2020) with their authors'
+  defaults, overridable with ``method_params="name=value,..."``. The authors train on clean images
+  (plain for MNIST; shifted/cropped and flipped for CIFAR-10); D' is this package's clean augmented
+  source, so every mode sees the same images. Per-epoch schedules (TRS's PGD radius, DVERGE's
+  layer) are set by ``Trainer.begin_epoch``; see ``tf_divtrain.methods.objective`` for DVERGE's
+  target batch (a seeded derangement of the same batch) and the stateless seeds. DVERGE trains from
+  scratch like every other mode (the authors start from a pre-trained baseline by default).
 
 D_adv follows Kurakin et al. 2016 / Tramer et al. 2018 where the paper (§4.2) is silent:
 ``adv_labels="predicted"`` crafts the FGSM with the static model's own predicted labels, not the
@@ -47,17 +55,27 @@ from tf_divtrain import export as export_lib
 from tf_divtrain import gal as gal_lib
 from tf_divtrain import io_utils
 from tf_divtrain import loop as loop_lib
+from tf_divtrain import methods as methods_lib
 from tf_divtrain import models as models_lib
 from tf_divtrain import precision as precision_lib
 from tf_divtrain import step as step_lib
+from tf_divtrain.methods.objective import MethodObjective
 
 MODES = {
     "baseline": ("aug",),
     "div": ("aug", "noise"),
     "ens_adv": ("aug", "adv"),
     "ens_adv_div": ("aug", "noise", "adv"),
+    "adp": ("aug",),
+    "trs": ("aug",),
+    "dverge": ("aug",),
 }
 GAL_MODES = ("div", "ens_adv_div")
+METHOD_MODES = tuple(methods_lib.METHODS)  # adp, trs, dverge: objectives from tf_divtrain.methods
+# Method modes whose inner tapes (input gradients, PGD, feature distillation) are not loss-scaled:
+# under mixed_float16 their small gradients could flush to zero, so that precision is refused.
+FLOAT16_UNSCALED = {"trs": "TRS's input-gradient tapes (|cos| and smoothness terms) and its PGD",
+                    "dverge": "DVERGE's feature-distillation tapes"}
 ADV_MODES = ("ens_adv", "ens_adv_div")
 ADV_LABELS = ("predicted", "true")
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -106,6 +124,10 @@ class TrainConfig:
     precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16 (tf_divtrain.precision)
     adv_labels: str = "predicted"  # D_adv FGSM labels: the static model's prediction, or "true"
     adv_share: float = 0.5  # fraction of each batch that is D_adv in the ens_adv modes
+    # Modes adp / trs / dverge: "name=value,..." overriding the method's defaults (see
+    # tf_divtrain.methods). TRS's radius schedule spans --epochs (a resumed run with other
+    # --epochs follows the new schedule from its current epoch on).
+    method_params: str = ""
 
     def validate(self) -> "TrainConfig":
         data_lib.check_dataset_name(self.dataset)
@@ -116,6 +138,7 @@ class TrainConfig:
         if self.mode in GAL_MODES and n < 2:
             raise ValueError(f"mode={self.mode} needs an ensemble of at least 2 members (GAL compares "
                              f"pairs), got {n}; raise --ensemble_size.")
+        self._validate_method()
         if self.gal_lambda < 0:
             raise ValueError(f"gal_lambda must be >= 0, got {self.gal_lambda}.")
         for name in ("noise_eps", "adv_eps"):
@@ -143,6 +166,33 @@ class TrainConfig:
         if self.learning_rate <= 0 or self.epochs < 0 or self.max_steps < 0:
             raise ValueError("learning_rate must be > 0; epochs and max_steps must be >= 0.")
         return self
+
+    def _validate_method(self) -> None:
+        if self.mode not in METHOD_MODES:
+            if self.method_params:
+                raise ValueError(f"method_params={self.method_params!r} is only for the modes "
+                                 f"{', '.join(METHOD_MODES)}; mode={self.mode} takes none (drop "
+                                 f"--method_params, or pick one of those modes).")
+            return
+        names = models_lib.member_names(self.model, self.ensemble_size)
+        if len(names) < 2:
+            raise ValueError(f"mode={self.mode} needs an ensemble of at least 2 members (its diversity "
+                             f"term compares members), got {len(names)}; raise --ensemble_size.")
+        if self.mode == "dverge" and len(set(names)) > 1:
+            raise ValueError(f"mode=dverge distils every member at the same layer index, which needs "
+                             f"members of one architecture (as in the authors' code); got "
+                             f"{', '.join(names)}. Use --model=<one name> with --ensemble_size.")
+        self.method_config()
+        if self.precision == "mixed_float16" and self.mode in FLOAT16_UNSCALED:
+            raise ValueError(f"mode={self.mode} does not support precision=mixed_float16: "
+                             f"{FLOAT16_UNSCALED[self.mode]} are not loss-scaled, so float16 gradients "
+                             f"could flush to zero. Use --precision=mixed_bfloat16 (or float32).")
+
+    def method_config(self):
+        """The validated hyper-parameters of a method mode (defaults + ``method_params``), else None."""
+        if self.mode not in METHOD_MODES:
+            return None
+        return methods_lib.config_from_string(self.mode, self.method_params)
 
     @property
     def members(self):
@@ -195,10 +245,15 @@ def per_example_objective(members, x, y, mode: str, gal_lambda: float, training:
                                    training=training, loss_scale=loss_scale)
 
 
-def objective_for_mode(mode: str, gal_lambda: float) -> step_lib.Objective:
-    """The step objective of a training mode: Eq 9 in GAL modes, mean member CE otherwise."""
+def objective_for_mode(mode: str, gal_lambda: float = 0.5, method_config=None, *, seed: int = 0,
+                       step: Optional[tf.Variable] = None) -> step_lib.Objective:
+    """The step objective of a training mode: Eq 9 in GAL modes; a ``MethodObjective`` in the method
+    modes (``method_config``: the method's config, default its authors' defaults; ``seed`` and the
+    global-step variable ``step`` seed its per-step randomness); mean member CE otherwise."""
     if mode in GAL_MODES:
         return step_lib.DiversityObjective(gal_lambda)
+    if mode in METHOD_MODES:
+        return MethodObjective(mode, method_config, seed=seed, step=step)
     if mode in MODES:
         return step_lib.CrossEntropyObjective()
     raise ValueError(f"Unknown mode {mode!r}; valid: {', '.join(MODES)}.")
@@ -260,8 +315,6 @@ class Trainer:
                  static_model: Optional[Callable] = None,
                  objective: Optional[step_lib.Objective] = None):
         self.cfg = cfg
-        # The step's objective (tf_divtrain.step): the mode's Eq 9 unless one is injected.
-        self.objective = objective or objective_for_mode(cfg.mode, cfg.gal_lambda)
         self.strategy = make_strategy(cfg.strategy)
         if cfg.batch_size % self.strategy.num_replicas_in_sync:
             raise TrainingError(f"batch_size={cfg.batch_size} does not split evenly across "
@@ -279,11 +332,30 @@ class Trainer:
                               if cfg.precision == "mixed_float16" else inner)
             self.optimizer.build(self.ensemble.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+            # The step's objective (tf_divtrain.step): the mode's unless one is injected. Made under
+            # the strategy so a method's schedule variables are mirrored like the weights.
+            self.objective = objective or objective_for_mode(
+                cfg.mode, cfg.gal_lambda, cfg.method_config(), seed=cfg.seed, step=self.step)
         # The checkpoint holds the float32 variables and the *inner* optimizer, so it has the same
         # structure in every precision (a run's weights restore under another precision).
         self.checkpoint = tf.train.Checkpoint(members=self.ensemble.members,
                                               optimizer=inner, step=self.step)
         self._train_step = tf.function(self._distributed_step, jit_compile=cfg.jit_compile)
+        self.begin_epoch(0, max(1, cfg.epochs))  # epoch 0's schedule until the loop says otherwise
+
+    # -- per-epoch schedules (method modes) ----------------------------------------------------
+    def begin_epoch(self, epoch: int, epochs: int) -> dict:
+        """Sets the objective's schedule for ``epoch`` (0-based) of ``epochs``: TRS's PGD radius (a
+        variable the compiled step reads) and DVERGE's distillation layer (the step is retraced once
+        per distinct layer). A no-op for the other modes. ``train()`` calls it at the start of every
+        epoch (through the loop's EpochCallback hook), including the one a resumed run starts in.
+        Returns what was set (for logs/tests)."""
+        begin = getattr(self.objective, "begin_epoch", None)
+        return begin(epoch, epochs, self.ensemble.members) if begin is not None else {}
+
+    def _trace_key(self):
+        """Python state the compiled step's graph depends on (DVERGE's layer), else None."""
+        return getattr(self.objective, "trace_key", None)
 
     # -- one replica's step -------------------------------------------------------------------
     def _replica_step(self, x, y):
@@ -312,7 +384,8 @@ class Trainer:
                                tf.gather(eps, tf.gather_nd(adv_index, rows)), labels=cfg.adv_labels)
         return tf.tensor_scatter_nd_update(x, rows, adv)
 
-    def _distributed_step(self, x, y):
+    def _distributed_step(self, x, y, trace_key=None):
+        del trace_key  # only keys the tf.function trace (see _trace_key)
         per_replica = self.strategy.run(self._replica_step, args=(x, y))
         sums = {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
                 for k, v in per_replica.items()}
@@ -322,7 +395,7 @@ class Trainer:
 
     def train_step(self, x, y):
         """One optimisation step on a global batch (already distributed or plain tensors)."""
-        return self._train_step(x, y)
+        return self._train_step(x, y, self._trace_key())
 
     def distribute(self, dataset: tf.data.Dataset):
         """Global batches -> per-replica batches; replica r always gets global rows [r*b, (r+1)*b).
@@ -352,10 +425,6 @@ class Trainer:
             return ds.with_options(opts)
 
         return self.strategy.distribute_datasets_from_function(per_pipeline)
-
-    def begin_epoch(self, epoch: int) -> None:
-        """Called by the loop when ``epoch`` (0-based) starts: per-epoch schedules of the objective
-        (none for the paper's modes)."""
 
     @property
     def is_chief(self) -> bool:
@@ -406,9 +475,15 @@ def gradient_statistics(members, x: np.ndarray, y: np.ndarray, batch_size: int =
 # ----------------------------------------------------------------------------------------------
 # A run: config bookkeeping, resume, the loop's hooks, final metrics, export.
 
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+
 def _config_diff(old: dict, new: dict) -> dict:
+    """Non-resumable fields that differ. A field missing from an older config.json counts as its
+    default (runs written before the field existed, e.g. method_params, still resume)."""
     keys = (set(old) | set(new)) - set(RESUMABLE_KEYS)
-    return {k: (old.get(k), new.get(k)) for k in sorted(keys) if old.get(k) != new.get(k)}
+    get_old = lambda k: old.get(k, _FIELD_DEFAULTS.get(k))  # noqa: E731
+    return {k: (get_old(k), new.get(k)) for k in sorted(keys) if get_old(k) != new.get(k)}
 
 
 def prepare_out_dir(cfg: TrainConfig) -> None:
@@ -484,8 +559,9 @@ def checkpoint_manager(cfg: TrainConfig, trainer: Trainer) -> tuple:
 
 
 def default_hooks(cfg: TrainConfig, trainer: Trainer, ds, manager, scratch: str, start: int,
-                  total: int) -> list:
-    """The CLI's hooks, in order: NaN guard, progress bar, TensorBoard, checkpoints, epoch schedule."""
+                  total: int, schedule_epochs: int) -> list:
+    """The CLI's hooks, in order: NaN guard, progress bar, TensorBoard, checkpoints, and the
+    objective's per-epoch schedule over ``schedule_epochs`` epochs (``Trainer.begin_epoch``)."""
     ckpt_dir = os.path.join(cfg.out_dir, "checkpoints")
     writer = (tf.summary.create_file_writer(os.path.join(cfg.out_dir, "logs")) if trainer.is_chief
               else tf.summary.create_noop_writer())
@@ -505,7 +581,7 @@ def default_hooks(cfg: TrainConfig, trainer: Trainer, ds, manager, scratch: str,
         loop_lib.ProgressBar(total, start, cfg.mode, cfg.progress),
         loop_lib.TensorBoardLogger(writer, cfg.log_every, val_accuracy),
         loop_lib.Checkpointer(manager, cfg.checkpoint_every, scratch),
-        loop_lib.EpochCallback(trainer.begin_epoch),
+        loop_lib.EpochCallback(lambda epoch: trainer.begin_epoch(epoch, schedule_epochs)),
     ]
 
 
@@ -572,7 +648,9 @@ def train(cfg: TrainConfig, hooks: Optional[Sequence[loop_lib.Hook]] = None) -> 
     start = int(trainer.step.numpy())
     stream = data_lib.train_stream(ds.x_train, ds.y_train, cfg.dataset, cfg.batch_size,
                                    trainer.sources, cfg.resolved_noise_eps(), cfg.seed, start)
-    hook_list = default_hooks(cfg, trainer, ds, manager, scratch, start, total) + extra_hooks
+    schedule_epochs = max(cfg.epochs, -(-total // steps_per_epoch))  # Trainer.begin_epoch's span
+    hook_list = (default_hooks(cfg, trainer, ds, manager, scratch, start, total, schedule_epochs)
+                 + extra_hooks)
     loop_out = loop_lib.run_loop(trainer.train_step, iter(trainer.distribute(stream)), start, total,
                                  hook_list, cfg.batch_size, steps_per_epoch)
     if not trainer.is_chief:
