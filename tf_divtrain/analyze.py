@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from tf_divtrain import cli_flags
 
@@ -92,7 +92,7 @@ def main(argv, fv=None):
         print(line)
     for w in report["warnings"]:
         print(w)
-    print(f"wrote {report['files']['analysis_json']}")
+    logging.info("wrote %s", report["files"]["analysis_json"])
     return 0
 
 

@@ -45,6 +45,7 @@ import time
 from typing import Callable, Optional, Sequence
 
 import keras
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
@@ -504,7 +505,7 @@ def prepare_out_dir(cfg: TrainConfig) -> None:
         if cfg.fresh:
             backup = f"{cfg.out_dir.rstrip('/')}.old-{time.strftime('%Y%m%d-%H%M%S')}"
             os.replace(cfg.out_dir, backup)
-            print(f"Moved the previous run to {backup}")
+            logging.warning("Moved the previous run to %s", backup)
     try:
         os.makedirs(cfg.out_dir, exist_ok=True)
         io_utils.atomic_write_json(cfg_path, cfg.to_json(), indent=2, sort_keys=True)
@@ -554,7 +555,7 @@ def checkpoint_manager(cfg: TrainConfig, trainer: Trainer) -> tuple:
     latest = tf.train.latest_checkpoint(ckpt_dir)
     if latest:
         trainer.checkpoint.restore(latest).assert_existing_objects_matched()
-        print(f"Resumed from {latest} (step {int(trainer.step.numpy())})")
+        logging.info("Resumed from %s (step %d)", latest, int(trainer.step.numpy()))
     return manager, scratch
 
 
