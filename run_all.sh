@@ -166,6 +166,14 @@ sys.exit(0 if set(sys.argv[2:]) <= have else 1)
 PY
 }
 
+# stale FILE DIR...: FILE (an evaluation or analysis) is older than some DIR/metrics.json, i.e. a
+# model it measured was retrained since, so the stage runs again instead of keeping old numbers.
+stale() {
+  local f="$1" d; shift
+  for d in "$@"; do [ "$d/metrics.json" -nt "$f" ] && return 0; done
+  return 1
+}
+
 target_label() {
   case "$1" in base) echo T_Base ;; div) echo T_Div ;; ens) echo T_Ens ;; ensdiv) echo T_Ens+Div ;; esac
 }
@@ -187,12 +195,13 @@ run_row() {
     *" ens "*|*" ensdiv "*) case " $roles " in *" static "*) ;; *)
       echo "run_all.sh: row $row trains T_Ens/T_Ens+Div, which need the static role" >&2; exit 2 ;; esac ;;
   esac
-  local targets="" labels="" label
+  local targets="" labels="" label dirs=""
   for role in base div ens ensdiv; do
     case " $roles " in *" $role "*)
       label="$(target_label "$role")"
       targets="${targets:+$targets,}$label=$w/$role"
-      labels="${labels:+$labels }$label" ;;
+      labels="${labels:+$labels }$label"
+      dirs="${dirs:+$dirs }$w/$role" ;;
     esac
   done
   [ -n "$targets" ] || { echo "run_all.sh: row $row trains no target" >&2; exit 2; }
@@ -218,6 +227,9 @@ run_row() {
     if [ -e "$done_eval" ] && ! covers "$done_eval" $labels; then
       echo "== evaluate_${row}: $done_eval lacks some of: $labels; re-running (cached attacks are reused)"
       done_eval=""
+    elif [ -e "$done_eval" ] && stale "$done_eval" $dirs "$w/surrogate"; then
+      echo "== evaluate_${row}: a model was retrained after $done_eval; re-running (cached attacks are reused)"
+      done_eval=""
     fi
     # shellcheck disable=SC2086
     stage "evaluate_${row}" "$done_eval" \
@@ -228,6 +240,9 @@ run_row() {
     local done_an="$RES/$row/analysis/analysis.json"
     if [ -e "$done_an" ] && ! covers "$done_an" $labels; then
       echo "== analyze_${row}: $done_an lacks some of: $labels; re-running"
+      done_an=""
+    elif [ -e "$done_an" ] && stale "$done_an" $dirs; then
+      echo "== analyze_${row}: a model was retrained after $done_an; re-running"
       done_an=""
     fi
     # shellcheck disable=SC2086
@@ -267,9 +282,11 @@ specs() {
 run_methods() {
   local row="$1" train_extra="$2" eval_extra="$3" analyze_extra="$4"
   local w="$WORK/$row" line name cfg extra label jobs
-  local targets surrogates labels slabels
+  local targets surrogates labels slabels dirs sdirs
   targets="$(specs "$METHOD_TARGETS" "$w")"
   surrogates="$(specs "$METHOD_SURROGATES" "$w")"
+  dirs="$(echo "$targets" | tr ',' '\n' | cut -d= -f2- | paste -sd' ')"
+  sdirs="$(echo "$surrogates" | tr ',' '\n' | cut -d= -f2- | paste -sd' ')"
   labels="$(echo "$targets" | tr ',' '\n' | cut -d= -f1 | paste -sd' ')"
   slabels="$(echo "$surrogates" | tr ',' '\n' | cut -d= -f1 | paste -sd' ')"
   if want train; then
@@ -295,6 +312,9 @@ run_methods() {
     if [ -e "$done_eval" ] && ! covers "$done_eval" $labels $slabels; then
       echo "== evaluate_${row}: $done_eval lacks some of: $labels $slabels; re-running (cached attacks are reused)"
       done_eval=""
+    elif [ -e "$done_eval" ] && stale "$done_eval" $dirs $sdirs; then
+      echo "== evaluate_${row}: a model was retrained after $done_eval; re-running (cached attacks are reused)"
+      done_eval=""
     fi
     # shellcheck disable=SC2086
     stage "evaluate_${row}" "$done_eval" \
@@ -306,6 +326,9 @@ run_methods() {
     # shellcheck disable=SC2086
     if [ -e "$done_an" ] && ! covers "$done_an" $labels; then
       echo "== analyze_${row}: $done_an lacks some of: $labels; re-running"
+      done_an=""
+    elif [ -e "$done_an" ] && stale "$done_an" $dirs; then
+      echo "== analyze_${row}: a model was retrained after $done_an; re-running"
       done_an=""
     fi
     # shellcheck disable=SC2086

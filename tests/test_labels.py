@@ -60,4 +60,4 @@ def test_clis_share_dataset_and_precision_flags_and_the_error_exit(tmp_path, cap
     fv(["prog", f"--surrogate_dir={tmp_path / 'nope'}", "--targets=T=t", f"--out_dir={tmp_path / 'o'}"])
     with pytest.raises(SystemExit) as e:
         evaluate.main(["prog"], fv)
-    assert e.value.code == 2 and capsys.readouterr().err.startswith(f"error: surrogate")
+    assert e.value.code == 2 and capsys.readouterr().err.startswith("error: surrogate")

@@ -162,6 +162,25 @@ def test_stage_reruns_when_results_lack_a_target(tmp_path, data_dir):
     assert "lacks some of: T_Base T_Div T_Ens T_Ens+Div" in out and "evaluate_cifar10_resnet20" in cmds
 
 
+def test_stage_reruns_when_a_model_was_retrained_after_it(tmp_path, data_dir):
+    labels = ["T_Base", "T_Div", "T_Ens", "T_Ens+Div"]
+    row = tmp_path / "cpu" / "mnist_conv3"
+    (row / "eval").mkdir(parents=True)
+    (row / "analysis").mkdir()
+    (row / "eval" / "results.json").write_text(json.dumps({"rows": [{"label": l} for l in labels]}))
+    (row / "analysis" / "analysis.json").write_text(json.dumps({"ensembles": {l: {} for l in labels}}))
+    out, cmds = _dry("cpu", tmp_path, data_dir)
+    assert "evaluate_mnist_conv3" not in cmds and "analyze_mnist_conv3" not in cmds
+    div = tmp_path / "cpu" / "work" / "mnist_conv3" / "div"
+    div.mkdir(parents=True)
+    (div / "metrics.json").write_text("{}")
+    t = os.path.getmtime(row / "eval" / "results.json") + 10
+    os.utime(div / "metrics.json", (t, t))  # T_Div retrained after the evaluation and the analysis
+    out, cmds = _dry("cpu", tmp_path, data_dir)
+    assert "evaluate_mnist_conv3: a model was retrained after" in out and "evaluate_mnist_conv3" in cmds
+    assert "analyze_mnist_conv3: a model was retrained after" in out and "analyze_mnist_conv3" in cmds
+
+
 def test_paper_preset_keeps_the_paper_settings(tmp_path, data_dir):
     _, cmds = _dry("paper", tmp_path, data_dir)
     epochs = {"mnist_conv3": "10", "cifar10_conv4": "20", "cifar10_resnet20": "40", "cifar10_mix": "40"}

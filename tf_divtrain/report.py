@@ -390,7 +390,6 @@ def _coverage_table(rows: Sequence[str], results_dir: str) -> List[str]:
 def _analysis_sections(analysis: dict, rel: str) -> List[str]:
     out = []
     ens = analysis.get("ensembles", {})
-    files = analysis.get("files", {})
     if any("coherence" in v for v in ens.values()):
         out += ["### Coherence of member input gradients (Fig. 4)", "",
                 f"![coherence histogram]({rel}/coherence_hist.png)", "",
