@@ -294,6 +294,22 @@ def test_report_flags_targets_of_different_lengths(tmp_path):
     assert "The targets trained different lengths" in text
 
 
+def test_report_states_the_training_precision(tmp_path):
+    w = tmp_path / "r" / "work" / "cifar10_conv4"
+    for role, prec in (("surrogate", "float32"), ("base", "mixed_bfloat16"), ("div", "mixed_bfloat16")):
+        (w / role).mkdir(parents=True)
+        m = _metrics("baseline", 100)
+        m["config"]["precision"] = prec
+        (w / role / "metrics.json").write_text(json.dumps(m))
+    text = report.build_report("cpu-cifar", str(tmp_path / "r"))
+    assert "- Training precision: float32 (S), mixed_bfloat16 (T_Base, T_Div)" in text
+    for role in ("base", "div"):
+        m = json.loads((w / role / "metrics.json").read_text())
+        m["config"]["precision"] = "float32"
+        (w / role / "metrics.json").write_text(json.dumps(m))
+    assert "Training precision" not in report.build_report("cpu-cifar", str(tmp_path / "r"))
+
+
 def test_mnist_paper_dry_run_trains_full_epochs_and_evaluates_all_test_images(tmp_path, data_dir):
     out, cmds = _dry("mnist-paper", tmp_path, data_dir, PRESET_TRAIN_FLAGS="--precision=auto")
     roles = ("surrogate", "static", "base", "div", "ens", "ensdiv")

@@ -332,6 +332,14 @@ def _reductions(row: str, work: str, results: Optional[dict], analysis: Optional
             warn = ("" if len(tl) <= 1 else " **The targets trained different lengths: their "
                     "comparison is not like for like.**")
             out.append(f"- Training length instead of {paper_txt}: {per}.{warn}")
+        precs = {lbl: m["config"].get("precision", "float32") for lbl, m in runs.items()}
+        if set(precs.values()) != {"float32"}:
+            which = ", ".join(f"{p} ({', '.join(l for l in precs if precs[l] == p)})"
+                              for p in dict.fromkeys(precs.values()))
+            out.append(f"- Training precision: {which}; the paper trained in float32. Evaluation, "
+                       f"attacks and analyses ran in float32. The equivalence study "
+                       f"(results/precision_study/REPORT.md) found no conclusion of the cpu preset "
+                       f"changed by mixed_bfloat16.")
         if c.get("train_examples"):
             out.append(f"- Training set: first {c['train_examples']} examples instead of all.")
         sizes = sorted({len(m["member_accuracy"]) for lbl, m in runs.items() if lbl != "static"})
