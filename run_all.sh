@@ -22,8 +22,10 @@ Presets:
   mnist-paper  The MNIST Conv-3 row at the paper's length (issue 12): every model 10 epochs of
              batch 128 (flags/mnist_conv3_*.cfg), D_adv with the static model's predicted labels
              and half of each batch (the defaults), all five attacks on the full 10,000 MNIST test
-             images; analyses on the cpu preset's subsets. About 2-3 hours of training on 2 cores
-             in mixed_bfloat16 (the default --precision=auto on a bfloat16 CPU), ~2x that in float32.
+             images; analyses on the cpu preset's subsets. 6 x 4,680 = 28,080 training steps:
+             at the step times of benchmarks/RESULTS.md (2-core Xeon, mixed_bfloat16, load 3-6:
+             plain 0.80 s, GAL 1.93 s per step) about 8 hours of training, i.e. several
+             sessions (it resumes); ~1.7x that in float32.
   cpu        The MNIST Conv-3 row with the paper's architecture, attacks, eps (0.1/0.3), lambda,
              noise and ensemble size, scaled to finish within ~90 minutes on a 2-core CPU:
              every model trains CPU_STEPS (default 500) steps of batch 128 instead of 10 epochs;
@@ -48,6 +50,19 @@ Presets:
              The provided cifar10.npz holds only the first 1,000 test images (the paper: 10,000).
              The report, results/cpu-cifar/REPORT.md, lists every reduction and shows targets or
              rows that did not run as "not run".
+  cpu-methods  GAL next to the peer methods of issue 14 at the cpu preset's scale: MNIST Conv-3,
+             every model CPU_STEPS (default 500) steps of batch 128. Targets T_Base, T_Div, T_ADP,
+             T_DVERGE, T_TRS (flags/mnist_conv3_{base,div,adp,dverge,trs}.cfg: 5 members, seed 0,
+             so the same initial weights); surrogates: baseline ensembles of 3, 5 and 8 members (S3,
+             S5, S8; seeds 13, 10, 18) and an adaptive attacker S_div, a GAL-trained 5-member
+             ensemble (seed 20). All five attacks at eps 0.1/0.3 from every surrogate on the first
+             1,000 test images; coherence (500 images), member transferability and white-box PGD
+             (100 images, 10 / 20 iterations); report: results/cpu-methods/REPORT.md (one
+             comparison table). Everything is trained in the preset's own work dir (the cpu
+             preset's weights are not reused). Estimated about 5 hours on 2 shared cores (~4 h
+             training: steps measured at load ~4, ADP ~1 s, TRS ~7.6 s, DVERGE ~10.6 s; baseline
+             ~0.9 s and GAL ~2.7 s from the cpu preset; ~45 min crafting on four surrogates from
+             the cpu preset's crafting rates), not timed end to end.
   smoke      Every stage on tiny settings (3 members, a few steps, 100 test images): a few
              minutes; used by the test suite to prove the script works end to end.
   smoke-cifar  The CIFAR-10 Conv-4 row on tiny settings (surrogate, T_Base, T_Div; 3 members,
@@ -56,13 +71,14 @@ Presets:
              suite runs it (tests/test_cifar_smoke.py, with a MIX-like GAL step in-process).
 
 Environment: TF_DIVTRAIN_DATA = folder with mnist.npz / cifar10.npz (default: the package's
-lookup rules); PYTHON (default python); RESULTS_ROOT (default results); CPU_STEPS (cpu preset);
-CIFAR_STEPS, CIFAR_RESNET_STEPS, CIFAR_MIX_STEPS, CIFAR_FULL_ROWS, CIFAR_ROW_EVAL_EXAMPLES
-(cpu-cifar preset); PRESET_TRAIN_FLAGS = extra flags appended to every training command of any
-preset (default empty), e.g. PRESET_TRAIN_FLAGS="--intra_op_threads=-1"; PRESET_PRECISION =
-the training precision (default: auto for cpu, cpu-cifar and mnist-paper -- mixed_bfloat16 where
-the CPU/GPU runs bfloat16 natively, else float32 -- and float32 for paper and the smoke presets;
-the study behind it: results/precision_study/REPORT.md). Evaluation and analysis stay float32.
+lookup rules); PYTHON (default python); RESULTS_ROOT (default results); CPU_STEPS (cpu and
+cpu-methods presets); CIFAR_STEPS, CIFAR_RESNET_STEPS, CIFAR_MIX_STEPS, CIFAR_FULL_ROWS,
+CIFAR_ROW_EVAL_EXAMPLES (cpu-cifar preset); PRESET_TRAIN_FLAGS = extra flags appended to every
+training command of any preset (default empty), e.g. PRESET_TRAIN_FLAGS="--intra_op_threads=-1";
+PRESET_PRECISION = the training precision (default: auto for cpu, cpu-cifar, cpu-methods and
+mnist-paper -- mixed_bfloat16 where the CPU/GPU runs bfloat16 natively, else float32 -- and
+float32 for paper and the smoke presets; the study behind it: results/precision_study/REPORT.md).
+Evaluation and analysis stay float32.
 Weights, checkpoints and cached adversarial arrays go to results/<preset>/work/ (git-ignored).
 TXT
 }
@@ -75,7 +91,7 @@ for arg in "$@"; do
     -h|--help) usage; exit 0 ;;
     --only=*) ONLY="${arg#--only=}" ;;
     --dry-run) DRY_RUN=1 ;;
-    paper|mnist-paper|cpu|cpu-cifar|smoke|smoke-cifar) PRESET="$arg" ;;
+    paper|mnist-paper|cpu|cpu-methods|cpu-cifar|smoke|smoke-cifar) PRESET="$arg" ;;
     *) echo "run_all.sh: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -92,7 +108,7 @@ LOGS="$RES/logs"
 # (results/precision_study/REPORT.md) found that no conclusion of the cpu preset changes with it;
 # paper and the smoke presets train in float32. PRESET_PRECISION overrides either.
 case "$PRESET" in
-  cpu|cpu-cifar|mnist-paper) PRECISION="${PRESET_PRECISION:-auto}" ;;
+  cpu|cpu-cifar|cpu-methods|mnist-paper) PRECISION="${PRESET_PRECISION:-auto}" ;;
   *) PRECISION="${PRESET_PRECISION:-float32}" ;;
 esac
 case "$PRECISION" in float32|mixed_bfloat16|mixed_float16|auto) ;;
@@ -144,9 +160,18 @@ covers() {
 import json, sys
 with open(sys.argv[1]) as fh:
     d = json.load(fh)
-have = {r.get("label") for r in d.get("rows", [])} | set(d.get("ensembles", {}))
+have = ({r.get("label") for r in d.get("rows", [])} | set(d.get("ensembles", {}))
+        | {b.get("label") for b in d.get("by_surrogate", [])})
 sys.exit(0 if set(sys.argv[2:]) <= have else 1)
 PY
+}
+
+# stale FILE DIR...: FILE (an evaluation or analysis) is older than some DIR/metrics.json, i.e. a
+# model it measured was retrained since, so the stage runs again instead of keeping old numbers.
+stale() {
+  local f="$1" d; shift
+  for d in "$@"; do [ "$d/metrics.json" -nt "$f" ] && return 0; done
+  return 1
 }
 
 target_label() {
@@ -170,12 +195,13 @@ run_row() {
     *" ens "*|*" ensdiv "*) case " $roles " in *" static "*) ;; *)
       echo "run_all.sh: row $row trains T_Ens/T_Ens+Div, which need the static role" >&2; exit 2 ;; esac ;;
   esac
-  local targets="" labels="" label
+  local targets="" labels="" label dirs=""
   for role in base div ens ensdiv; do
     case " $roles " in *" $role "*)
       label="$(target_label "$role")"
       targets="${targets:+$targets,}$label=$w/$role"
-      labels="${labels:+$labels }$label" ;;
+      labels="${labels:+$labels }$label"
+      dirs="${dirs:+$dirs }$w/$role" ;;
     esac
   done
   [ -n "$targets" ] || { echo "run_all.sh: row $row trains no target" >&2; exit 2; }
@@ -201,6 +227,9 @@ run_row() {
     if [ -e "$done_eval" ] && ! covers "$done_eval" $labels; then
       echo "== evaluate_${row}: $done_eval lacks some of: $labels; re-running (cached attacks are reused)"
       done_eval=""
+    elif [ -e "$done_eval" ] && stale "$done_eval" $dirs "$w/surrogate"; then
+      echo "== evaluate_${row}: a model was retrained after $done_eval; re-running (cached attacks are reused)"
+      done_eval=""
     fi
     # shellcheck disable=SC2086
     stage "evaluate_${row}" "$done_eval" \
@@ -211,6 +240,95 @@ run_row() {
     local done_an="$RES/$row/analysis/analysis.json"
     if [ -e "$done_an" ] && ! covers "$done_an" $labels; then
       echo "== analyze_${row}: $done_an lacks some of: $labels; re-running"
+      done_an=""
+    elif [ -e "$done_an" ] && stale "$done_an" $dirs; then
+      echo "== analyze_${row}: a model was retrained after $done_an; re-running"
+      done_an=""
+    fi
+    # shellcheck disable=SC2086
+    stage "analyze_${row}" "$done_an" \
+      "$PY" -m tf_divtrain.analyze --ensembles="$targets" \
+      --out_dir="$RES/$row/analysis" $analyze_extra
+  fi
+}
+
+# One record per line, NAME:FLAGFILE_ROLE:EXTRA_FLAGS:LABEL. Targets share the flagfiles' seed 0;
+# S5 is the cpu preset's surrogate (flagfile seed 10); the others have seeds of their own (members
+# are seeded seed * 100 + i, so no surrogate shares a member's initial weights with another).
+METHOD_TARGETS="base:base::T_Base
+div:div::T_Div
+adp:adp::T_ADP
+dverge:dverge::T_DVERGE
+trs:trs::T_TRS"
+METHOD_SURROGATES="s3:surrogate:--ensemble_size=3 --seed=13:S3
+s5:surrogate::S5
+s8:surrogate:--ensemble_size=8 --seed=18:S8
+sdiv:div:--seed=20:S_div"
+
+# specs RECORDS DIR: "LABEL=DIR/NAME,..." of the records' exports.
+specs() {
+  local line name cfg extra label out=""
+  while IFS=: read -r name cfg extra label; do
+    [ -n "$name" ] && out="${out:+$out,}$label=$2/$name"
+  done <<< "$1"
+  echo "$out"
+}
+
+# run_methods ROW EXTRA_TRAIN_FLAGS EVAL_FLAGS ANALYZE_FLAGS (preset cpu-methods)
+# Trains the targets (T_Base, T_Div and the peer methods, flags/<row>_<role>.cfg) and four surrogates
+# (baselines of 3, 5, 8 members; a GAL-trained adaptive attacker), evaluates every target against
+# every surrogate (one Table 2 block each) and analyses the targets. Every training gets the same
+# EXTRA_TRAIN_FLAGS (plus $PRESET_TRAIN_FLAGS), so all models train the same number of steps.
+run_methods() {
+  local row="$1" train_extra="$2" eval_extra="$3" analyze_extra="$4"
+  local w="$WORK/$row" line name cfg extra label jobs
+  local targets surrogates labels slabels dirs sdirs
+  targets="$(specs "$METHOD_TARGETS" "$w")"
+  surrogates="$(specs "$METHOD_SURROGATES" "$w")"
+  dirs="$(echo "$targets" | tr ',' '\n' | cut -d= -f2- | paste -sd' ')"
+  sdirs="$(echo "$surrogates" | tr ',' '\n' | cut -d= -f2- | paste -sd' ')"
+  labels="$(echo "$targets" | tr ',' '\n' | cut -d= -f1 | paste -sd' ')"
+  slabels="$(echo "$surrogates" | tr ',' '\n' | cut -d= -f1 | paste -sd' ')"
+  if want train; then
+    # An array, not a `while read` loop: the training commands must not see the list on stdin.
+    mapfile -t jobs <<< "$METHOD_TARGETS"$'\n'"$METHOD_SURROGATES"
+    for line in "${jobs[@]}"; do
+      IFS=: read -r name cfg extra label <<< "$line"
+      # shellcheck disable=SC2086
+      stage "train_${row}_${name}" "$w/$name/metrics.json" \
+        "$PY" -m tf_divtrain.train --flagfile="flags/${row}_${cfg}.cfg" \
+        --out_dir="$w/$name" $extra --progress=true $train_extra $TRAIN_FLAGS_ALL
+      if [ "$DRY_RUN" = 0 ]; then
+        mkdir -p "$RES/$row/train/$name"
+        cp "$w/$name/metrics.json" "$w/$name/config.json" "$RES/$row/train/$name/"
+        # The load average when the training finished (kept once): was the machine shared?
+        [ -e "$RES/$row/train/$name/loadavg.txt" ] || cat /proc/loadavg > "$RES/$row/train/$name/loadavg.txt" 2>/dev/null || true
+      fi
+    done
+  fi
+  if want evaluate; then
+    local done_eval="$RES/$row/eval/results.json"
+    # shellcheck disable=SC2086
+    if [ -e "$done_eval" ] && ! covers "$done_eval" $labels $slabels; then
+      echo "== evaluate_${row}: $done_eval lacks some of: $labels $slabels; re-running (cached attacks are reused)"
+      done_eval=""
+    elif [ -e "$done_eval" ] && stale "$done_eval" $dirs $sdirs; then
+      echo "== evaluate_${row}: a model was retrained after $done_eval; re-running (cached attacks are reused)"
+      done_eval=""
+    fi
+    # shellcheck disable=SC2086
+    stage "evaluate_${row}" "$done_eval" \
+      "$PY" -m tf_divtrain.evaluate --surrogate_dir="$surrogates" --targets="$targets" \
+      --out_dir="$RES/$row/eval" --cache_dir="$w/adv_cache" $eval_extra
+  fi
+  if want analyze; then
+    local done_an="$RES/$row/analysis/analysis.json"
+    # shellcheck disable=SC2086
+    if [ -e "$done_an" ] && ! covers "$done_an" $labels; then
+      echo "== analyze_${row}: $done_an lacks some of: $labels; re-running"
+      done_an=""
+    elif [ -e "$done_an" ] && stale "$done_an" $dirs; then
+      echo "== analyze_${row}: a model was retrained after $done_an; re-running"
       done_an=""
     fi
     # shellcheck disable=SC2086
@@ -239,6 +357,12 @@ case "$PRESET" in
     run_row mnist_conv3 "--max_steps=$STEPS --log_every=50" \
       "--dataset=mnist --num_examples=1000" \
       "--dataset=mnist --num_examples=500 --gaas_num_examples=100 --transfer_num_examples=100 --transfer_iters=10 --whitebox_iters=20"
+    ;;
+  cpu-methods)
+    STEPS="${CPU_STEPS:-500}"
+    run_methods mnist_conv3 "--max_steps=$STEPS --log_every=50" \
+      "--dataset=mnist --num_examples=1000" \
+      "--dataset=mnist --num_examples=500 --analyses=coherence,transfer,whitebox --transfer_num_examples=100 --transfer_iters=10 --whitebox_iters=20"
     ;;
   cpu-cifar)
     # Budget (float32; quiet 2-core Intel Xeon with AMX, TF 2.21, batch 128, 5 members unless stated).

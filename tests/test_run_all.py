@@ -162,6 +162,25 @@ def test_stage_reruns_when_results_lack_a_target(tmp_path, data_dir):
     assert "lacks some of: T_Base T_Div T_Ens T_Ens+Div" in out and "evaluate_cifar10_resnet20" in cmds
 
 
+def test_stage_reruns_when_a_model_was_retrained_after_it(tmp_path, data_dir):
+    labels = ["T_Base", "T_Div", "T_Ens", "T_Ens+Div"]
+    row = tmp_path / "cpu" / "mnist_conv3"
+    (row / "eval").mkdir(parents=True)
+    (row / "analysis").mkdir()
+    (row / "eval" / "results.json").write_text(json.dumps({"rows": [{"label": l} for l in labels]}))
+    (row / "analysis" / "analysis.json").write_text(json.dumps({"ensembles": {l: {} for l in labels}}))
+    out, cmds = _dry("cpu", tmp_path, data_dir)
+    assert "evaluate_mnist_conv3" not in cmds and "analyze_mnist_conv3" not in cmds
+    div = tmp_path / "cpu" / "work" / "mnist_conv3" / "div"
+    div.mkdir(parents=True)
+    (div / "metrics.json").write_text("{}")
+    t = os.path.getmtime(row / "eval" / "results.json") + 10
+    os.utime(div / "metrics.json", (t, t))  # T_Div retrained after the evaluation and the analysis
+    out, cmds = _dry("cpu", tmp_path, data_dir)
+    assert "evaluate_mnist_conv3: a model was retrained after" in out and "evaluate_mnist_conv3" in cmds
+    assert "analyze_mnist_conv3: a model was retrained after" in out and "analyze_mnist_conv3" in cmds
+
+
 def test_paper_preset_keeps_the_paper_settings(tmp_path, data_dir):
     _, cmds = _dry("paper", tmp_path, data_dir)
     epochs = {"mnist_conv3": "10", "cifar10_conv4": "20", "cifar10_resnet20": "40", "cifar10_mix": "40"}
@@ -275,6 +294,22 @@ def test_report_flags_targets_of_different_lengths(tmp_path):
     assert "The targets trained different lengths" in text
 
 
+def test_report_states_the_training_precision(tmp_path):
+    w = tmp_path / "r" / "work" / "cifar10_conv4"
+    for role, prec in (("surrogate", "float32"), ("base", "mixed_bfloat16"), ("div", "mixed_bfloat16")):
+        (w / role).mkdir(parents=True)
+        m = _metrics("baseline", 100)
+        m["config"]["precision"] = prec
+        (w / role / "metrics.json").write_text(json.dumps(m))
+    text = report.build_report("cpu-cifar", str(tmp_path / "r"))
+    assert "- Training precision: float32 (S), mixed_bfloat16 (T_Base, T_Div)" in text
+    for role in ("base", "div"):
+        m = json.loads((w / role / "metrics.json").read_text())
+        m["config"]["precision"] = "float32"
+        (w / role / "metrics.json").write_text(json.dumps(m))
+    assert "Training precision" not in report.build_report("cpu-cifar", str(tmp_path / "r"))
+
+
 def test_mnist_paper_dry_run_trains_full_epochs_and_evaluates_all_test_images(tmp_path, data_dir):
     out, cmds = _dry("mnist-paper", tmp_path, data_dir, PRESET_TRAIN_FLAGS="--precision=auto")
     roles = ("surrogate", "static", "base", "div", "ens", "ensdiv")
@@ -283,3 +318,141 @@ def test_mnist_paper_dry_run_trains_full_epochs_and_evaluates_all_test_images(tm
         cmd = cmds[f"train_mnist_conv3_{r}"]
         assert "--max_steps" not in cmd and "--precision=auto" in cmd, cmd
     assert "--num_examples=10000" in cmds["evaluate_mnist_conv3"]
+
+
+# ---------------------------------------------------------------------------------------------
+# cpu-methods: GAL next to ADP / DVERGE / TRS against several surrogates (issue 14).
+
+def test_cpu_methods_dry_run_trains_targets_and_four_surrogates(tmp_path, data_dir):
+    out, cmds = _dry("cpu-methods", tmp_path, data_dir, CPU_STEPS="7", PRESET_TRAIN_FLAGS="--log_every=3")
+    assert not (tmp_path / "cpu-methods").exists()  # a dry run writes nothing
+    trains = {k[len("train_mnist_conv3_"):]: v for k, v in cmds.items() if k.startswith("train_")}
+    assert list(trains) == ["base", "div", "adp", "dverge", "trs", "s3", "s5", "s8", "sdiv"]
+    flagfile = {"base": "base", "div": "div", "adp": "adp", "dverge": "dverge", "trs": "trs",
+                "s3": "surrogate", "s5": "surrogate", "s8": "surrogate", "sdiv": "div"}
+    for name, cmd in trains.items():
+        assert f"--flagfile=flags/mnist_conv3_{flagfile[name]}.cfg" in cmd, cmd
+        assert _flag(cmd, "max_steps") == "7" and _flag(cmd, "log_every") == "3", cmd  # one length
+        assert _flag(cmd, "out_dir").endswith(f"/cpu-methods/work/mnist_conv3/{name}")
+        with open(os.path.join(REPO, "flags", f"mnist_conv3_{flagfile[name]}.cfg")) as f:
+            cfg = f.read()
+        seed = _flag(cmd, "seed") or cfg.split("--seed=")[1].split()[0]
+        size = _flag(cmd, "ensemble_size") or cfg.split("--ensemble_size=")[1].split()[0]
+        expected = {"s3": ("13", "3"), "s5": ("10", "5"), "s8": ("18", "8"), "sdiv": ("20", "5")}
+        assert (seed, size) == expected.get(name, ("0", "5")), name  # targets: seed 0, 5 members
+        assert "--batch_size=128\n" in cfg and "--epochs=10\n" in cfg
+    for name in ("adp", "dverge", "trs"):
+        with open(os.path.join(REPO, "flags", f"mnist_conv3_{name}.cfg")) as f:
+            assert f"--mode={name}\n" in f.read()
+    ev = cmds["evaluate_mnist_conv3"]
+    assert [s.split("=")[0] for s in _flag(ev, "surrogate_dir").split(",")] == ["S3", "S5", "S8", "S_div"]
+    assert [t.split("=")[0] for t in _flag(ev, "targets").split(",")] == [
+        "T_Base", "T_Div", "T_ADP", "T_DVERGE", "T_TRS"]
+    assert _flag(ev, "num_examples") == "1000" and _flag(ev, "attacks") is None
+    an = cmds["analyze_mnist_conv3"]
+    assert _flag(an, "analyses") == "coherence,transfer,whitebox" and _flag(an, "num_examples") == "500"
+    assert _flag(an, "transfer_num_examples") == "100" and _flag(an, "whitebox_iters") == "20"
+    assert "--preset=cpu-methods" in cmds["report"]
+    # Resumable: an evaluation that lacks a surrogate block is re-run, a complete one skipped.
+    ev_dir = tmp_path / "cpu-methods" / "mnist_conv3" / "eval"
+    ev_dir.mkdir(parents=True)
+    rows = [{"label": t} for t in ("T_Base", "T_Div", "T_ADP", "T_DVERGE", "T_TRS")]
+    blocks = [{"label": s} for s in ("S3", "S5", "S8")]
+    (ev_dir / "results.json").write_text(json.dumps({"rows": rows, "by_surrogate": blocks}))
+    out, cmds = _dry("cpu-methods", tmp_path, data_dir)
+    assert "lacks some of" in out and "S_div" in out and "evaluate_mnist_conv3" in cmds
+    blocks.append({"label": "S_div"})
+    (ev_dir / "results.json").write_text(json.dumps({"rows": rows, "by_surrogate": blocks}))
+    out, cmds = _dry("cpu-methods", tmp_path, data_dir)
+    assert "evaluate_mnist_conv3" not in cmds and "evaluate_mnist_conv3: done already" in out
+
+
+def _mnist_metrics(mode, steps=500, members=5, acc=0.98, ips=64.0, seconds=1000.0, params="", seed=0):
+    return {"config": {"dataset": "mnist", "mode": mode, "batch_size": 128, "max_steps": steps,
+                       "train_examples": 0, "model": "conv3", "epochs": 10, "learning_rate": 0.001,
+                       "seed": seed, "method_params": params, "gal_lambda": 0.5, "noise_eps": 0.3},
+            "steps": steps, "ensemble_accuracy": acc, "member_accuracy": [acc] * members,
+            "test_gradient_stats": {"gal": 1.0, "coherence": 0.5, "mean_cosine": 0.3},
+            "images_per_sec_this_session": ips, "train_seconds_this_session": seconds}
+
+
+def _block(label, targets, base=0.5):
+    att = ("fgsm", "rfgsm", "ifgsm", "mifgsm", "pgd_cw")
+    rows = [{"label": t, "role": "target", "clean": 0.99,
+             "attacks": {a: {"0.1": base + 0.01 * i, "0.3": base / 10 + 0.01 * i} for a in att},
+             "robust_to_all": {"0.1": 0.4 + 0.01 * i, "0.3": 0.02, "all": 0.01 * i}}
+            for i, t in enumerate(targets)]
+    rows.append({"label": f"{label} (white-box)", "role": "surrogate", "clean": 0.98,
+                 "attacks": {a: {"0.1": 0.1, "0.3": 0.0} for a in att}})
+    return {"label": label, "rows": rows}
+
+
+def _comparison(text):
+    section = text[text.index("## Comparison"):text.index("## Training runs")]
+    return [l for l in section.splitlines() if l.startswith("| T_")]
+
+
+def test_methods_report_one_table_with_not_run_cells(tmp_path):
+    res = tmp_path / "cpu-methods"
+    w = res / "work" / "mnist_conv3"
+    runs = {"base": _mnist_metrics("baseline", ips=160.0), "div": _mnist_metrics("div", ips=48.0),
+            "adp": _mnist_metrics("adp", params="alpha=2,beta=0.5"),
+            "trs": _mnist_metrics("trs", ips=16.0, seconds=4000.0, params="init_eps=0.1,adv_eps=0.2"),
+            "s3": _mnist_metrics("baseline", members=3, seed=13), "s5": _mnist_metrics("baseline", seed=10)}
+    for name, m in runs.items():  # DVERGE, S8 and S_div were not trained
+        (w / name).mkdir(parents=True)
+        (w / name / "metrics.json").write_text(json.dumps(m))
+    train = res / "mnist_conv3" / "train"
+    for name, load in (("base", "0.9 1.1 1.8 2/300 1"), ("trs", "4.1 4.0 3.9 3/300 1")):
+        (train / name).mkdir(parents=True)
+        (train / name / "loadavg.txt").write_text(load)
+    (res / "mnist_conv3" / "eval").mkdir(parents=True)
+    blocks = [_block("S3", ["T_Base", "T_Div", "T_ADP", "T_TRS"]), _block("S5", ["T_Base", "T_Div", "T_ADP", "T_TRS"], 0.6)]
+    results = {"eps": [0.1, 0.3], "attacks": ["fgsm", "rfgsm", "ifgsm", "mifgsm", "pgd_cw"],
+               "rows": blocks[0]["rows"], "by_surrogate": blocks, "dataset": "mnist", "num_examples": 1000, "seed": 0}
+    (res / "mnist_conv3" / "eval" / "results.json").write_text(json.dumps(results))
+    an = {"analyses": ["coherence", "transfer", "whitebox"],
+          "subset_sizes": {"coherence": 500, "transfer": 100, "whitebox": 100},
+          "settings": {"transfer_eps": 0.3, "transfer_iters": 10, "whitebox_eps": [0.1, 0.3], "whitebox_iters": 20},
+          "ensembles": {"T_Base": {"coherence": {"mean": 0.807}, "transfer": {"mean_off_diagonal": 0.995},
+                                   "whitebox": {"worst_case_accuracy": {"0.1": 0.3, "0.3": 0.0}}},
+                        "T_Div": {"coherence": {"mean": 0.041}, "transfer": {"mean_off_diagonal": 0.51},
+                                  "whitebox": {"worst_case_accuracy": {"0.1": 0.78, "0.3": 0.01}}}}}
+    (res / "mnist_conv3" / "analysis").mkdir(parents=True)
+    (res / "mnist_conv3" / "analysis" / "analysis.json").write_text(json.dumps(an))
+    text = report.build_report("cpu-methods", str(res))
+    table = _comparison(text)
+    line = lambda t, s: next(l for l in table if l.startswith(f"| {t} |") and f"| {s} |" in l)  # noqa: E731
+    assert len([l for l in table if "| S3 |" in l]) == 5 and len(table) == 5 * 4  # 5 targets x 4 surrogates
+    base = line("T_Base", "S3")
+    for needle in ("| 99.0 |", "| 50.0 / 5.0 |", "| 40.0 / 2.0 (0.0) |", "| 0.807 | 0.995 | 30.0 / 0.0 |",
+                   "| 0.80 (load 1.8) |"):
+        assert needle in base, (needle, base)
+    assert "| 60.0 / 6.0 |" in line("T_Base", "S5")
+    trs_line = line("T_TRS", "S3")  # 4th target of the block: +0.03
+    assert "| 53.0 / 8.0 |" in trs_line and "| 43.0 / 2.0 (3.0) |" in trs_line
+    # Analyses not run for TRS; its cost: 128 / 16 img/s = 8 s/step, 500 steps in 4000 s, load 3.9 on
+    # this machine's cores (shared if > 1.5 x cores).
+    assert "| not run | not run | not run / not run |" not in trs_line
+    assert trs_line.count("not run") == 3 and "| 8.00 (load 3.9" in trs_line
+    shared = 3.9 > 1.5 * (os.cpu_count() or 1)
+    assert ("shared)" in trs_line) == shared
+    # DVERGE: nothing at all; S8 / S_div: no evaluation blocks -> every cell "not run".
+    dv = line("T_DVERGE", "S5")
+    assert dv.count("not run") == 1 + 5 + 1 + 3 + 1, dv
+    s8 = line("T_Div", "S8")
+    assert "| 99.0 |" in s8 and s8.count("not run") == 6  # clean: the evaluation's (same for every block)
+    for needle in ("# GAL next to ADP, DVERGE and TRS", "500 steps of batch 128 (1.07 epochs)",
+                   "radius was 0.1, 0.11 (of 0.1 → 0.2)", "same seed-0 initial weights", "first 1000 test images",
+                   "coherence on 500 test images", "| S8 | surrogate: baseline, 8 members | not run |",
+                   "alpha = 2.0, beta = 0.5", "init_eps = 0.1, adv_eps = 0.2", "trains from scratch",
+                   "λ = 0.5, D_noise ε = 0.3", "| S3 | surrogate: baseline, 3 members | baseline | 3 | 13 |"):
+        assert needle in text, needle
+
+
+def test_methods_report_with_nothing_run(tmp_path):
+    (tmp_path / "r").mkdir()
+    text = report.build_report("cpu-methods", str(tmp_path / "r"))
+    table = _comparison(text)
+    assert len(table) == 20 and all(l.count("not run") == 11 for l in table), table[0]
+    assert "Transfer evaluation: not run" in text and "Training: not run" in text

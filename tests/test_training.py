@@ -171,7 +171,7 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path, data_dir):
     assert k // 2 <= killed_at < k and not os.path.exists(f"{run}/metrics.json")
     resumed = _cli(args + [f"--out_dir={run}"], data_dir)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"Resumed from" in resumed.stdout + resumed.stderr
+    assert "Resumed from" in resumed.stdout + resumed.stderr
     a = _ckpt_weights(f"{tmp_path}/straight/checkpoints/ckpt-{k}")
     b = _ckpt_weights(f"{run}/checkpoints/ckpt-{k}")
     # 2 members x 10 weight tensors, x3 with Adam's two moments, + iterations, lr, step.

@@ -44,6 +44,11 @@ _API = {
     "TrainConfig": ("training", "TrainConfig"),
     "Trainer": ("training", "Trainer"),
     "run_training": ("training", "train"),
+    # the training loop's hooks (tensorflow/models "actions"): run_training(cfg, hooks=[...])
+    "Hook": ("loop", "Hook"),
+    "LoopState": ("loop", "LoopState"),
+    "NaNGuard": ("loop", "NaNGuard"),
+    "TrainingError": ("loop", "TrainingError"),
     # data (paper §4.1)
     "load_dataset": ("data", "load_dataset"),
     "augment_map": ("data", "augment_map"),
@@ -53,6 +58,7 @@ _API = {
     "export_ensemble": ("export", "export_ensemble"),
     "load_ensemble": ("export", "load_ensemble"),
     # attacks, evaluation (Table 2) and analyses (§4.3-4.4)
+    "map_batches": ("batching", "map_batches"),
     "make_attack": ("attacks", "make_attack"),
     "ATTACKS": ("attacks", "ATTACKS"),
     "evaluate_transfer": ("evaluation", "evaluate"),
@@ -88,6 +94,8 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from tf_divtrain.diversity import DiversityEnsemble  # noqa: F401
     from tf_divtrain.evaluation import evaluate as evaluate_transfer  # noqa: F401
     from tf_divtrain.export import export_ensemble, load_ensemble  # noqa: F401
+    from tf_divtrain.batching import map_batches  # noqa: F401
+    from tf_divtrain.loop import Hook, LoopState, NaNGuard, TrainingError  # noqa: F401
     from tf_divtrain.gal import (coherence, div_loss_per_example, gradient_alignment_loss,  # noqa: F401
                                  member_cross_entropy, member_input_gradients, pair_cosines,
                                  pairwise_cosine)

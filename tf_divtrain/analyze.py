@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
+
+from tf_divtrain import cli_flags
 
 FLAGS = flags.FLAGS
 
@@ -24,8 +26,7 @@ def define_flags(fv=FLAGS) -> None:
     share one process)."""
     flags.DEFINE_string("ensembles", None, "Comma list LABEL=DIR; DIR = a training out_dir or a "
                         "saved_model dir (e.g. T_Base=runs/base,T_Div=runs/div).", flag_values=fv)
-    flags.DEFINE_string("dataset", "mnist", "mnist, fashion_mnist or cifar10 (must match the exports).", flag_values=fv)
-    flags.DEFINE_string("data_dir", None, "Folder with <dataset>.npz; None -> $TF_DIVTRAIN_DATA.", flag_values=fv)
+    cli_flags.define_dataset_flags(fv, default="mnist")
     flags.DEFINE_integer("num_examples", 500, "Test subset size (the first N test images).", flag_values=fv)
     flags.DEFINE_integer("gaas_num_examples", 0, "GAAS uses the first N of the test subset (0 = all).", flag_values=fv)
     flags.DEFINE_integer("transfer_num_examples", 0, "Transfer matrix (and, unless "
@@ -47,10 +48,10 @@ def define_flags(fv=FLAGS) -> None:
                       "Subset of coherence,gaas,transfer,whitebox.", flag_values=fv)
     flags.DEFINE_integer("batch_size", 100, "Batch size of every forward/backward pass.", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Seed of the PGD random starts.", flag_values=fv)
-    flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16", "mixed_float16"],
-                      "Precision the ensembles compute in. Default float32: coherence and GAAS measure "
-                      "cosines near 0 and points near the decision boundary, which bfloat16's 8-bit "
-                      "mantissa would shift; reduced precision is for quick looks only.", flag_values=fv)
+    cli_flags.define_precision_flag(fv, "The ensembles compute in it. Default float32: coherence and "
+                                    "GAAS measure cosines near 0 and points near the decision boundary, "
+                                    "which bfloat16's 8-bit mantissa would shift; reduced precision is "
+                                    "for quick looks only.")
     flags.DEFINE_string("out_dir", "runs/analysis", "Where analysis.json and the PNGs go.", flag_values=fv)
 
 
@@ -91,7 +92,7 @@ def main(argv, fv=None):
         print(line)
     for w in report["warnings"]:
         print(w)
-    print(f"wrote {report['files']['analysis_json']}")
+    logging.info("wrote %s", report["files"]["analysis_json"])
     return 0
 
 

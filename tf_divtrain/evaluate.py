@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from tf_divtrain import attacks as attacks_lib
+from tf_divtrain import cli_flags
 from tf_divtrain import data as data_lib
 from tf_divtrain import evaluation
-from tf_divtrain import precision as precision_lib
 
 FLAGS = flags.FLAGS
 
@@ -68,9 +68,7 @@ def define_flags(fv: flags.FlagValues = FLAGS) -> None:
                         "S5=runs/s5,S_div=runs/sdiv: one Table 2 block each.", **d)
     flags.DEFINE_string("targets", None, "Comma list LABEL=DIR of target exports, e.g. "
                         "T_Base=runs/base,T_Div=runs/div.", **d)
-    flags.DEFINE_string("dataset", None, "mnist | fashion_mnist | cifar10; default: the surrogate's "
-                        "dataset. Every export must have been trained on it.", **d)
-    flags.DEFINE_string("data_dir", None, "Folder with <dataset>.npz; default $TF_DIVTRAIN_DATA.", **d)
+    cli_flags.define_dataset_flags(fv, default=None, default_help="; default: the surrogate's dataset")
     flags.DEFINE_list("eps", None, "L-inf perturbation sizes on the [0, 1] scale; default 0.1,0.3 "
                       "(mnist, fashion_mnist) or 0.03,0.09 (cifar10).", **d)
     flags.DEFINE_list("attacks", list(attacks_lib.ATTACKS),
@@ -83,14 +81,11 @@ def define_flags(fv: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_string("cache_dir", None, "Adversarial-example cache; default <out_dir>/adv_cache.",
                         **d)
     flags.DEFINE_bool("progress", True, "Show a tqdm progress bar per attack.", **d)
-    flags.DEFINE_enum("precision", "float32", list(precision_lib.PRECISIONS), "Precision the "
-                      "surrogate crafts the attacks in; targets are always scored in float32. "
-                      "Reduced precision changes the attack itself (signs of small gradient "
-                      "components), so Table 2 numbers use float32 unless you ask.", **d)
+    cli_flags.define_precision_flag(fv, "The surrogate crafts the attacks in it; targets are always "
+                                    "scored in float32. Reduced precision changes the attack itself "
+                                    "(signs of small gradient components), so Table 2 numbers use "
+                                    "float32 unless you ask.")
     flags.mark_flags_as_required(["surrogate_dir", "targets", "out_dir"], flag_values=fv)
-    flags.register_validator(
-        "dataset", lambda v: v is None or v in data_lib.DATASETS,
-        message=f"--dataset must be one of {', '.join(sorted(data_lib.DATASETS))}.", flag_values=fv)
     flags.register_validator(
         "attacks", lambda v: bool(v) and all(a in attacks_lib.ATTACKS for a in v),
         message=f"--attacks must be a non-empty subset of {','.join(attacks_lib.ATTACKS)}.",
@@ -104,19 +99,22 @@ def define_flags(fv: flags.FlagValues = FLAGS) -> None:
                              "LABEL=DIR, e.g. T_Base=runs/base,T_Div=runs/div.", flag_values=fv)
 
 
-def main(argv):
-    del argv
-    cache_dir = FLAGS.cache_dir or os.path.join(FLAGS.out_dir, "adv_cache")
-    eps = None if FLAGS.eps is None else [float(e) for e in FLAGS.eps]
+def main(argv, fv: flags.FlagValues = None):
+    """Crafts, scores and writes the reports for the flags in ``fv`` (default: the global FLAGS)."""
+    fv = fv if fv is not None else FLAGS
+    if len(argv) > 1:
+        cli_flags.fail(f"unexpected arguments {argv[1:]}")
+    cache_dir = fv.cache_dir or os.path.join(fv.out_dir, "adv_cache")
+    eps = None if fv.eps is None else [float(e) for e in fv.eps]
     try:
         results = evaluation.evaluate(
-            FLAGS.surrogate_dir, FLAGS.targets, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
-            eps=eps, attacks=FLAGS.attacks, num_examples=FLAGS.num_examples,
-            batch_size=FLAGS.batch_size, seed=FLAGS.seed, cache_dir=cache_dir,
-            progress=FLAGS.progress, precision=FLAGS.precision)
+            fv.surrogate_dir, fv.targets, dataset=fv.dataset, data_dir=fv.data_dir,
+            eps=eps, attacks=fv.attacks, num_examples=fv.num_examples,
+            batch_size=fv.batch_size, seed=fv.seed, cache_dir=cache_dir,
+            progress=fv.progress, precision=fv.precision)
     except (evaluation.EvaluationError, data_lib.DataError) as e:
-        raise app.UsageError(str(e)) from None
-    paths = evaluation.write_reports(results, FLAGS.out_dir)
+        cli_flags.fail(e)
+    paths = evaluation.write_reports(results, fv.out_dir)
     print(evaluation.format_table2(results))
     blocks = evaluation.surrogate_blocks(results)
     for b in blocks:
@@ -125,9 +123,10 @@ def main(argv):
             for e, c in per_eps.items():
                 note = " (cached)" if c.get("cached") else ""
                 ips = c.get("images_per_sec")
-                print(f"crafting {a} eps={e}{on}: "
-                      + (f"{ips:.1f} images/s{note}" if ips else f"n/a{note}"))
-    print("Wrote " + ", ".join(paths.values()))
+                logging.info("crafting %s eps=%s%s: %s", a, e, on,
+                             f"{ips:.1f} images/s{note}" if ips else f"n/a{note}")
+    logging.info("wrote %s", ", ".join(paths.values()))
+    return 0
 
 
 def run():

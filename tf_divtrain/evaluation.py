@@ -44,6 +44,8 @@ import numpy as np
 import tensorflow as tf
 
 from tf_divtrain import attacks as attacks_lib
+from tf_divtrain import batching
+from tf_divtrain import labels as labels_lib
 from tf_divtrain import data as data_lib
 from tf_divtrain import export as export_lib
 from tf_divtrain import io_utils, paper
@@ -95,26 +97,8 @@ def check_eps_list(eps: Sequence[float]) -> Tuple[float, ...]:
 
 def parse_targets(spec) -> List[Tuple[str, str]]:
     """``"T_Base=runs/base,T_Div=runs/div"`` (or a list of such items) -> [(label, dir), ...]."""
-    items = spec.split(",") if isinstance(spec, str) else list(spec)
-    out = []
-    for item in items:
-        if isinstance(item, (tuple, list)) and len(item) == 2:
-            item = f"{item[0]}={item[1]}"
-        item = str(item).strip()
-        if not item:
-            continue
-        if "=" not in item:
-            raise EvaluationError(f"Target {item!r} is not LABEL=DIR (e.g. T_Base=runs/base).")
-        label, path = (p.strip() for p in item.split("=", 1))
-        if not label or not path:
-            raise EvaluationError(f"Target {item!r} is not LABEL=DIR (e.g. T_Base=runs/base).")
-        out.append((label, path))
-    if not out:
-        raise EvaluationError("No targets given; pass LABEL=DIR items, e.g. T_Base=runs/base.")
-    labels = [l for l, _ in out]
-    if len(set(labels)) != len(labels) or SURROGATE_LABEL in labels:
-        raise EvaluationError(f"Target labels {labels} must be unique and not {SURROGATE_LABEL!r}.")
-    return out
+    return labels_lib.parse_label_dirs(spec, "Target", "T_Base=runs/base", EvaluationError,
+                                       reserved=(SURROGATE_LABEL,))
 
 
 def check_export_dir(path: str, role: str) -> str:
@@ -126,18 +110,10 @@ def check_export_dir(path: str, role: str) -> str:
 
 
 def check_compatible(model, role: str, dataset: str) -> None:
-    """The export's metadata must match the requested dataset and its input shape."""
-    meta = model.metadata
-    shape = data_lib.DATASETS[dataset][0]
-    if meta.get("dataset") != dataset:
-        raise EvaluationError(f"{role} ({model.path}) was trained on {meta.get('dataset')!r}, but the "
-                              f"evaluation dataset is {dataset!r}; pass matching exports or --dataset.")
-    if tuple(meta.get("input_shape", ())) != tuple(shape):
-        raise EvaluationError(f"{role} ({model.path}) takes inputs of shape {meta.get('input_shape')}, "
-                              f"but {dataset} images are {list(shape)}.")
-    if int(meta.get("num_classes", -1)) != data_lib.DATASETS[dataset][1]:
-        raise EvaluationError(f"{role} ({model.path}) has {meta.get('num_classes')} classes, "
-                              f"{dataset} has {data_lib.DATASETS[dataset][1]}.")
+    """The export's metadata must match the requested dataset, its input shape and classes."""
+    problem = export_lib.dataset_mismatch(model.metadata, dataset)
+    if problem:
+        raise EvaluationError(f"{role} ({model.path}) {problem}; pass matching exports or --dataset.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -174,15 +150,10 @@ def _atomic_save(path: str, array: np.ndarray) -> None:
 def craft(attack_fn, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
           desc: str = "", progress: bool = True) -> np.ndarray:
     """Runs ``attack_fn(x_b, y_b, [seed, b])`` over batches (tqdm bar), returns float32 x_adv."""
-    from tqdm.auto import tqdm
-
-    out = np.empty_like(x, dtype=np.float32)
-    starts = range(0, len(x), batch_size)
-    for b, i in enumerate(tqdm(starts, desc=desc, unit="batch", disable=not progress,
-                               total=len(starts))):
-        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        out[i:i + len(xb)] = attack_fn(xb, yb, tf.constant([seed, b], tf.int64)).numpy()
-    return out
+    out = batching.map_batches(lambda xb, yb, b: attack_fn(xb, yb, tf.constant([seed, b], tf.int64)),
+                               x, y, batch_size=batch_size, with_index=True, progress=progress,
+                               desc=desc)
+    return out.astype(np.float32, copy=False)
 
 
 def craft_cached(surrogate, surrogate_id: str, dataset: str, attack: str, eps: float,
@@ -225,20 +196,14 @@ def craft_cached(surrogate, surrogate_id: str, dataset: str, attack: str, eps: f
 
 def accuracy(model, x: np.ndarray, y: np.ndarray, batch_size: int = 500) -> float:
     """Fraction of argmax(average member softmax) == y (the ensemble's prediction, §4.1)."""
-    correct = 0
-    for i in range(0, len(x), batch_size):
-        p = model.probabilities(tf.convert_to_tensor(x[i:i + batch_size], tf.float32))
-        correct += int(np.sum(np.argmax(np.asarray(p), axis=-1) == y[i:i + batch_size]))
-    return correct / len(x)
+    return float(np.mean(correct_mask(model, x, y, batch_size)))
 
 
 def correct_mask(model, x: np.ndarray, y: np.ndarray, batch_size: int = 500) -> np.ndarray:
     """Per-example bool: argmax(average member softmax) == y. ``mean()`` is :func:`accuracy`."""
-    out = np.empty(len(x), dtype=bool)
-    for i in range(0, len(x), batch_size):
-        p = model.probabilities(tf.convert_to_tensor(x[i:i + batch_size], tf.float32))
-        out[i:i + batch_size] = np.argmax(np.asarray(p), axis=-1) == y[i:i + batch_size]
-    return out
+    pred = batching.map_batches(lambda xb: tf.argmax(model.probabilities(tf.cast(xb, tf.float32)), -1),
+                                x, batch_size=batch_size)
+    return pred == np.asarray(y)
 
 
 def eps_key(eps: float) -> str:
@@ -277,39 +242,8 @@ def parse_surrogates(spec) -> List[Tuple[str, str]]:
     Bare dirs (no ``=``, or an existing path containing one) are labelled ``S``, then ``S2``,
     ``S3``... (skipping labels given explicitly). Labels must be unique.
     """
-    items = spec.split(",") if isinstance(spec, str) else list(spec)
-    parsed = []
-    for item in items:
-        if isinstance(item, (tuple, list)) and len(item) == 2:
-            label, path = (str(p).strip() for p in item)
-        else:
-            item = str(item).strip()
-            if not item:
-                continue
-            if "=" in item and not os.path.exists(item):
-                label, path = (p.strip() for p in item.split("=", 1))
-                if not label:
-                    raise EvaluationError(f"Surrogate {item!r}: empty label; use LABEL=DIR or a "
-                                          f"bare DIR (e.g. S5=runs/s5 or runs/surrogate).")
-            else:
-                label, path = None, item
-        if not path:
-            raise EvaluationError(f"Surrogate {item!r} has no directory; use LABEL=DIR or DIR.")
-        parsed.append((label, path))
-    if not parsed:
-        raise EvaluationError("No surrogate given; pass DIR or LABEL=DIR items, e.g. S=runs/surrogate.")
-    used = {l for l, _ in parsed if l is not None}
-    out, k = [], 1
-    for label, path in parsed:
-        if label is None:
-            while (label := "S" if k == 1 else f"S{k}") in used:
-                k += 1
-            used.add(label)
-        out.append((label, path))
-    labels = [l for l, _ in out]
-    if len(set(labels)) != len(labels):
-        raise EvaluationError(f"Surrogate labels {labels} must be unique.")
-    return out
+    return labels_lib.parse_label_dirs(spec, "Surrogate", "S5=runs/s5 or a bare runs/surrogate",
+                                       EvaluationError, bare_label=lambda k: "S" if k == 1 else f"S{k}")
 
 
 def surrogate_row_label(label: str) -> str:

@@ -25,6 +25,7 @@ from typing import Optional
 
 import tensorflow as tf
 
+from tf_divtrain import data as data_lib
 from tf_divtrain import models as models_lib
 from tf_divtrain import precision as precision_lib
 
@@ -118,6 +119,20 @@ def find_export(path: str) -> str:
         f"No tf_divtrain export found at {path!r} (looked for {path}/{SAVED_MODEL_DIR}/saved_model.pb "
         f"and {path}/saved_model.pb). Train it first with `python -m tf_divtrain.train "
         f"--out_dir={path} ...`, which exports on completion.")
+
+
+def dataset_mismatch(metadata: dict, dataset: str) -> str:
+    """What keeps an export (its ``metadata``) from running on ``dataset``: "" when its dataset
+    name, input shape and number of classes all match, else a sentence fragment naming the
+    difference ("was trained on 'mnist', not 'cifar10'"). Callers add who and how to fix it."""
+    shape, classes = data_lib.DATASETS[dataset][:2]
+    if metadata.get("dataset") != dataset:
+        return f"was trained on {metadata.get('dataset')!r}, not on {dataset!r}"
+    if tuple(metadata.get("input_shape", ())) != tuple(shape):
+        return f"takes inputs of shape {metadata.get('input_shape')}, but {dataset} images are {list(shape)}"
+    if int(metadata.get("num_classes", -1)) != classes:
+        return f"has {metadata.get('num_classes')} classes, {dataset} has {classes}"
+    return ""
 
 
 def load_ensemble(path: str, expect_dataset: Optional[str] = None, precision: str = "float32"):

@@ -130,14 +130,20 @@ def correct_predictions(logits, y):
 
 
 def metric_sums(out: dict, y) -> dict:
-    """Per-replica sums of the step's metrics (the CLI reduces them across replicas)."""
+    """Per-replica sums of the step's metrics (the CLI reduces them across replicas).
+
+    Besides loss, ce, member_ce and train_acc, every other floating-point entry of rank 1 ([B]) of
+    the objective's dict is summed as a metric under its own name (``gal``, ``coherence``, and the
+    methods' ``adp_entropy``, ``trs_cos``, ``dverge_cross_ce``...); other ranks are skipped."""
     sums = {"loss": tf.reduce_sum(out["loss"]), "ce": tf.reduce_sum(tf.reduce_mean(out["ce"], -1)),
             "member_ce": tf.reduce_sum(out["ce"], axis=0),
             "train_acc": tf.reduce_sum(correct_predictions(out["logits"], y)),
             "count": tf.cast(tf.shape(y)[0], tf.float32)}
-    for k in ("gal", "coherence"):
-        if k in out:
-            sums[k] = tf.reduce_sum(out[k])
+    for k, v in out.items():
+        if k in sums or k == "logits" or not isinstance(v, (tf.Tensor, tf.Variable)):
+            continue
+        if v.shape.rank == 1 and v.dtype.is_floating:
+            sums[k] = tf.reduce_sum(tf.cast(v, tf.float32))
     return sums
 
 

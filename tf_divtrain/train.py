@@ -1,7 +1,8 @@
 """Train an ensemble: ``python -m tf_divtrain.train --flagfile=flags/<experiment>.cfg [--flag=value]``.
 
 Modes: baseline, div (Diversity Training, Eq 9), ens_adv (Ensemble Adversarial Training),
-ens_adv_div (both). Writes config.json, checkpoints/, logs/ (TensorBoard), metrics.json and
+ens_adv_div (both), and the peer methods adp, trs, dverge (``--method_params=name=value,...``
+overrides their authors' defaults; see tf_divtrain.methods). Writes config.json, checkpoints/, logs/ (TensorBoard), metrics.json and
 saved_model/ into --out_dir; re-running the same command resumes from the latest checkpoint.
 """
 
@@ -9,10 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 
 from absl import app, flags
 
+from tf_divtrain import cli_flags
 from tf_divtrain import data as data_lib
 from tf_divtrain import models as models_lib
 from tf_divtrain import precision as precision_lib
@@ -25,9 +26,7 @@ def define_flags(fv=FLAGS) -> None:
     """Defines the train flags in ``fv`` (called by ``run()``, not at import, so this CLI and the
     others can be imported into one process). Flag names are the ``TrainConfig`` fields plus the
     thread settings; one validator runs ``TrainConfig.validate`` (no second copy of the rules)."""
-    flags.DEFINE_string("dataset", "mnist", f"One of {sorted(data_lib.DATASETS)}.", flag_values=fv)
-    flags.DEFINE_string("data_dir", None, f"Folder with <dataset>.npz; default ${data_lib.ENV_VAR}, "
-                        "else ~/.cache/tf_divtrain/data.", flag_values=fv)
+    cli_flags.define_dataset_flags(fv, default="mnist")
     flags.DEFINE_bool("download", False, "Fetch a missing dataset through keras.datasets (needs internet).", flag_values=fv)
     flags.DEFINE_string("model", "conv3", f"One of {sorted(models_lib.MODELS)}, 'mix', or a comma list "
                         "of member names (e.g. resnet26,resnet20,conv4,conv3,conv3).", flag_values=fv)
@@ -49,12 +48,17 @@ def define_flags(fv=FLAGS) -> None:
     flags.DEFINE_enum("strategy", "default", list(training.STRATEGIES), "tf.distribute strategy: "
                       "default (one device), mirrored (local GPUs), multi_worker (several processes or "
                       "machines; cluster from $TF_CONFIG, checkpoints written by the chief).", flag_values=fv)
-    flags.DEFINE_enum("precision", "float32", list(precision_lib.CHOICES), "Compute precision: float32, "
-                      "mixed_bfloat16, mixed_float16 (loss-scaled), or auto (mixed_bfloat16 where the "
-                      "hardware runs bfloat16 natively, else float32). Variables, losses, GAL and the "
-                      "export stay float32 (see tf_divtrain/precision.py).", flag_values=fv)
+    cli_flags.define_precision_flag(fv, "mixed_float16 is loss-scaled; auto = mixed_bfloat16 where the "
+                                    "hardware runs bfloat16 natively, else float32. Variables, losses, "
+                                    "GAL and the export stay float32 (see tf_divtrain/precision.py).",
+                                    choices=precision_lib.CHOICES)
     flags.DEFINE_enum("adv_labels", "predicted", list(training.ADV_LABELS), "Labels of the D_adv FGSM: "
                       "the static model's prediction (Kurakin et al. 2016, avoids label leaking) or true.", flag_values=fv)
+    flags.DEFINE_string("method_params", "", "Modes adp, trs, dverge: comma list name=value overriding "
+                        "the method's defaults, e.g. adp: alpha=2,beta=0.5; trs: coeff=2,lamda=2,scale=5,"
+                        "init_eps=0.1,adv_eps=0.2; dverge: eps=0.35,step_size=0.035,steps=10,layer=5. "
+                        "Names and ranges are checked (see tf_divtrain.methods); other modes take none.",
+                        flag_values=fv)
     flags.DEFINE_float("adv_share", 0.5, "Fraction of each batch that is D_adv in the ens_adv modes, "
                        "in (0, 1).", flag_values=fv)
     flags.DEFINE_bool("jit_compile", False, "Compile the train step with XLA.", flag_values=fv)
@@ -117,8 +121,7 @@ def main(argv, fv=None):
     try:
         metrics = training.train(cfg)
     except (training.TrainingError, data_lib.DataError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        cli_flags.fail(e)
     summary = {k: metrics[k] for k in ("steps", "ensemble_accuracy", "member_accuracy",
                                        "test_gradient_stats", "chief") if k in metrics}
     print(json.dumps(summary, indent=2))

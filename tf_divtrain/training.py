@@ -1,4 +1,7 @@
-"""Training: the train step (nested GradientTapes), the loop, checkpoints and resume (paper §3-4).
+"""Training runs (paper §3-4): TrainConfig (one validation), Trainer (ensemble, optimizer, strategy,
+the compiled step) and ``train()``, which composes small named pieces -- data, seeding, out_dir
+guard, checkpoint restore, the loop with its hooks (``tf_divtrain.loop``), final metrics, export.
+The maths of the step is in ``tf_divtrain.step`` (shared with ``DiversityEnsemble``).
 
 Modes and what one batch of ``B`` distinct training images holds (parts of equal size, the
 remainder going to the first part, in this order; see ``data.train_stream``):
@@ -8,6 +11,14 @@ remainder going to the first part, in this order; see ``data.train_stream``):
 * ``ens_adv``      -- {D', D_adv}: CE only. D_adv = FGSM on a static pre-trained model, each example
   with its own epsilon ~ |N(0, sigma = adv_eps / 2)| truncated at 2 sigma (so eps <= adv_eps).
 * ``ens_adv_div``  -- {D', D_noise, D_adv}: Eq 9 (GAL on the whole batch).
+* ``adp`` / ``trs`` / ``dverge`` -- {D'}: the peer methods of issue 14 (``tf_divtrain.methods``:
+  ADP, Pang et al. 2019; TRS, Yang et al. 2021; DVERGE, Yang et al. 2020) with their authors'
+  defaults, overridable with ``method_params="name=value,..."``. The authors train on clean images
+  (plain for MNIST; shifted/cropped and flipped for CIFAR-10); D' is this package's clean augmented
+  source, so every mode sees the same images. Per-epoch schedules (TRS's PGD radius, DVERGE's
+  layer) are set by ``Trainer.begin_epoch``; see ``tf_divtrain.methods.objective`` for DVERGE's
+  target batch (a seeded derangement of the same batch) and the stateless seeds. DVERGE trains from
+  scratch like every other mode (the authors start from a pre-trained baseline by default).
 
 D_adv follows Kurakin et al. 2016 / Tramer et al. 2018 where the paper (§4.2) is silent:
 ``adv_labels="predicted"`` crafts the FGSM with the static model's own predicted labels, not the
@@ -30,44 +41,53 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import keras
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
 from tf_divtrain import attacks as attacks_lib
+from tf_divtrain import batching
 from tf_divtrain import data as data_lib
 from tf_divtrain import export as export_lib
 from tf_divtrain import gal as gal_lib
 from tf_divtrain import io_utils
+from tf_divtrain import loop as loop_lib
+from tf_divtrain import methods as methods_lib
 from tf_divtrain import models as models_lib
 from tf_divtrain import precision as precision_lib
 from tf_divtrain import step as step_lib
+from tf_divtrain.methods.objective import MethodObjective
 
 MODES = {
     "baseline": ("aug",),
     "div": ("aug", "noise"),
     "ens_adv": ("aug", "adv"),
     "ens_adv_div": ("aug", "noise", "adv"),
+    "adp": ("aug",),
+    "trs": ("aug",),
+    "dverge": ("aug",),
 }
 GAL_MODES = ("div", "ens_adv_div")
+METHOD_MODES = tuple(methods_lib.METHODS)  # adp, trs, dverge: objectives from tf_divtrain.methods
+# Method modes whose inner tapes (input gradients, PGD, feature distillation) are not loss-scaled:
+# under mixed_float16 their small gradients could flush to zero, so that precision is refused.
+FLOAT16_UNSCALED = {"trs": "TRS's input-gradient tapes (|cos| and smoothness terms) and its PGD",
+                    "dverge": "DVERGE's feature-distillation tapes"}
 ADV_MODES = ("ens_adv", "ens_adv_div")
 ADV_LABELS = ("predicted", "true")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 # mixed_float16: a non-finite loss makes LossScaleOptimizer skip the step and halve its scale; this
 # many in a row (scale / 2^25) means the run itself diverged, and the NaN guard stops it.
 MAX_SKIPPED_FP16_STEPS = 25
+TrainingError = loop_lib.TrainingError  # a run cannot start or continue (config mismatch, NaN, ...)
 
 def _resumable(default):
     """A config field that may differ when a run is resumed (it does not change the result)."""
     return dataclasses.field(default=default, metadata={"resumable": True})
-
-
-class TrainingError(RuntimeError):
-    """A run cannot start or continue (config mismatch, NaN loss, ...)."""
 
 
 @dataclasses.dataclass
@@ -105,6 +125,10 @@ class TrainConfig:
     precision: str = "float32"  # float32 | mixed_bfloat16 | mixed_float16 (tf_divtrain.precision)
     adv_labels: str = "predicted"  # D_adv FGSM labels: the static model's prediction, or "true"
     adv_share: float = 0.5  # fraction of each batch that is D_adv in the ens_adv modes
+    # Modes adp / trs / dverge: "name=value,..." overriding the method's defaults (see
+    # tf_divtrain.methods). TRS's radius schedule spans --epochs (a resumed run with other
+    # --epochs follows the new schedule from its current epoch on).
+    method_params: str = ""
 
     def validate(self) -> "TrainConfig":
         data_lib.check_dataset_name(self.dataset)
@@ -115,6 +139,7 @@ class TrainConfig:
         if self.mode in GAL_MODES and n < 2:
             raise ValueError(f"mode={self.mode} needs an ensemble of at least 2 members (GAL compares "
                              f"pairs), got {n}; raise --ensemble_size.")
+        self._validate_method()
         if self.gal_lambda < 0:
             raise ValueError(f"gal_lambda must be >= 0, got {self.gal_lambda}.")
         for name in ("noise_eps", "adv_eps"):
@@ -142,6 +167,33 @@ class TrainConfig:
         if self.learning_rate <= 0 or self.epochs < 0 or self.max_steps < 0:
             raise ValueError("learning_rate must be > 0; epochs and max_steps must be >= 0.")
         return self
+
+    def _validate_method(self) -> None:
+        if self.mode not in METHOD_MODES:
+            if self.method_params:
+                raise ValueError(f"method_params={self.method_params!r} is only for the modes "
+                                 f"{', '.join(METHOD_MODES)}; mode={self.mode} takes none (drop "
+                                 f"--method_params, or pick one of those modes).")
+            return
+        names = models_lib.member_names(self.model, self.ensemble_size)
+        if len(names) < 2:
+            raise ValueError(f"mode={self.mode} needs an ensemble of at least 2 members (its diversity "
+                             f"term compares members), got {len(names)}; raise --ensemble_size.")
+        if self.mode == "dverge" and len(set(names)) > 1:
+            raise ValueError(f"mode=dverge distils every member at the same layer index, which needs "
+                             f"members of one architecture (as in the authors' code); got "
+                             f"{', '.join(names)}. Use --model=<one name> with --ensemble_size.")
+        self.method_config()
+        if self.precision == "mixed_float16" and self.mode in FLOAT16_UNSCALED:
+            raise ValueError(f"mode={self.mode} does not support precision=mixed_float16: "
+                             f"{FLOAT16_UNSCALED[self.mode]} are not loss-scaled, so float16 gradients "
+                             f"could flush to zero. Use --precision=mixed_bfloat16 (or float32).")
+
+    def method_config(self):
+        """The validated hyper-parameters of a method mode (defaults + ``method_params``), else None."""
+        if self.mode not in METHOD_MODES:
+            return None
+        return methods_lib.config_from_string(self.mode, self.method_params)
 
     @property
     def members(self):
@@ -194,10 +246,15 @@ def per_example_objective(members, x, y, mode: str, gal_lambda: float, training:
                                    training=training, loss_scale=loss_scale)
 
 
-def objective_for_mode(mode: str, gal_lambda: float) -> step_lib.Objective:
-    """The step objective of a training mode: Eq 9 in GAL modes, mean member CE otherwise."""
+def objective_for_mode(mode: str, gal_lambda: float = 0.5, method_config=None, *, seed: int = 0,
+                       step: Optional[tf.Variable] = None) -> step_lib.Objective:
+    """The step objective of a training mode: Eq 9 in GAL modes; a ``MethodObjective`` in the method
+    modes (``method_config``: the method's config, default its authors' defaults; ``seed`` and the
+    global-step variable ``step`` seed its per-step randomness); mean member CE otherwise."""
     if mode in GAL_MODES:
         return step_lib.DiversityObjective(gal_lambda)
+    if mode in METHOD_MODES:
+        return MethodObjective(mode, method_config, seed=seed, step=step)
     if mode in MODES:
         return step_lib.CrossEntropyObjective()
     raise ValueError(f"Unknown mode {mode!r}; valid: {', '.join(MODES)}.")
@@ -259,8 +316,6 @@ class Trainer:
                  static_model: Optional[Callable] = None,
                  objective: Optional[step_lib.Objective] = None):
         self.cfg = cfg
-        # The step's objective (tf_divtrain.step): the mode's Eq 9 unless one is injected.
-        self.objective = objective or objective_for_mode(cfg.mode, cfg.gal_lambda)
         self.strategy = make_strategy(cfg.strategy)
         if cfg.batch_size % self.strategy.num_replicas_in_sync:
             raise TrainingError(f"batch_size={cfg.batch_size} does not split evenly across "
@@ -278,11 +333,30 @@ class Trainer:
                               if cfg.precision == "mixed_float16" else inner)
             self.optimizer.build(self.ensemble.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+            # The step's objective (tf_divtrain.step): the mode's unless one is injected. Made under
+            # the strategy so a method's schedule variables are mirrored like the weights.
+            self.objective = objective or objective_for_mode(
+                cfg.mode, cfg.gal_lambda, cfg.method_config(), seed=cfg.seed, step=self.step)
         # The checkpoint holds the float32 variables and the *inner* optimizer, so it has the same
         # structure in every precision (a run's weights restore under another precision).
         self.checkpoint = tf.train.Checkpoint(members=self.ensemble.members,
                                               optimizer=inner, step=self.step)
         self._train_step = tf.function(self._distributed_step, jit_compile=cfg.jit_compile)
+        self.begin_epoch(0, max(1, cfg.epochs))  # epoch 0's schedule until the loop says otherwise
+
+    # -- per-epoch schedules (method modes) ----------------------------------------------------
+    def begin_epoch(self, epoch: int, epochs: int) -> dict:
+        """Sets the objective's schedule for ``epoch`` (0-based) of ``epochs``: TRS's PGD radius (a
+        variable the compiled step reads) and DVERGE's distillation layer (the step is retraced once
+        per distinct layer). A no-op for the other modes. ``train()`` calls it at the start of every
+        epoch (through the loop's EpochCallback hook), including the one a resumed run starts in.
+        Returns what was set (for logs/tests)."""
+        begin = getattr(self.objective, "begin_epoch", None)
+        return begin(epoch, epochs, self.ensemble.members) if begin is not None else {}
+
+    def _trace_key(self):
+        """Python state the compiled step's graph depends on (DVERGE's layer), else None."""
+        return getattr(self.objective, "trace_key", None)
 
     # -- one replica's step -------------------------------------------------------------------
     def _replica_step(self, x, y):
@@ -311,7 +385,8 @@ class Trainer:
                                tf.gather(eps, tf.gather_nd(adv_index, rows)), labels=cfg.adv_labels)
         return tf.tensor_scatter_nd_update(x, rows, adv)
 
-    def _distributed_step(self, x, y):
+    def _distributed_step(self, x, y, trace_key=None):
+        del trace_key  # only keys the tf.function trace (see _trace_key)
         per_replica = self.strategy.run(self._replica_step, args=(x, y))
         sums = {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
                 for k, v in per_replica.items()}
@@ -321,7 +396,7 @@ class Trainer:
 
     def train_step(self, x, y):
         """One optimisation step on a global batch (already distributed or plain tensors)."""
-        return self._train_step(x, y)
+        return self._train_step(x, y, self._trace_key())
 
     def distribute(self, dataset: tf.data.Dataset):
         """Global batches -> per-replica batches; replica r always gets global rows [r*b, (r+1)*b).
@@ -380,8 +455,7 @@ def make_predict_fn(ensemble, input_shape) -> Callable:
 def predict_member_logits(ensemble, x: np.ndarray, batch_size: int = 500,
                           predict_fn: Optional[Callable] = None) -> np.ndarray:
     fn = predict_fn or make_predict_fn(ensemble, x.shape[1:])
-    return np.concatenate([fn(tf.constant(x[i:i + batch_size])).numpy()
-                           for i in range(0, len(x), batch_size)], axis=0)
+    return batching.map_batches(fn, x, batch_size=batch_size)
 
 
 def gradient_statistics(members, x: np.ndarray, y: np.ndarray, batch_size: int = 250) -> dict:
@@ -395,18 +469,22 @@ def gradient_statistics(members, x: np.ndarray, y: np.ndarray, batch_size: int =
         pairs = gal_lib.pair_cosines(grads)
         return gal_lib.gal_from_pairs(pairs), gal_lib.coherence_from_pairs(pairs), tf.reduce_mean(pairs, -1)
 
-    out = [stats(tf.constant(x[i:i + batch_size]), tf.constant(y[i:i + batch_size]))
-           for i in range(0, len(x), batch_size)]
-    gal_v, coh, cos = (np.concatenate([o[k].numpy() for o in out]) for k in range(3))
+    gal_v, coh, cos = batching.map_batches(stats, x, y, batch_size=batch_size)
     return {"gal": float(gal_v.mean()), "coherence": float(coh.mean()), "mean_cosine": float(cos.mean())}
 
 
 # ----------------------------------------------------------------------------------------------
-# The loop: config bookkeeping, resume, checkpoints, TensorBoard, NaN guard, export.
+# A run: config bookkeeping, resume, the loop's hooks, final metrics, export.
+
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
 
 def _config_diff(old: dict, new: dict) -> dict:
+    """Non-resumable fields that differ. A field missing from an older config.json counts as its
+    default (runs written before the field existed, e.g. method_params, still resume)."""
     keys = (set(old) | set(new)) - set(RESUMABLE_KEYS)
-    return {k: (old.get(k), new.get(k)) for k in sorted(keys) if old.get(k) != new.get(k)}
+    get_old = lambda k: old.get(k, _FIELD_DEFAULTS.get(k))  # noqa: E731
+    return {k: (get_old(k), new.get(k)) for k in sorted(keys) if get_old(k) != new.get(k)}
 
 
 def prepare_out_dir(cfg: TrainConfig) -> None:
@@ -427,7 +505,7 @@ def prepare_out_dir(cfg: TrainConfig) -> None:
         if cfg.fresh:
             backup = f"{cfg.out_dir.rstrip('/')}.old-{time.strftime('%Y%m%d-%H%M%S')}"
             os.replace(cfg.out_dir, backup)
-            print(f"Moved the previous run to {backup}")
+            logging.warning("Moved the previous run to %s", backup)
     try:
         os.makedirs(cfg.out_dir, exist_ok=True)
         io_utils.atomic_write_json(cfg_path, cfg.to_json(), indent=2, sort_keys=True)
@@ -441,124 +519,146 @@ def load_static_model(path: str, dataset: str, input_shape) -> export_lib.Loaded
         static = export_lib.load_ensemble(path)
     except FileNotFoundError as e:
         raise TrainingError(f"--static_model: {e}") from e
-    if static.dataset != dataset or tuple(static.input_shape) != tuple(input_shape):
-        raise TrainingError(f"--static_model {path} was trained on {static.dataset} "
-                            f"{static.input_shape}, but this run uses {dataset} {tuple(input_shape)}.")
+    problem = export_lib.dataset_mismatch(static.metadata, dataset)
+    if problem:
+        raise TrainingError(f"--static_model {path} {problem}; pass a static model trained on {dataset}.")
     return static
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Runs (or resumes) a training run; returns the metrics written to metrics.json."""
+def seed_everything(cfg: TrainConfig) -> None:
+    """Python / NumPy / TF seeds from ``cfg.seed``; op determinism if ``cfg.deterministic``."""
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def step_budget(cfg: TrainConfig, num_train: int) -> tuple:
+    """(steps per epoch, total steps): ``epochs`` epochs, capped by ``max_steps`` when set."""
+    steps_per_epoch = max(1, num_train // cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps) if cfg.epochs else cfg.max_steps
+    return steps_per_epoch, total
+
+
+def checkpoint_manager(cfg: TrainConfig, trainer: Trainer) -> tuple:
+    """(CheckpointManager, scratch dir or ""), after restoring the latest checkpoint in out_dir.
+
+    Under multi_worker every worker takes part in a save; only the chief's lands in out_dir, the
+    others write to a private scratch dir that is deleted after each save (tf.distribute's
+    documented pattern); every worker restores from the chief's checkpoints.
+    """
+    ckpt_dir = os.path.join(cfg.out_dir, "checkpoints")
+    scratch = "" if trainer.is_chief else os.path.join(
+        cfg.out_dir, ".worker_tmp", f"task_{trainer.strategy.cluster_resolver.task_id}")
+    manager = tf.train.CheckpointManager(trainer.checkpoint, scratch or ckpt_dir, max_to_keep=3)
+    latest = tf.train.latest_checkpoint(ckpt_dir)
+    if latest:
+        trainer.checkpoint.restore(latest).assert_existing_objects_matched()
+        logging.info("Resumed from %s (step %d)", latest, int(trainer.step.numpy()))
+    return manager, scratch
+
+
+def default_hooks(cfg: TrainConfig, trainer: Trainer, ds, manager, scratch: str, start: int,
+                  total: int, schedule_epochs: int) -> list:
+    """The CLI's hooks, in order: NaN guard, progress bar, TensorBoard, checkpoints, and the
+    objective's per-epoch schedule over ``schedule_epochs`` epochs (``Trainer.begin_epoch``)."""
+    ckpt_dir = os.path.join(cfg.out_dir, "checkpoints")
+    writer = (tf.summary.create_file_writer(os.path.join(cfg.out_dir, "logs")) if trainer.is_chief
+              else tf.summary.create_noop_writer())
+    x_val = ds.x_val if ds.x_val is not None else ds.x_test[:1000]
+    y_val = ds.y_val if ds.y_val is not None else ds.y_test[:1000]
+    n_val = min(len(x_val), 500)
+    predict_fn = make_predict_fn(trainer.ensemble, ds.input_shape)
+
+    def val_accuracy() -> float:
+        return evaluate_accuracy(trainer.ensemble, x_val[:n_val], y_val[:n_val],
+                                 predict_fn=predict_fn)["ensemble_accuracy"]
+
+    fp16 = cfg.precision == "mixed_float16"
+    return [
+        loop_lib.NaNGuard(MAX_SKIPPED_FP16_STEPS if fp16 else 0,
+                          lambda: manager.latest_checkpoint or ckpt_dir + " (none yet)"),
+        loop_lib.ProgressBar(total, start, cfg.mode, cfg.progress),
+        loop_lib.TensorBoardLogger(writer, cfg.log_every, val_accuracy),
+        loop_lib.Checkpointer(manager, cfg.checkpoint_every, scratch),
+        loop_lib.EpochCallback(lambda epoch: trainer.begin_epoch(epoch, schedule_epochs)),
+    ]
+
+
+def final_metrics(cfg: TrainConfig, trainer: Trainer, final, ds, loop_out: dict) -> dict:
+    """metrics.json: clean accuracy and gradient statistics of ``final`` (the float32 weights,
+    :func:`float32_ensemble`) on the test subset, the last step's training metrics, and this
+    session's timing."""
+    n_eval = cfg.eval_examples or len(ds.x_test)
+    x_te, y_te = ds.x_test[:n_eval], ds.y_test[:n_eval]
+    seconds, seen = loop_out["seconds"], loop_out["images"]
+    return {
+        "config": cfg.to_json(),
+        "steps": int(trainer.step.numpy()),
+        "test_examples": int(len(x_te)),
+        **evaluate_accuracy(final, x_te, y_te),
+        "test_gradient_stats": gradient_statistics(final.members, x_te[:500], y_te[:500]),
+        "final_train": {k: (v.tolist() if isinstance(v, np.ndarray) else float(v))
+                        for k, v in loop_out["last"].items()},
+        "train_seconds_this_session": seconds,
+        "images_per_sec_this_session": seen / seconds if seen else None,
+    }
+
+
+def float32_ensemble(cfg: TrainConfig, trainer: Trainer, ds):
+    """The trained ensemble in float32 (a float32 copy of the weights under mixed precision):
+    evaluation and the export run in float32 whatever the training precision."""
+    if cfg.precision == "float32":
+        return trainer.ensemble
+    return models_lib.clone_ensemble(trainer.ensemble, cfg.members, ds.input_shape, ds.num_classes,
+                                     "float32")
+
+
+def export_run(cfg: TrainConfig, final, ds, steps: int) -> str:
+    """SavedModel of ``final`` (the float32 ensemble) in ``<out_dir>/saved_model`` with the run's
+    metadata."""
+    export_dir = os.path.join(cfg.out_dir, export_lib.SAVED_MODEL_DIR)
+    meta = {"dataset": cfg.dataset, "input_shape": list(ds.input_shape), "num_classes": ds.num_classes,
+            "models": cfg.members, "mode": cfg.mode, "seed": cfg.seed, "steps": steps,
+            "gal_lambda": cfg.gal_lambda, "trained_precision": cfg.precision}
+    export_lib.export_ensemble(final, export_dir, meta, overwrite=True)
+    return export_dir
+
+
+def train(cfg: TrainConfig, hooks: Optional[Sequence[loop_lib.Hook]] = None) -> dict:
+    """Runs (or resumes) a training run; returns the metrics written to metrics.json.
+
+    ``hooks``: extra :class:`tf_divtrain.loop.Hook` objects, run after the built-in ones
+    (:func:`default_hooks`) after every step.
+    """
     cfg.validate()
+    extra_hooks = loop_lib.as_hooks(hooks)
     t_start = time.time()
     ds = data_lib.load_dataset(cfg.dataset, cfg.data_dir, validation_size=cfg.validation_examples,
                                train_size=cfg.train_examples or None, download=cfg.download)
     static = None
     if cfg.mode in ADV_MODES:
         static = load_static_model(cfg.static_model, cfg.dataset, ds.input_shape)
-    keras.utils.set_random_seed(cfg.seed)
-    if cfg.deterministic:
-        tf.config.experimental.enable_op_determinism()
+    seed_everything(cfg)
     trainer = Trainer(cfg, ds.input_shape, ds.num_classes, static)
-    chief = trainer.is_chief
-    if chief:
+    if trainer.is_chief:
         prepare_out_dir(cfg)
-    ckpt_dir = os.path.join(cfg.out_dir, "checkpoints")
-    # Under multi_worker every worker takes part in a save; only the chief's lands in out_dir, the
-    # others write to a private temp dir that is deleted (tf.distribute's documented pattern).
-    save_dir = ckpt_dir if chief else os.path.join(
-        cfg.out_dir, ".worker_tmp", f"task_{trainer.strategy.cluster_resolver.task_id}")
-    manager = tf.train.CheckpointManager(trainer.checkpoint, save_dir, max_to_keep=3)
-    latest = tf.train.latest_checkpoint(ckpt_dir)
-    if latest:
-        trainer.checkpoint.restore(latest).assert_existing_objects_matched()
-        print(f"Resumed from {latest} (step {int(trainer.step.numpy())})")
-
-    steps_per_epoch = max(1, len(ds.x_train) // cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
-    if cfg.max_steps:
-        total = min(total, cfg.max_steps) if cfg.epochs else cfg.max_steps
+    manager, scratch = checkpoint_manager(cfg, trainer)
+    steps_per_epoch, total = step_budget(cfg, len(ds.x_train))
     start = int(trainer.step.numpy())
     stream = data_lib.train_stream(ds.x_train, ds.y_train, cfg.dataset, cfg.batch_size,
                                    trainer.sources, cfg.resolved_noise_eps(), cfg.seed, start)
-    it = iter(trainer.distribute(stream))
-    writer = (tf.summary.create_file_writer(os.path.join(cfg.out_dir, "logs")) if chief
-              else tf.summary.create_noop_writer())
-    x_eval = ds.x_val if ds.x_val is not None else ds.x_test[:1000]
-    y_eval = ds.y_val if ds.y_val is not None else ds.y_test[:1000]
-
-    predict_fn = make_predict_fn(trainer.ensemble, ds.input_shape)
-    from tqdm.auto import tqdm  # local: only the loop needs it
-
-    bar = tqdm(total=total, initial=start, disable=not cfg.progress, desc=f"{cfg.mode}",
-               unit="step", mininterval=5.0)
-    last = {}
-    skipped = 0  # consecutive non-finite steps (mixed_float16: the loss scaler skips and recovers)
-    seen, t_loop = 0, time.time()
-    for step in range(start, total):
-        x, y = next(it)
-        metrics = {k: v.numpy() for k, v in trainer.train_step(x, y).items()}
-        seen += cfg.batch_size
-        skipped = 0 if np.isfinite(metrics["loss"]) else skipped + 1
-        if skipped and (cfg.precision != "mixed_float16" or skipped > MAX_SKIPPED_FP16_STEPS):
-            raise TrainingError(
-                f"Non-finite loss ({metrics['loss']}) at step {step + 1}; stopped. The last good "
-                f"checkpoint is kept in {manager.latest_checkpoint or ckpt_dir + ' (none yet)'}. "
-                f"Lower --learning_rate or --gal_lambda.")
-        last = metrics
-        ips = seen / max(time.time() - t_loop, 1e-9)
-        post = {"ce": f"{metrics['ce']:.3f}", "img/s": f"{ips:.0f}"}
-        if "gal" in metrics:
-            post.update(gal=f"{metrics['gal']:.3f}", coh=f"{metrics['coherence']:.3f}")
-        bar.set_postfix(post, refresh=False)
-        bar.update(1)
-        done = step + 1
-        if done % cfg.log_every == 0 or done == total:
-            with writer.as_default(step=done):
-                for k, v in metrics.items():
-                    if k == "member_ce":
-                        for i, c in enumerate(v):
-                            tf.summary.scalar(f"train/member_{i}_ce", c)
-                    else:
-                        tf.summary.scalar(f"train/{k}", v)
-                tf.summary.scalar("train/images_per_sec", ips)
-                n_val = min(len(x_eval), 500)
-                acc = evaluate_accuracy(trainer.ensemble, x_eval[:n_val], y_eval[:n_val],
-                                        predict_fn=predict_fn)
-                tf.summary.scalar("val/ensemble_accuracy", acc["ensemble_accuracy"])
-        if done % cfg.checkpoint_every == 0 or done == total or done % steps_per_epoch == 0:
-            manager.save(checkpoint_number=done)
-            if not chief:
-                shutil.rmtree(save_dir, ignore_errors=True)
-    bar.close()
-    train_time = time.time() - t_loop
-    if not chief:
+    schedule_epochs = max(cfg.epochs, -(-total // steps_per_epoch))  # Trainer.begin_epoch's span
+    hook_list = (default_hooks(cfg, trainer, ds, manager, scratch, start, total, schedule_epochs)
+                 + extra_hooks)
+    loop_out = loop_lib.run_loop(trainer.train_step, iter(trainer.distribute(stream)), start, total,
+                                 hook_list, cfg.batch_size, steps_per_epoch)
+    if not trainer.is_chief:
         return {"steps": int(trainer.step.numpy()), "chief": False}
-    # Evaluation and the export run in float32 whatever the training precision (same weights).
-    final = trainer.ensemble
-    if cfg.precision != "float32":
-        final = models_lib.clone_ensemble(trainer.ensemble, cfg.members, ds.input_shape,
-                                          ds.num_classes, "float32")
-        predict_fn = make_predict_fn(final, ds.input_shape)
-
-    n_eval = cfg.eval_examples or len(ds.x_test)
-    x_te, y_te = ds.x_test[:n_eval], ds.y_test[:n_eval]
-    metrics_out = {
-        "config": cfg.to_json(),
-        "steps": int(trainer.step.numpy()),
-        "test_examples": int(len(x_te)),
-        **evaluate_accuracy(final, x_te, y_te, predict_fn=predict_fn),
-        "test_gradient_stats": gradient_statistics(final.members, x_te[:500], y_te[:500]),
-        "final_train": {k: (v.tolist() if isinstance(v, np.ndarray) else float(v)) for k, v in last.items()},
-        "train_seconds_this_session": train_time,
-        "images_per_sec_this_session": seen / train_time if seen else None,
-        "wall_seconds_this_session": time.time() - t_start,
-    }
-    export_dir = os.path.join(cfg.out_dir, export_lib.SAVED_MODEL_DIR)
-    meta = {"dataset": cfg.dataset, "input_shape": list(ds.input_shape), "num_classes": ds.num_classes,
-            "models": cfg.members, "mode": cfg.mode, "seed": cfg.seed, "steps": metrics_out["steps"],
-            "gal_lambda": cfg.gal_lambda, "trained_precision": cfg.precision}
-    export_lib.export_ensemble(final, export_dir, meta, overwrite=True)
+    final = float32_ensemble(cfg, trainer, ds)
+    metrics_out = final_metrics(cfg, trainer, final, ds, loop_out)
+    export_run(cfg, final, ds, metrics_out["steps"])
     metrics_out["wall_seconds_this_session"] = time.time() - t_start
     io_utils.atomic_write_json(os.path.join(cfg.out_dir, "metrics.json"), metrics_out, indent=2)
     return metrics_out

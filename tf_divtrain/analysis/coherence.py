@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 
+from tf_divtrain import batching
 from tf_divtrain import gal
 
 from tf_divtrain.analysis.common import (AnalysisError, _compiled, num_members)
@@ -18,8 +18,5 @@ def coherence_values(ensemble, x: np.ndarray, y: np.ndarray, batch_size: int = 1
     if num_members(ensemble) < 2:
         raise AnalysisError("Coherence needs an ensemble of at least 2 members.")
     c = _compiled(ensemble)
-    out = []
-    for i in range(0, len(x), batch_size):
-        g = c.member_grads(tf.constant(x[i:i + batch_size]), tf.constant(y[i:i + batch_size]))
-        out.append(gal.coherence(g).numpy())
-    return np.concatenate(out, 0)
+    return batching.map_batches(lambda xb, yb: gal.coherence(c.member_grads(xb, yb)), x, y,
+                                batch_size=batch_size)

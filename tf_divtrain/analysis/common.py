@@ -9,6 +9,7 @@ from typing import Callable, Dict
 import numpy as np
 import tensorflow as tf
 
+from tf_divtrain import batching
 from tf_divtrain import gal
 from tf_divtrain import models as models_lib
 from tf_divtrain import paper
@@ -108,12 +109,11 @@ class _Compiled:
 
     def predict(self, x, batch_size: int):
         """(ensemble predictions [B], member predictions [B, N]) as numpy."""
-        ens, mem = [], []
-        for i in range(0, len(x), batch_size):
-            lg = self.logits(tf.constant(x[i:i + batch_size]))
-            ens.append(tf.argmax(models_lib.ensemble_probabilities(lg), -1).numpy())
-            mem.append(tf.argmax(lg, -1).numpy())
-        return np.concatenate(ens), np.concatenate(mem)
+        def both(xb):
+            lg = self.logits(xb)
+            return tf.argmax(models_lib.ensemble_probabilities(lg), -1), tf.argmax(lg, -1)
+
+        return batching.map_batches(both, x, batch_size=batch_size)
 
 
 _COMPILED: Dict[int, _Compiled] = {}
@@ -197,11 +197,9 @@ def _pgd_fn(logits_fn, eps: float, nb_iter: int, image_shape):
 
 
 def _attack_all(fn, x, y, batch_size: int, seed: int, member: int = -1) -> np.ndarray:
-    out = []
-    for b, i in enumerate(range(0, len(x), batch_size)):
-        out.append(fn(tf.constant(x[i:i + batch_size]), tf.constant(y[i:i + batch_size]),
-                      tf.constant([seed, b], tf.int64), tf.constant(member, tf.int32)).numpy())
-    return np.concatenate(out, 0)
+    return batching.map_batches(
+        lambda xb, yb, b: fn(xb, yb, tf.constant([seed, b], tf.int64), tf.constant(member, tf.int32)),
+        x, y, batch_size=batch_size, with_index=True)
 
 
 def _nan_to_none(a) -> list:

@@ -9,6 +9,7 @@ from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence
 import numpy as np
 
 from tf_divtrain import io_utils
+from tf_divtrain import labels as labels_lib
 
 from tf_divtrain.analysis.common import (
     ANALYSES, AnalysisError, BLOCK_MODES, DEFAULT_ATTACK_EPS, DEFAULT_GAAS_EPS, DEFAULT_GAAS_K,
@@ -25,30 +26,8 @@ from tf_divtrain.analysis.plots import (plot_coherence_hist, plot_gaas, plot_tra
 
 def parse_ensembles(spec) -> Dict[str, str]:
     """``"T_Base=runs/base,T_Div=runs/div"`` (or a list / dict) -> ordered {label: dir}."""
-    if isinstance(spec, Mapping):
-        items = list(spec.items())
-    else:
-        parts = spec.split(",") if isinstance(spec, str) else list(spec)
-        items = []
-        for p in parts:
-            p = p.strip()
-            if not p:
-                continue
-            if "=" not in p:
-                raise AnalysisError(f"--ensembles entry {p!r} is not LABEL=DIR (e.g. "
-                                    f"--ensembles=T_Base=runs/base,T_Div=runs/div).")
-            label, path = p.split("=", 1)
-            items.append((label.strip(), path.strip()))
-    if not items:
-        raise AnalysisError("No ensembles given: pass --ensembles=LABEL=DIR[,LABEL=DIR...].")
-    out = {}
-    for label, path in items:
-        if not label:
-            raise AnalysisError(f"Empty label for ensemble dir {path!r}; use LABEL=DIR.")
-        if label in out:
-            raise AnalysisError(f"Duplicate ensemble label {label!r}; labels must be unique.")
-        out[label] = path
-    return out
+    return dict(labels_lib.parse_label_dirs(spec, "Ensemble", "--ensembles=T_Base=runs/base,T_Div=runs/div",
+                                            AnalysisError))
 
 
 def check_analyses(analyses) -> list:
@@ -77,10 +56,8 @@ def load_targets(ensembles: Mapping[str, object], dataset: str,
     ``precision``: what the loaded exports compute in (default float32: the cosines behind
     coherence and GAAS sit near 0, where bfloat16's 8-bit mantissa would change what is measured).
     """
-    from tf_divtrain import data as data_lib
     from tf_divtrain import export as export_lib
 
-    shape, classes, _ = data_lib.DATASETS[dataset]
     for label, t in ensembles.items():
         if isinstance(t, str):
             try:
@@ -91,16 +68,10 @@ def load_targets(ensembles: Mapping[str, object], dataset: str,
     for label, t in ensembles.items():
         if isinstance(t, str):
             ens = export_lib.load_ensemble(t, precision=precision)
-            meta = ens.metadata
-            if meta.get("dataset") != dataset:
-                raise AnalysisError(
-                    f"Ensemble {label!r} ({t}) was trained on {meta.get('dataset')!r} but "
-                    f"--dataset={dataset}; pass --dataset={meta.get('dataset')} or an ensemble "
-                    f"trained on {dataset}.")
-            if tuple(meta.get("input_shape", ())) != tuple(shape) or int(meta.get("num_classes", -1)) != classes:
-                raise AnalysisError(
-                    f"Ensemble {label!r} ({t}) expects input_shape {meta.get('input_shape')} / "
-                    f"{meta.get('num_classes')} classes, but {dataset} has {list(shape)} / {classes}.")
+            problem = export_lib.dataset_mismatch(ens.metadata, dataset)
+            if problem:
+                raise AnalysisError(f"Ensemble {label!r} ({t}) {problem}; pass --dataset="
+                                    f"{ens.metadata.get('dataset')} or an ensemble trained on {dataset}.")
             out[label] = ens
         else:
             out[label] = t

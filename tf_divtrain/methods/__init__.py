@@ -13,6 +13,11 @@ Member outputs are cast to float32 (float64 kept) before any loss maths, so mixe
 
 ``config.objective_kwargs(epoch, epochs)`` gives the hyper-parameter keywords of the objective for an
 epoch (TRS ramps its PGD radius per epoch; DVERGE picks its layer per epoch with ``pick_layer``).
+
+``config_from_string(name, "alpha=2,beta=0.5")`` parses the CLI's ``--method_params`` into a validated
+config (same errors as ``make_config``). ``tf_divtrain.methods.objective.MethodObjective`` wraps a
+method as a training-step objective (``tf_divtrain.step`` protocol) for the Trainer's modes
+``adp`` / ``trs`` / ``dverge``.
 """
 
 from __future__ import annotations
@@ -59,3 +64,57 @@ def make_config(name: str, **overrides):
     if unknown:
         raise ValueError(f"{name}: unknown hyper-parameter(s) {', '.join(unknown)}; valid: {', '.join(fields)}.")
     return dataclasses.replace(defaults, **overrides).validate()
+
+
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def _convert(kind: str, text: str):
+    """``text`` as the field's type; on failure the raw string is returned, so ``validate()`` names
+    the field, the expected type and the valid range (one source of error messages)."""
+    low = text.strip().lower()
+    if kind.startswith("Optional[") and low in ("none", ""):
+        return None
+    kind = kind[len("Optional["):-1] if kind.startswith("Optional[") else kind
+    try:
+        if kind == "bool":
+            if low in _TRUE or low in _FALSE:
+                return low in _TRUE
+            return text
+        if kind == "int":
+            try:
+                return int(low)
+            except ValueError:
+                return float(low)  # 1.5 -> "must be an integer" from validate()
+        if kind == "float":
+            return float(low)
+    except ValueError:
+        return text
+    return text
+
+
+def parse_params(name: str, text: str) -> dict:
+    """``"alpha=2,beta=0.5"`` -> ``{"alpha": 2.0, "beta": 0.5}`` typed by ``name``'s config fields
+    (bools: true/false/1/0/yes/no; ``layer=none``). Unknown names are kept (``make_config`` rejects
+    them); malformed items and repeated names raise ValueError."""
+    fields = {f.name: f for f in dataclasses.fields(get_method(name).defaults)}
+    out = {}
+    for item in (text or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"{name}: method_params item {item!r} is not name=value; write e.g. "
+                             f"--method_params={next(iter(fields))}=<value>,... (valid names: "
+                             f"{', '.join(fields)}).")
+        if key in out:
+            raise ValueError(f"{name}: method_params sets {key!r} twice.")
+        out[key] = _convert(str(fields[key].type), value) if key in fields else value
+    return out
+
+
+def config_from_string(name: str, text: str):
+    """The validated config of method ``name`` from a ``--method_params`` string (empty = defaults)."""
+    return make_config(name, **parse_params(name, text))
