@@ -162,7 +162,12 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path, data_dir):
                             env=_env(data_dir), cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not os.path.exists(f"{run}/checkpoints/ckpt-{k // 2}.index"):
+
+    def latest_step():  # what a resume would see: the checkpoint state file, not a half-written save
+        latest = tf.train.latest_checkpoint(f"{run}/checkpoints")
+        return int(latest.rsplit("-", 1)[1]) if latest else 0
+
+    while latest_step() < k // 2:
         assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
