@@ -38,6 +38,11 @@ train() {  # train VARIANT ROLE LABELS SHARE
   mkdir -p "$RES/train/$v"
   cp "$out/metrics.json" "$out/config.json" "$RES/train/$v/"
 }
+# The new-default variants are the cpu preset's own T_Ens / T_Ens+Div: keep their run records too.
+for pair in "ens_pred_half:ens" "ensdiv_pred_half:ensdiv"; do
+  mkdir -p "$RES/train/${pair%%:*}"
+  cp "$W/${pair#*:}/metrics.json" "$W/${pair#*:}/config.json" "$RES/train/${pair%%:*}/"
+done
 train ens_true_half ens true 0.5
 train ensdiv_true_half ensdiv true 0.5
 train ensdiv_pred_third ensdiv predicted 0.333
