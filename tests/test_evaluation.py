@@ -161,6 +161,12 @@ def test_cli_end_to_end(exports, tmp_path, data_dir):
         for e in ("0.1", "0.3"):
             assert rta[e] <= min(r["attacks"][a][e] for a in attacks.ATTACKS) + 1e-12
         assert rta["all"] <= min(rta["0.1"], rta["0.3"]) + 1e-12
+    for r in res["rows"]:  # per-example correctness agrees with every stored accuracy
+        assert evaluation.per_example_mask(r).mean() == pytest.approx(r["clean"])
+        for a in attacks.ATTACKS:
+            for e in ("0.1", "0.3"):
+                assert evaluation.per_example_mask(r, a, e).shape == (60,)
+                assert evaluation.per_example_mask(r, a, e).mean() == pytest.approx(r["attacks"][a][e])
     assert res["schema_version"] == 2 and len(res["by_surrogate"]) == 1  # bare dir -> one block "S"
     assert res["by_surrogate"][0]["label"] == "S" and res["by_surrogate"][0]["rows"] == res["rows"]
 
@@ -272,7 +278,7 @@ def test_surrogate_block_robust_to_all_on_fake_models(monkeypatch):
 
     monkeypatch.setattr(evaluation, "craft_cached", fake_craft)
     target, sur = FakeModel(0, "a"), FakeModel(1, "s")
-    block = evaluation._surrogate_block("S_x", sur, "fp", [("A", target)], {"A": 1.0}, x, y, "mnist",
+    block = evaluation._surrogate_block("S_x", sur, "fp", [("A", target)], {"A": np.ones(5, bool)}, x, y, "mnist",
                                         ("fgsm", "ifgsm"), (0.1, 0.3), "unused", 2, 0, False, {},
                                         "float32")
     assert len(crafted) == 4  # one crafting per cell, nothing extra for robust-to-all
@@ -282,6 +288,10 @@ def test_surrogate_block_robust_to_all_on_fake_models(monkeypatch):
                                       "all": pytest.approx(0.2)}
     assert s_row["label"] == "S_x (white-box)" and s_row["clean"] == 1.0
     assert s_row["robust_to_all"] == {"0.1": 0.0, "0.3": 0.0, "all": 0.0}
+    for (a, e), ok in HAND.items():  # per-example correctness stored for the paired tests
+        np.testing.assert_array_equal(evaluation.per_example_mask(a_row, a, e), np.array(ok, bool))
+        assert not evaluation.per_example_mask(s_row, a, e).any()
+    assert evaluation.per_example_mask(a_row).all() and a_row["clean"] == 1.0
     assert block["label"] == "S_x" and block["surrogate"]["fingerprint"] == "fp"
     # the Markdown / CSV reports of that block
     res = {"dataset": "mnist", "num_examples": 5, "eps": [0.1, 0.3], "attacks": ["fgsm", "ifgsm"],

@@ -26,6 +26,10 @@ Additions (issue 14):
   the old schema keep working), and ``by_surrogate`` lists one block per surrogate, the first
   included: ``{"label", "surrogate": {path, fingerprint, metadata}, "rows", "crafting"}``. Use
   :func:`surrogate_blocks` to read either version.
+* **Per-example correctness** per row (clean and every cell), so reports can test an ordering's
+  significance on the same images (:mod:`tf_divtrain.stats`): ``row["per_example"] = {"n",
+  "encoding": "packbits-base64", "clean": str, "attacks": {attack: {eps_key: str}}}``; read it
+  with :func:`per_example_mask` (``None`` for results written before it existed).
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from tf_divtrain import batching
 from tf_divtrain import labels as labels_lib
 from tf_divtrain import data as data_lib
 from tf_divtrain import export as export_lib
-from tf_divtrain import io_utils, paper
+from tf_divtrain import io_utils, paper, stats
 
 DEFAULT_EPS = paper.TABLE2_EPS
 SURROGATE_LABEL = "S (white-box)"
@@ -233,6 +237,17 @@ def robust_to_all(correct: Dict[Tuple[str, str], np.ndarray]) -> Dict[str, float
     return out
 
 
+def per_example_mask(row: dict, attack: Optional[str] = None,
+                     eps: Optional[str] = None) -> Optional[np.ndarray]:
+    """The row's per-example correctness, clean (no ``attack``) or under ``attack`` at ``eps``
+    (an :func:`eps_key`); ``None`` when the results file predates per-example storage."""
+    pe = row.get("per_example")
+    if not pe:
+        return None
+    text = pe["clean"] if attack is None else pe["attacks"].get(attack, {}).get(eps)
+    return None if text is None else stats.decode_mask(text, int(pe["n"]))
+
+
 # ----------------------------------------------------------------------------------------------
 # Several surrogates.
 
@@ -329,7 +344,7 @@ def evaluate(surrogate_dir, targets, dataset: Optional[str] = None,
     ds = data_lib.load_dataset(dataset, data_dir, test_size=num_examples)
     x, y = ds.x_test, ds.y_test
     cache_dir = cache_dir or os.path.join("adv_cache")
-    target_clean = {label: accuracy(m, x, y, batch_size) for label, m in target_models}
+    target_clean = {label: correct_mask(m, x, y, batch_size) for label, m in target_models}
 
     blocks = []
     for label, sm, sur in surrogates:
@@ -357,12 +372,17 @@ def _surrogate_block(label, surrogate, sur_id, target_models, target_clean, x, y
                      precision) -> dict:
     """Crafts every (attack, eps) on one surrogate and scores every target plus the surrogate
     itself (white-box row). Returns ``{"label", "surrogate", "rows", "crafting"}``."""
+    clean = [target_clean[t_label] for t_label, _ in target_models]
+    clean.append(correct_mask(surrogate, x, y, batch_size))
     rows = [{"label": t_label, "role": "target", "path": m.path, "metadata": m.metadata,
-             "clean": target_clean[t_label], "attacks": {a: {} for a in attacks}}
+             "attacks": {a: {} for a in attacks}}
             for t_label, m in target_models]
     rows.append({"label": surrogate_row_label(label), "role": "surrogate", "path": surrogate.path,
-                 "metadata": surrogate.metadata, "clean": accuracy(surrogate, x, y, batch_size),
-                 "attacks": {a: {} for a in attacks}})
+                 "metadata": surrogate.metadata, "attacks": {a: {} for a in attacks}})
+    for row, c in zip(rows, clean):
+        row["clean"] = float(np.mean(c))
+        row["per_example"] = {"n": int(len(c)), "encoding": stats.ENCODING,
+                              "clean": stats.encode_mask(c), "attacks": {a: {} for a in attacks}}
     crafting = {a: {} for a in attacks}
     models_by_row = [m for _, m in target_models] + [surrogate]
     correct = [{} for _ in rows]  # per row: (attack, eps_key) -> per-example bool
@@ -378,6 +398,7 @@ def _surrogate_block(label, surrogate, sur_id, target_models, target_clean, x, y
             for row, m, c in zip(rows, models_by_row, correct):
                 c[(a, eps_key(e))] = correct_mask(m, x_adv, y, batch_size)
                 row["attacks"][a][eps_key(e)] = float(np.mean(c[(a, eps_key(e))]))
+                row["per_example"]["attacks"][a][eps_key(e)] = stats.encode_mask(c[(a, eps_key(e))])
     for row, c in zip(rows, correct):
         row["robust_to_all"] = robust_to_all(c)
     return {"label": label,

@@ -24,7 +24,9 @@ from absl import app, flags, logging
 
 from tf_divtrain import attacks as attacks_lib
 from tf_divtrain import cli_flags
+from tf_divtrain import evaluation
 from tf_divtrain import io_utils
+from tf_divtrain import stats as stats_lib
 from tf_divtrain.evaluation import eps_key as _eps_key
 
 ROLES = (("surrogate", "S"), ("static", "static"), ("base", "T_Base"), ("div", "T_Div"),
@@ -173,6 +175,7 @@ def ordering_checks(results: Optional[dict], analysis: Optional[dict]) -> List[s
                        f"{', '.join(missing)} {NOT_RUN}.")
             continue
         held = total = 0
+        sig_held = sig_failed = tested = 0
         cells = []
         for a in attacks:
             for e in eps:
@@ -180,10 +183,22 @@ def ordering_checks(results: Optional[dict], analysis: Optional[dict]) -> List[s
                 ok = b > w if strict else b >= w
                 held += ok
                 total += 1
+                cmp = _paired(ours[better], ours[worse], a, e)
+                if cmp is not None:
+                    tested += 1
+                    sig = cmp["p_value"] < stats_lib.ALPHA
+                    sig_held += ok and sig
+                    sig_failed += (not ok) and sig
                 cells.append(f"{ATTACK_NAMES[a]}@{e}: {_pct(b)} vs {_pct(w)} "
-                             f"{'holds' if ok else '**does not hold**'}")
-        out.append(f"- **{better} {rel} {worse}** under attack: holds in {held} of {total} cells. "
-                   + "; ".join(cells) + ".")
+                             f"{'holds' if ok else '**does not hold**'}"
+                             + (f" ({stats_lib.describe(cmp)})" if cmp is not None else ""))
+        sig_text = (f" Paired on the same images (McNemar exact, two-sided, per cell, uncorrected): "
+                    f"the difference is significant at p < {stats_lib.ALPHA:g} in {sig_held} of the "
+                    f"{held} cells that hold and in {sig_failed} of the {total - held} that do not."
+                    if tested == total else
+                    " (No per-example results: re-run evaluate to test significance.)")
+        out.append(f"- **{better} {rel} {worse}** under attack: holds in {held} of {total} cells."
+                   + sig_text + " " + "; ".join(cells) + ".")
         cb, cw = ours[better]["clean"], ours[worse]["clean"]
         out.append(f"  Clean accuracy: {better} {_pct(cb)} vs {worse} {_pct(cw)} (the paper expects "
                    f"a small drop for the diverse ensemble).")
@@ -207,6 +222,15 @@ def ordering_checks(results: Optional[dict], analysis: Optional[dict]) -> List[s
             out.append(f"- **Fewer GAAS directions for {div} than {base}** (Fig. 5): not checked — "
                        f"GAAS of {', '.join(t for t in (div, base) if t not in gaas)} {NOT_RUN}.")
     return out
+
+
+def _paired(row_a: dict, row_b: dict, attack: str, eps: str) -> Optional[dict]:
+    """Paired comparison of two targets' correctness on one cell, or None without per-example data."""
+    ma = evaluation.per_example_mask(row_a, attack, eps)
+    mb = evaluation.per_example_mask(row_b, attack, eps)
+    if ma is None or mb is None or ma.shape != mb.shape:
+        return None
+    return stats_lib.paired_comparison(ma, mb)
 
 
 def _gaas_check(div: str, base: str, gd: dict, gb: dict) -> str:

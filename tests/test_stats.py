@@ -1,0 +1,107 @@
+"""Paired significance (tf_divtrain.stats) against independent computations."""
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from tf_divtrain import evaluation, report, stats
+
+
+def test_mask_roundtrip_and_errors():
+    rng = np.random.default_rng(0)
+    for n in (1, 7, 8, 9, 1000, 1003):
+        m = rng.random(n) < 0.4
+        text = stats.encode_mask(m)
+        assert len(text) == 4 * math.ceil(math.ceil(n / 8) / 3)  # base64 of ceil(n/8) bytes
+        np.testing.assert_array_equal(stats.decode_mask(text, n), m)
+    with pytest.raises(stats.StatsError, match="expected 10 examples"):
+        stats.decode_mask(stats.encode_mask(np.ones(20, bool)), 10)
+    with pytest.raises(stats.StatsError, match="not valid"):
+        stats.decode_mask("%%%", 3)
+    with pytest.raises(stats.StatsError, match="1-D"):
+        stats.encode_mask(np.ones((2, 2), bool))
+
+
+def _exact_two_sided(b: int, c: int) -> float:
+    """Independent: doubled smaller binomial tail in exact rational arithmetic, capped at 1."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(Fraction(math.comb(n, k), 2 ** n) for k in range(min(b, c) + 1))
+    return float(min(Fraction(1), 2 * tail))
+
+
+def test_mcnemar_exact_against_rational_enumeration():
+    for b in range(0, 25):
+        for c in range(0, 25):
+            assert stats.mcnemar_exact_p(b, c) == pytest.approx(_exact_two_sided(b, c), rel=1e-9, abs=1e-15)
+    assert stats.mcnemar_exact_p(0, 10) == pytest.approx(2 / 1024)  # 2 * 0.5**10
+    with pytest.raises(stats.StatsError):
+        stats.mcnemar_exact_p(-1, 2)
+
+
+def test_paired_comparison_hand_case_and_interval():
+    a = np.array([1, 1, 0, 0, 1, 1, 1, 0], bool)
+    b = np.array([1, 0, 1, 0, 0, 0, 1, 0], bool)
+    r = stats.paired_comparison(a, b)
+    assert (r["only_a"], r["only_b"], r["n"]) == (3, 1, 8)
+    assert r["diff"] == pytest.approx(a.mean() - b.mean()) == pytest.approx(0.25)
+    assert r["p_value"] == pytest.approx(_exact_two_sided(3, 1))  # 2 * 5/16 = 0.625
+    d_i = a.astype(float) - b.astype(float)  # independent: per-example differences
+    se = np.std(d_i) / np.sqrt(len(d_i))  # population std / sqrt(n) = the paired Wald s.e.
+    assert r["ci95"][0] == pytest.approx(d_i.mean() - 1.959964 * se, abs=1e-6)
+    assert r["ci95"][1] == pytest.approx(d_i.mean() + 1.959964 * se, abs=1e-6)
+    same = stats.paired_comparison(a, a)
+    assert same["p_value"] == 1.0 and same["ci95"] == (0.0, 0.0)
+    with pytest.raises(stats.StatsError, match="one length"):
+        stats.paired_comparison(a, b[:5])
+
+
+def test_false_positive_rate_under_the_null():
+    """Two models equally good, errors independent: p < 0.05 in at most ~5 % of tables."""
+    rng = np.random.default_rng(1)
+    hits = sum(stats.paired_comparison(rng.random(300) < 0.6, rng.random(300) < 0.6)["p_value"] < 0.05
+               for _ in range(400))
+    assert hits / 400 <= 0.08
+
+
+def _row(label, clean, cells):
+    """A results row with per-example data; ``cells`` = {(attack, eps): bool array}."""
+    n = len(clean)
+    row = {"label": label, "role": "target", "clean": float(np.mean(clean)), "attacks": {},
+           "per_example": {"n": n, "encoding": stats.ENCODING, "clean": stats.encode_mask(clean),
+                           "attacks": {}}}
+    for (a, e), m in cells.items():
+        row["attacks"].setdefault(a, {})[e] = float(np.mean(m))
+        row["per_example"]["attacks"].setdefault(a, {})[e] = stats.encode_mask(m)
+    return row
+
+
+def test_report_ordering_checks_state_significance():
+    n = 200
+    good = np.ones(n, bool)
+    weak = np.zeros(n, bool)
+    weak[:100] = True
+    near = good.copy()
+    near[:1] = False  # one image fewer than `good`
+    rows = [_row("T_Base", good, {("fgsm", "0.1"): weak, ("fgsm", "0.3"): weak}),
+            _row("T_Div", good, {("fgsm", "0.1"): good, ("fgsm", "0.3"): near}),
+            _row("T_Ens", good, {("fgsm", "0.1"): good, ("fgsm", "0.3"): good}),
+            _row("T_Ens+Div", good, {("fgsm", "0.1"): good, ("fgsm", "0.3"): near})]
+    res = {"eps": [0.1, 0.3], "attacks": ["fgsm"], "rows": rows}
+    np.testing.assert_array_equal(evaluation.per_example_mask(rows[1], "fgsm", "0.3"), near)
+    np.testing.assert_array_equal(evaluation.per_example_mask(rows[0]), good)
+    text = "\n".join(report.ordering_checks(res, None))
+    assert "**T_Div > T_Base** under attack: holds in 2 of 2 cells." in text
+    assert "significant at p < 0.05 in 2 of the 2 cells that hold and in 0 of the 0" in text
+    assert "**T_Ens+Div ≥ T_Ens** under attack: holds in 1 of 2 cells." in text
+    assert "in 0 of the 1 cells that hold and in 0 of the 1 that do not" in text
+    assert "FGSM@0.3: 99.5 vs 100.0 **does not hold** (+0/−1 images, McNemar p = 1, within noise)" in text
+    # results written before per-example storage: the check still runs and says why no test
+    for r in rows:
+        del r["per_example"]
+    assert evaluation.per_example_mask(rows[0], "fgsm", "0.1") is None
+    text = "\n".join(report.ordering_checks(res, None))
+    assert "holds in 2 of 2 cells. (No per-example results" in text

@@ -1,0 +1,83 @@
+"""Paired significance of accuracy differences between two models on the same test images.
+
+Table 2's orderings (T_Div > T_Base, T_Ens+Div >= T_Ens) compare two targets on the *same*
+adversarial examples, so the right test is paired: only the discordant examples carry evidence
+-- ``only_a`` (model A right, B wrong) and ``only_b`` (B right, A wrong). Under "no difference"
+each discordant example is equally likely to fall either way, so ``only_a ~ Binomial(only_a +
+only_b, 1/2)``: McNemar's exact test (McNemar 1947), two-sided, via ``scipy.stats.binomtest``.
+The 95 % interval of the accuracy difference is the Wald interval for paired proportions,
+``d +- 1.96 * sqrt(only_a + only_b - n d^2) / n`` with ``d = (only_a - only_b) / n``
+(Agresti, *Categorical Data Analysis*, §10.1). The test is per cell, not corrected for the ten
+cells of a row; the report says so.
+
+Per-example correctness is stored in ``results.json`` as :func:`encode_mask` strings (1,000
+images -> 168 characters), so a report can test any pair of rows without the models.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from typing import Dict
+
+import numpy as np
+
+ENCODING = "packbits-base64"
+ALPHA = 0.05
+
+
+class StatsError(ValueError):
+    """Malformed per-example data (lengths, encoding)."""
+
+
+def encode_mask(mask) -> str:
+    """1-D bool array -> base64 of ``np.packbits`` (big-endian bit order, zero-padded)."""
+    m = np.asarray(mask)
+    if m.ndim != 1:
+        raise StatsError(f"encode_mask needs a 1-D array, got shape {m.shape}.")
+    return base64.b64encode(np.packbits(m.astype(bool)).tobytes()).decode("ascii")
+
+
+def decode_mask(text: str, n: int) -> np.ndarray:
+    """Inverse of :func:`encode_mask` for ``n`` examples."""
+    try:
+        raw = np.frombuffer(base64.b64decode(text.encode("ascii"), validate=True), dtype=np.uint8)
+    except (ValueError, TypeError) as e:
+        raise StatsError(f"per-example mask is not valid {ENCODING}: {e}") from None
+    if len(raw) != (n + 7) // 8:
+        raise StatsError(f"per-example mask holds {len(raw) * 8} bits, expected {n} examples "
+                         f"({(n + 7) // 8} bytes); the results file is inconsistent, re-run evaluate.")
+    return np.unpackbits(raw)[:n].astype(bool)
+
+
+def mcnemar_exact_p(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant counts (1.0 when there are none)."""
+    if only_a < 0 or only_b < 0:
+        raise StatsError(f"discordant counts must be >= 0, got {only_a}, {only_b}.")
+    if only_a + only_b == 0:
+        return 1.0
+    from scipy.stats import binomtest  # scipy ships with cleverhans; imported lazily
+    return float(binomtest(int(only_a), int(only_a + only_b), 0.5, alternative="two-sided").pvalue)
+
+
+def paired_comparison(correct_a, correct_b) -> Dict[str, float]:
+    """Accuracy of A minus accuracy of B on the same examples, with McNemar's exact p-value and
+    a 95 % Wald interval (module docstring). Inputs: 1-D bool arrays of one length."""
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    if a.ndim != 1 or a.shape != b.shape or a.size == 0:
+        raise StatsError(f"paired_comparison needs two non-empty 1-D arrays of one length, got "
+                         f"{a.shape} and {b.shape}.")
+    n = a.size
+    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    d = (only_a - only_b) / n
+    half = 1.959963984540054 * math.sqrt(max(only_a + only_b - n * d * d, 0.0)) / n
+    return {"n": n, "acc_a": float(a.mean()), "acc_b": float(b.mean()), "diff": d,
+            "only_a": only_a, "only_b": only_b, "p_value": mcnemar_exact_p(only_a, only_b),
+            "ci95": (d - half, d + half)}
+
+
+def describe(cmp: Dict[str, float]) -> str:
+    """Short text for a report cell: discordant counts, p-value, significance at ALPHA."""
+    sig = "significant" if cmp["p_value"] < ALPHA else "within noise"
+    return (f"+{cmp['only_a']}/−{cmp['only_b']} images, McNemar p = {cmp['p_value']:.2g}, "
+            f"{sig}")
