@@ -105,3 +105,29 @@ def test_report_ordering_checks_state_significance():
     assert evaluation.per_example_mask(rows[0], "fgsm", "0.1") is None
     text = "\n".join(report.ordering_checks(res, None))
     assert "holds in 2 of 2 cells. (No per-example results" in text
+
+
+def test_methods_report_paired_table(tmp_path):
+    n = 100
+    half = np.zeros(n, bool)
+    half[:50] = True
+    every = np.ones(n, bool)
+    cells = lambda m: {(a, e): m for a in ("fgsm", "ifgsm") for e in ("0.1", "0.3")}  # noqa: E731
+    rows = [_row("T_Base", every, cells(half)), _row("T_Div", every, cells(every)),
+            _row("T_ADP", every, cells(half))]
+    rows.append({k: v for k, v in _row("T_TRS", every, cells(every)).items() if k != "per_example"})
+    res = {"eps": [0.1, 0.3], "attacks": ["fgsm", "ifgsm"], "rows": rows, "dataset": "mnist",
+           "num_examples": n, "seed": 0,
+           "by_surrogate": [{"label": "S5", "surrogate": {}, "rows": rows, "crafting": {}}]}
+    d = tmp_path / "mnist_conv3" / "eval"
+    d.mkdir(parents=True)
+    (d / "results.json").write_text(__import__("json").dumps(res))
+    from tf_divtrain.report import methods
+
+    lines = methods.paired_table(str(tmp_path))
+    assert "| S5 | T_Div | T_Base | 4 of 4 | 4 | 0 | +50.0 pp, p = 1.8e-15 |" in lines  # 2 * 0.5**50
+    assert "| S5 | T_ADP | T_Base | 0 of 4 | 0 | 0 | +0.0 pp, p = 1 |" in lines
+    assert "| S5 | T_ADP | T_Div | 0 of 4 | 0 | 4 | -50.0 pp, p = 1.8e-15 |" in lines
+    assert not any("T_TRS |" in l for l in lines) and not any("T_DVERGE |" in l for l in lines)
+    assert lines[-1].startswith("Not compared: no per-example results for T_DVERGE, T_TRS")
+    assert "## Paired comparisons on the same images" in report.build_report("cpu-methods", str(tmp_path))

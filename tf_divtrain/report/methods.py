@@ -6,6 +6,10 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Sequence
 
+import numpy as np
+
+from tf_divtrain import evaluation
+from tf_divtrain import stats as stats_lib
 from tf_divtrain.evaluation import eps_key
 from tf_divtrain.report.common import (ATTACK_NAMES, ATTACK_ORDER, NOT_RUN, footer, header,
                                        load_json, pct, run_metrics, target_rows)
@@ -121,6 +125,54 @@ def methods_table(results_dir: str, row: str = METHODS_ROW) -> List[str]:
     return lines
 
 
+# Pairs the paired-comparison table tests: every method against the baseline, the peers against GAL.
+PAIRED_BASELINES = (("T_Base", ("T_Div", "T_ADP", "T_DVERGE", "T_TRS")),
+                    ("T_Div", ("T_ADP", "T_DVERGE", "T_TRS")))
+
+
+def _cell_masks(row: dict, attacks: Sequence[str], eps: Sequence[str]):
+    """{(attack, eps): per-example correctness} of a results row, or None without per-example data."""
+    masks = {(a, e): evaluation.per_example_mask(row, a, e) for a in attacks for e in eps}
+    return None if any(m is None for m in masks.values()) else masks
+
+
+def paired_table(results_dir: str, row: str = METHODS_ROW) -> List[str]:
+    """Per surrogate, each method against T_Base (and the peers against T_Div) on the same images:
+    in how many Table 2 cells it is more accurate, in how many the difference is significant either
+    way (McNemar exact, p < 0.05, per cell), and robust-to-all over every cell, paired."""
+    results = load_json(os.path.join(results_dir, row, "eval", "results.json"))
+    if not results:
+        return [f"Paired comparisons: {NOT_RUN} (no transfer evaluation)."]
+    eps = [eps_key(e) for e in results["eps"]]
+    attacks = [a for a in ATTACK_ORDER if a in results["attacks"]]
+    head = ["surrogate", "target", "against", "more accurate in", "significantly more accurate",
+            "significantly less accurate", "robust to all, every eps (difference, p)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    missing = set()
+    for block in evaluation.surrogate_blocks(results):
+        rows = target_rows(block)
+        for ref, others in PAIRED_BASELINES:
+            ref_m = _cell_masks(rows[ref], attacks, eps) if ref in rows else None
+            for label in others:
+                m = _cell_masks(rows[label], attacks, eps) if label in rows else None
+                if m is None or ref_m is None:
+                    missing.update(t for t, x in ((ref, ref_m), (label, m)) if x is None)
+                    continue
+                cmps = [stats_lib.paired_comparison(m[c], ref_m[c]) for c in m]
+                more = sum(c["diff"] > 0 for c in cmps)
+                sig_more = sum(c["diff"] > 0 and c["p_value"] < stats_lib.ALPHA for c in cmps)
+                sig_less = sum(c["diff"] < 0 and c["p_value"] < stats_lib.ALPHA for c in cmps)
+                rta = stats_lib.paired_comparison(np.logical_and.reduce(list(m.values())),
+                                                  np.logical_and.reduce(list(ref_m.values())))
+                lines.append(f"| {block['label']} | {label} | {ref} | {more} of {len(cmps)} | {sig_more} | "
+                             f"{sig_less} | {100 * rta['diff']:+.1f} pp, p = {rta['p_value']:.2g} |")
+    gap = (f"no per-example results for {', '.join(sorted(missing))} (not evaluated, or evaluated "
+           f"before per-example storage: re-run evaluate)" if missing else "")
+    if len(lines) == 2:
+        return [f"Paired comparisons: {NOT_RUN}; {gap or 'no targets evaluated'}."]
+    return lines + (["", f"Not compared: {gap}."] if gap else [])
+
+
 def _methods_training_table(results_dir: str, row: str) -> List[str]:
     w = os.path.join(results_dir, "work", row)
     lines = ["| model | role | mode | members | seed | steps | batch | clean acc | GAL | coherence | "
@@ -219,6 +271,13 @@ def build_methods_report(preset: str, results_dir: str) -> str:
               f"\"shared\" when it exceeded {SHARED_LOAD_FACTOR:g} × the core count, i.e. other jobs "
               "ran alongside and the time is inflated.", ""]
     lines += methods_table(results_dir, row) + [""]
+    lines += ["## Paired comparisons on the same images", "",
+              "Accuracy differences between two targets measured on the same adversarial examples, "
+              "tested per cell with McNemar's exact test (two-sided, p < 0.05, not corrected for the "
+              "ten cells; `tf_divtrain/stats.py`). A method counts as better than its reference only "
+              "where the difference is significant; *robust to all, every eps*: the difference in "
+              "robust-to-all accuracy over all ten cells, paired the same way.", ""]
+    lines += paired_table(results_dir, row) + [""]
     lines += ["## Training runs", ""] + _methods_training_table(results_dir, row) + [""]
     lines += ["GAL / coherence: input-gradient statistics of the members on the first 500 test images "
               "after training (metrics.json). Settings: each run's resolved hyper-parameters "
