@@ -162,8 +162,67 @@ with open(sys.argv[1]) as fh:
     d = json.load(fh)
 have = ({r.get("label") for r in d.get("rows", [])} | set(d.get("ensembles", {}))
         | {b.get("label") for b in d.get("by_surrogate", [])})
-sys.exit(0 if set(sys.argv[2:]) <= have else 1)
+# An evaluation also needs per-example correctness in every row (the reports' paired tests).
+rows = d.get("rows", []) + [r for b in d.get("by_surrogate", []) for r in b.get("rows", [])]
+sys.exit(0 if set(sys.argv[2:]) <= have and all(r.get("per_example") for r in rows) else 1)
 PY
+}
+
+# spec_part SPEC 1|2: the labels (1) or directories (2) of a "LABEL=DIR,..." spec, space-separated;
+# a bare DIR entry has no label and is its own directory.
+spec_part() {
+  local entry out=""
+  local IFS=,
+  for entry in $1; do
+    case "$entry" in
+      *=*) [ "$2" = 1 ] && out="${out:+$out }${entry%%=*}" || out="${out:+$out }${entry#*=}" ;;
+      *) [ "$2" = 2 ] && out="${out:+$out }$entry" ;;
+    esac
+  done
+  echo "$out"
+}
+
+# evaluate_and_analyze ROW SURROGATES TARGETS EVAL_FLAGS ANALYZE_FLAGS
+# SURROGATES / TARGETS: "LABEL=DIR,..." specs (a bare surrogate DIR is labelled S). Evaluates every
+# target against every surrogate (attacks cached in work/ROW/adv_cache) and analyses the targets.
+# A stage whose output exists is skipped unless the output lacks a label (the target list grew),
+# lacks per-example results (written by an older version), or a model it measured was retrained
+# after it; then it re-runs, reusing the cached attacks.
+evaluate_and_analyze() {
+  local row="$1" surrogates="$2" targets="$3" eval_extra="$4" analyze_extra="$5"
+  local w="$WORK/$row" labels slabels dirs sdirs
+  labels="$(spec_part "$targets" 1)"; dirs="$(spec_part "$targets" 2)"
+  slabels="$(spec_part "$surrogates" 1)"; sdirs="$(spec_part "$surrogates" 2)"
+  if want evaluate; then
+    local done_eval="$RES/$row/eval/results.json"
+    # shellcheck disable=SC2086
+    if [ -e "$done_eval" ] && ! covers "$done_eval" $labels $slabels; then
+      echo "== evaluate_${row}: $done_eval lacks some of: $labels${slabels:+ $slabels}, or per-example results; re-running (cached attacks are reused)"
+      done_eval=""
+    elif [ -e "$done_eval" ] && stale "$done_eval" $dirs $sdirs; then
+      echo "== evaluate_${row}: a model was retrained after $done_eval; re-running (cached attacks are reused)"
+      done_eval=""
+    fi
+    # shellcheck disable=SC2086
+    stage "evaluate_${row}" "$done_eval" \
+      "$PY" -m tf_divtrain.evaluate --surrogate_dir="$surrogates" --targets="$targets" \
+      --out_dir="$RES/$row/eval" --cache_dir="$w/adv_cache" $eval_extra
+  fi
+  if want analyze; then
+    local done_an="$RES/$row/analysis/analysis.json"
+    # shellcheck disable=SC2086
+    if [ -e "$done_an" ] && ! covers "$done_an" $labels; then
+      echo "== analyze_${row}: $done_an lacks some of: $labels; re-running"
+      done_an=""
+    elif [ -e "$done_an" ] && stale "$done_an" $dirs; then
+      echo "== analyze_${row}: a model was retrained after $done_an; re-running"
+      done_an=""
+    fi
+    # shellcheck disable=SC2086
+    stage "analyze_${row}" "$done_an" \
+      "$PY" -m tf_divtrain.analyze --ensembles="$targets" \
+      --out_dir="$RES/$row/analysis" $analyze_extra
+  fi
 }
 
 # stale FILE DIR...: FILE (an evaluation or analysis) is older than some DIR/metrics.json, i.e. a
@@ -195,14 +254,9 @@ run_row() {
     *" ens "*|*" ensdiv "*) case " $roles " in *" static "*) ;; *)
       echo "run_all.sh: row $row trains T_Ens/T_Ens+Div, which need the static role" >&2; exit 2 ;; esac ;;
   esac
-  local targets="" labels="" label dirs=""
+  local targets=""
   for role in base div ens ensdiv; do
-    case " $roles " in *" $role "*)
-      label="$(target_label "$role")"
-      targets="${targets:+$targets,}$label=$w/$role"
-      labels="${labels:+$labels }$label"
-      dirs="${dirs:+$dirs }$w/$role" ;;
-    esac
+    case " $roles " in *" $role "*) targets="${targets:+$targets,}$(target_label "$role")=$w/$role" ;; esac
   done
   [ -n "$targets" ] || { echo "run_all.sh: row $row trains no target" >&2; exit 2; }
   if want train; then
@@ -222,34 +276,7 @@ run_row() {
       fi
     done
   fi
-  if want evaluate; then
-    local done_eval="$RES/$row/eval/results.json"
-    if [ -e "$done_eval" ] && ! covers "$done_eval" $labels; then
-      echo "== evaluate_${row}: $done_eval lacks some of: $labels; re-running (cached attacks are reused)"
-      done_eval=""
-    elif [ -e "$done_eval" ] && stale "$done_eval" $dirs "$w/surrogate"; then
-      echo "== evaluate_${row}: a model was retrained after $done_eval; re-running (cached attacks are reused)"
-      done_eval=""
-    fi
-    # shellcheck disable=SC2086
-    stage "evaluate_${row}" "$done_eval" \
-      "$PY" -m tf_divtrain.evaluate --surrogate_dir="$w/surrogate" --targets="$targets" \
-      --out_dir="$RES/$row/eval" --cache_dir="$w/adv_cache" $eval_extra
-  fi
-  if want analyze; then
-    local done_an="$RES/$row/analysis/analysis.json"
-    if [ -e "$done_an" ] && ! covers "$done_an" $labels; then
-      echo "== analyze_${row}: $done_an lacks some of: $labels; re-running"
-      done_an=""
-    elif [ -e "$done_an" ] && stale "$done_an" $dirs; then
-      echo "== analyze_${row}: a model was retrained after $done_an; re-running"
-      done_an=""
-    fi
-    # shellcheck disable=SC2086
-    stage "analyze_${row}" "$done_an" \
-      "$PY" -m tf_divtrain.analyze --ensembles="$targets" \
-      --out_dir="$RES/$row/analysis" $analyze_extra
-  fi
+  evaluate_and_analyze "$row" "$w/surrogate" "$targets" "$eval_extra" "$analyze_extra"
 }
 
 # One record per line, NAME:FLAGFILE_ROLE:EXTRA_FLAGS:LABEL. Targets share the flagfiles' seed 0;
@@ -281,14 +308,9 @@ specs() {
 # EXTRA_TRAIN_FLAGS (plus $PRESET_TRAIN_FLAGS), so all models train the same number of steps.
 run_methods() {
   local row="$1" train_extra="$2" eval_extra="$3" analyze_extra="$4"
-  local w="$WORK/$row" line name cfg extra label jobs
-  local targets surrogates labels slabels dirs sdirs
+  local w="$WORK/$row" line name cfg extra label jobs targets surrogates
   targets="$(specs "$METHOD_TARGETS" "$w")"
   surrogates="$(specs "$METHOD_SURROGATES" "$w")"
-  dirs="$(echo "$targets" | tr ',' '\n' | cut -d= -f2- | paste -sd' ')"
-  sdirs="$(echo "$surrogates" | tr ',' '\n' | cut -d= -f2- | paste -sd' ')"
-  labels="$(echo "$targets" | tr ',' '\n' | cut -d= -f1 | paste -sd' ')"
-  slabels="$(echo "$surrogates" | tr ',' '\n' | cut -d= -f1 | paste -sd' ')"
   if want train; then
     # An array, not a `while read` loop: the training commands must not see the list on stdin.
     mapfile -t jobs <<< "$METHOD_TARGETS"$'\n'"$METHOD_SURROGATES"
@@ -306,36 +328,7 @@ run_methods() {
       fi
     done
   fi
-  if want evaluate; then
-    local done_eval="$RES/$row/eval/results.json"
-    # shellcheck disable=SC2086
-    if [ -e "$done_eval" ] && ! covers "$done_eval" $labels $slabels; then
-      echo "== evaluate_${row}: $done_eval lacks some of: $labels $slabels; re-running (cached attacks are reused)"
-      done_eval=""
-    elif [ -e "$done_eval" ] && stale "$done_eval" $dirs $sdirs; then
-      echo "== evaluate_${row}: a model was retrained after $done_eval; re-running (cached attacks are reused)"
-      done_eval=""
-    fi
-    # shellcheck disable=SC2086
-    stage "evaluate_${row}" "$done_eval" \
-      "$PY" -m tf_divtrain.evaluate --surrogate_dir="$surrogates" --targets="$targets" \
-      --out_dir="$RES/$row/eval" --cache_dir="$w/adv_cache" $eval_extra
-  fi
-  if want analyze; then
-    local done_an="$RES/$row/analysis/analysis.json"
-    # shellcheck disable=SC2086
-    if [ -e "$done_an" ] && ! covers "$done_an" $labels; then
-      echo "== analyze_${row}: $done_an lacks some of: $labels; re-running"
-      done_an=""
-    elif [ -e "$done_an" ] && stale "$done_an" $dirs; then
-      echo "== analyze_${row}: a model was retrained after $done_an; re-running"
-      done_an=""
-    fi
-    # shellcheck disable=SC2086
-    stage "analyze_${row}" "$done_an" \
-      "$PY" -m tf_divtrain.analyze --ensembles="$targets" \
-      --out_dir="$RES/$row/analysis" $analyze_extra
-  fi
+  evaluate_and_analyze "$row" "$surrogates" "$targets" "$eval_extra" "$analyze_extra"
 }
 
 echo "run_all.sh: preset=$PRESET results=$RES training precision=$PRECISION"

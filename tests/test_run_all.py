@@ -10,6 +10,7 @@ import pytest
 from tf_divtrain import report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PE = {"n": 1, "clean": "gA=="}  # stands in for a row's per-example results (only presence is read)
 
 
 def _run(args, tmp_path, data_dir):
@@ -155,11 +156,27 @@ def test_cpu_cifar_full_rows_and_defaults(tmp_path, data_dir):
 def test_stage_reruns_when_results_lack_a_target(tmp_path, data_dir):
     ev = tmp_path / "cpu-cifar" / "cifar10_resnet20" / "eval"
     ev.mkdir(parents=True)
-    (ev / "results.json").write_text(json.dumps({"rows": [{"label": "T_Base"}, {"label": "T_Div"}]}))
+    (ev / "results.json").write_text(json.dumps({"rows": [{"label": "T_Base", "per_example": PE},
+                                                          {"label": "T_Div", "per_example": PE}]}))
     out, cmds = _dry("cpu-cifar", tmp_path, data_dir)
     assert "evaluate_cifar10_resnet20" not in cmds and "evaluate_cifar10_resnet20: done already" in out
     out, cmds = _dry("cpu-cifar", tmp_path, data_dir, CIFAR_FULL_ROWS="1")
     assert "lacks some of: T_Base T_Div T_Ens T_Ens+Div" in out and "evaluate_cifar10_resnet20" in cmds
+
+
+def test_evaluation_without_per_example_results_is_rescored(tmp_path, data_dir):
+    labels = ["T_Base", "T_Div", "T_Ens", "T_Ens+Div"]
+    ev = tmp_path / "cpu" / "mnist_conv3" / "eval"
+    ev.mkdir(parents=True)
+    rows = [{"label": l, "per_example": PE} for l in labels] + [{"label": "S (white-box)"}]
+    (ev / "results.json").write_text(json.dumps({"rows": rows}))  # written before per-example storage
+    out, cmds = _dry("cpu", tmp_path, data_dir)
+    assert "or per-example results; re-running (cached attacks are reused)" in out
+    assert "evaluate_mnist_conv3" in cmds and "--cache_dir=" in cmds["evaluate_mnist_conv3"]
+    rows[-1]["per_example"] = PE
+    (ev / "results.json").write_text(json.dumps({"rows": rows}))
+    out, cmds = _dry("cpu", tmp_path, data_dir)
+    assert "evaluate_mnist_conv3" not in cmds and "evaluate_mnist_conv3: done already" in out
 
 
 def test_stage_reruns_when_a_model_was_retrained_after_it(tmp_path, data_dir):
@@ -167,7 +184,8 @@ def test_stage_reruns_when_a_model_was_retrained_after_it(tmp_path, data_dir):
     row = tmp_path / "cpu" / "mnist_conv3"
     (row / "eval").mkdir(parents=True)
     (row / "analysis").mkdir()
-    (row / "eval" / "results.json").write_text(json.dumps({"rows": [{"label": l} for l in labels]}))
+    (row / "eval" / "results.json").write_text(json.dumps({"rows": [{"label": l, "per_example": PE}
+                                                                      for l in labels]}))
     (row / "analysis" / "analysis.json").write_text(json.dumps({"ensembles": {l: {} for l in labels}}))
     out, cmds = _dry("cpu", tmp_path, data_dir)
     assert "evaluate_mnist_conv3" not in cmds and "analyze_mnist_conv3" not in cmds
@@ -356,7 +374,7 @@ def test_cpu_methods_dry_run_trains_targets_and_four_surrogates(tmp_path, data_d
     # Resumable: an evaluation that lacks a surrogate block is re-run, a complete one skipped.
     ev_dir = tmp_path / "cpu-methods" / "mnist_conv3" / "eval"
     ev_dir.mkdir(parents=True)
-    rows = [{"label": t} for t in ("T_Base", "T_Div", "T_ADP", "T_DVERGE", "T_TRS")]
+    rows = [{"label": t, "per_example": PE} for t in ("T_Base", "T_Div", "T_ADP", "T_DVERGE", "T_TRS")]
     blocks = [{"label": s} for s in ("S3", "S5", "S8")]
     (ev_dir / "results.json").write_text(json.dumps({"rows": rows, "by_surrogate": blocks}))
     out, cmds = _dry("cpu-methods", tmp_path, data_dir)
