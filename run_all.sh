@@ -122,9 +122,11 @@ if [ "$DRY_RUN" = 0 ]; then
   [ -f "$TIMINGS" ] || printf 'stage\tseconds\tstatus\tcommand\n' > "$TIMINGS"
 fi
 
-# stage NAME DONE_FILE CMD...: runs CMD unless DONE_FILE exists; logs and times it.
+# stage NAME DONE_FILE CMD...: runs CMD unless DONE_FILE exists; logs and times it. Sets STAGE_RAN=1
+# when CMD ran (and succeeded), 0 when it was skipped or dry-run.
 stage() {
   local name="$1" done_file="$2"; shift 2
+  STAGE_RAN=0
   if [ -n "$done_file" ] && [ -e "$done_file" ]; then
     echo "== $name: done already ($done_file exists), skipped"
     return 0
@@ -136,6 +138,7 @@ stage() {
   echo "== $name: $*"
   local t0=$SECONDS
   if "$@" > "$LOGS/$name.log" 2>&1; then
+    STAGE_RAN=1
     local dt=$((SECONDS - t0))
     printf '%s\t%s\tok\t%s\n' "$name" "$dt" "$*" >> "$TIMINGS"
     echo "   finished in ${dt}s (log: $LOGS/$name.log)"
@@ -323,8 +326,12 @@ run_methods() {
       if [ "$DRY_RUN" = 0 ]; then
         mkdir -p "$RES/$row/train/$name"
         cp "$w/$name/metrics.json" "$w/$name/config.json" "$RES/$row/train/$name/"
-        # The load average when the training finished (kept once): was the machine shared?
-        [ -e "$RES/$row/train/$name/loadavg.txt" ] || cat /proc/loadavg > "$RES/$row/train/$name/loadavg.txt" 2>/dev/null || true
+        # The load average when the training finished (written only by a stage that trained here, so
+        # a run copied into work/ or finished earlier is not stamped with today's load): was the
+        # machine shared?
+        if [ "$STAGE_RAN" = 1 ]; then
+          cat /proc/loadavg > "$RES/$row/train/$name/loadavg.txt" 2>/dev/null || true
+        fi
       fi
     done
   fi

@@ -474,3 +474,20 @@ def test_methods_report_with_nothing_run(tmp_path):
     table = _comparison(text)
     assert len(table) == 20 and all(l.count("not run") == 11 for l in table), table[0]
     assert "Transfer evaluation: not run" in text and "Training: not run" in text
+
+
+def test_skipped_trainings_are_not_stamped_with_todays_load(tmp_path, data_dir):
+    """Runs copied into work/ (or finished in an earlier session) keep no load average of today."""
+    w = tmp_path / "cpu-methods" / "work" / "mnist_conv3"
+    names = ("base", "div", "adp", "dverge", "trs", "s3", "s5", "s8", "sdiv")
+    for name in names:
+        (w / name).mkdir(parents=True)
+        (w / name / "metrics.json").write_text(json.dumps(_mnist_metrics("baseline")))
+        (w / name / "config.json").write_text("{}")
+    r = _run_env(["--only=train", "cpu-methods"], tmp_path, data_dir, {})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    train = tmp_path / "cpu-methods" / "mnist_conv3" / "train"
+    for name in names:
+        assert (train / name / "metrics.json").is_file() and (train / name / "config.json").is_file()
+        assert not (train / name / "loadavg.txt").exists(), name
+    assert r.stdout.count("done already") == len(names)
