@@ -14,6 +14,8 @@ import argparse
 import json
 import os
 
+from tf_divtrain import evaluation, stats
+
 ATTACKS = ("fgsm", "rfgsm", "ifgsm", "mifgsm", "pgd_cw")
 NAMES = {"fgsm": "FGSM", "rfgsm": "R-FGSM", "ifgsm": "I-FGSM", "mifgsm": "MI-FGSM", "pgd_cw": "PGD-CW"}
 ONE_STEP = ("fgsm", "rfgsm")
@@ -26,6 +28,13 @@ RECIPES = (("predicted labels, D_adv = 1/2 of the batch (new default; Kurakin / 
 def _load(p):
     with open(p) as f:
         return json.load(f)
+
+
+def _paired_p(a_row, b_row, attack, eps):
+    """McNemar p-value of two targets on one cell, or None without per-example results."""
+    ma, mb = (evaluation.per_example_mask(a_row, attack, eps),
+              evaluation.per_example_mask(b_row, attack, eps))
+    return None if ma is None or mb is None else stats.paired_comparison(ma, mb)["p_value"]
 
 
 def build(res: str) -> str:
@@ -60,7 +69,11 @@ def build(res: str) -> str:
     out += ["", "## T_Ens+Div >= T_Ens, cell by cell, per D_adv recipe", "",
             "Like with like: T_Ens+Div against the T_Ens trained with the same label source (T_Ens has "
             "two sources, so its D_adv share is 1/2 in every recipe).", "",
-            "| recipe | T_Ens | T_Ens+Div | cells holding | cells failing |", "|---|---|---|---|---|"]
+            "Paired on the same images: a cell counts as *significant* when McNemar's exact test "
+            "(two-sided, per cell, not corrected for ten cells; `tf_divtrain/stats.py`) gives p < 0.05.",
+            "",
+            "| recipe | T_Ens | T_Ens+Div | cells holding | of which significant | cells failing | "
+            "failures significant |", "|---|---|---|---|---|---|---|"]
     for title, key in RECIPES:
         ens = rows.get("ens_" + key.replace("third", "half"))
         ed = rows.get("ensdiv_" + key)
@@ -68,13 +81,30 @@ def build(res: str) -> str:
             continue
         fails = [f"{NAMES[a]} {e}" for a in ATTACKS for e in eps
                  if ed["attacks"][a][e] < ens["attacks"][a][e]]
+        sig = {(a, e): _paired_p(ed, ens, a, e) for a in ATTACKS for e in eps}
+        if any(p is None for p in sig.values()):
+            sig_held = sig_failed = "n/a (no per-example results)"
+        else:
+            sig_held = sum(ed["attacks"][a][e] >= ens["attacks"][a][e] and p < stats.ALPHA
+                           for (a, e), p in sig.items())
+            failed = [f"{NAMES[a]} {e} (p = {p:.2g})" for (a, e), p in sig.items()
+                      if ed["attacks"][a][e] < ens["attacks"][a][e] and p < stats.ALPHA]
+            sig_failed = f"{len(failed)}" + (f": {', '.join(failed)}" if failed else "")
         out.append(f"| {title} | ens_{key.replace('third', 'half')} | ensdiv_{key} | "
-                   f"{len(ATTACKS) * len(eps) - len(fails)} / {len(ATTACKS) * len(eps)} | {', '.join(fails) or 'none'} |")
+                   f"{len(ATTACKS) * len(eps) - len(fails)} / {len(ATTACKS) * len(eps)} | {sig_held} | "
+                   f"{', '.join(fails) or 'none'} | {sig_failed} |")
     out += ["", "## Label-leaking signature", "",
             "A target that scores higher on one-step (FGSM, R-FGSM) transfer examples than on clean images "
             "has learned to read the perturbation (Kurakin et al. 2016, label leaking).", ""]
     for v, cs in leaks.items():
-        out.append(f"- {v}: " + (f"**above clean** under {', '.join(cs)}" if cs else "no one-step cell above clean"))
+        ps = []
+        for c in cs:  # above clean: paired against the same target's clean correctness
+            a = next(k for k, n in NAMES.items() if n == c.split()[0])
+            adv, clean = (evaluation.per_example_mask(rows[v], a, c.split()[1]),
+                          evaluation.per_example_mask(rows[v]))
+            ps.append(c if adv is None or clean is None else
+                      f"{c} ({stats.describe(stats.paired_comparison(adv, clean))})")
+        out.append(f"- {v}: " + (f"**above clean** under {', '.join(ps)}" if cs else "no one-step cell above clean"))
     return "\n".join(out) + "\n"
 
 

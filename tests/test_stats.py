@@ -131,3 +131,37 @@ def test_methods_report_paired_table(tmp_path):
     assert not any("T_TRS |" in l for l in lines) and not any("T_DVERGE |" in l for l in lines)
     assert lines[-1].startswith("Not compared: no per-example results for T_DVERGE, T_TRS")
     assert "## Paired comparisons on the same images" in report.build_report("cpu-methods", str(tmp_path))
+
+
+def test_ablation_report_counts_significant_cells(tmp_path):
+    import importlib.util
+    import json
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "experiments", "ablation_report.py")
+    spec = importlib.util.spec_from_file_location("ablation_report", path)
+    ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab)
+    n = 200
+
+    def correct(k):  # the last k images right
+        m = np.zeros(n, bool)
+        m[n - k:] = True
+        return m
+
+    every, most, fewer, most_minus_one = correct(200), correct(160), correct(120), correct(159)
+    ens_cells = {(a, e): most for a in ab.ATTACKS for e in ("0.1", "0.3")}
+    ens = _row("ens_pred_half", most, {**ens_cells, ("fgsm", "0.1"): every})
+    ensdiv = _row("ensdiv_pred_half", every, {**ens_cells, ("fgsm", "0.1"): every, ("rfgsm", "0.1"): every,
+                                              ("fgsm", "0.3"): fewer, ("ifgsm", "0.3"): most_minus_one})
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "results.json").write_text(json.dumps(
+        {"num_examples": n, "rows": [ens, ensdiv]}))
+    text = ab.build(str(tmp_path))
+    # R-FGSM 0.1 holds significantly, the other holding cells are ties; FGSM 0.3 fails significantly
+    # (40 discordant images, p = 2 * 0.5**40), I-FGSM 0.3 by one image (p = 1)
+    assert "| 8 / 10 | 1 | FGSM 0.3, I-FGSM 0.3 | 1: FGSM 0.3 (p = 1.8e-12) |" in text
+    assert "- ensdiv_pred_half: no one-step cell above clean" in text
+    # ens_pred_half scores 100 % under FGSM 0.1 against 80 % clean: a significant "above clean"
+    assert "- ens_pred_half: **above clean** under FGSM 0.1 (+40/−0 images, McNemar p = 1.8e-12, significant)" in text
