@@ -165,3 +165,31 @@ def test_ablation_report_counts_significant_cells(tmp_path):
     assert "- ensdiv_pred_half: no one-step cell above clean" in text
     # ens_pred_half scores 100 % under FGSM 0.1 against 80 % clean: a significant "above clean"
     assert "- ens_pred_half: **above clean** under FGSM 0.1 (+40/−0 images, McNemar p = 1.8e-12, significant)" in text
+
+
+def _fisher_enumerated(a, n_a, b, n_b):
+    """Independent: sum the hypergeometric probabilities (exact rationals) of every table with the
+    same margins that is at most as likely as the observed one."""
+    total, hits = n_a + n_b, a + b
+    prob = lambda x: Fraction(math.comb(n_a, x) * math.comb(n_b, hits - x), math.comb(total, hits))  # noqa: E731
+    obs = prob(a)
+    lo, hi = max(0, hits - n_b), min(hits, n_a)
+    return float(sum(prob(x) for x in range(lo, hi + 1) if prob(x) <= obs * (1 + Fraction(1, 10**7))))
+
+
+def test_fisher_exact_against_hypergeometric_enumeration():
+    for a, n_a, b, n_b in ((17, 57, 28, 65), (6, 57, 18, 65), (50, 61, 42, 60), (0, 10, 10, 10),
+                           (3, 5, 3, 5), (0, 1, 0, 1), (9, 61, 14, 60)):
+        assert stats.fisher_exact_p(a, n_a, b, n_b) == pytest.approx(_fisher_enumerated(a, n_a, b, n_b), rel=1e-9)
+    with pytest.raises(stats.StatsError):
+        stats.fisher_exact_p(5, 4, 1, 2)
+
+
+def test_gaas_check_states_fisher_per_cell():
+    from tf_divtrain.report.analyses import gaas_check
+
+    gd = {"num_correct": 57, "results": {"0.03": {"16": {"p_all": 6 / 57, "mean_num_adversarial": 2.8}}}}
+    gb = {"num_correct": 65, "results": {"0.03": {"16": {"p_all": 18 / 65, "mean_num_adversarial": 4.8}}}}
+    line = gaas_check("T_Div", "T_Base", gd, gb)
+    assert f"(6/57 vs 18/65, Fisher p = {_fisher_enumerated(6, 57, 18, 65):.2g}) holds" in line
+    assert "differ significantly (Fisher exact" in line and "in 1 of 1." in line

@@ -76,6 +76,18 @@ def paired_comparison(correct_a, correct_b) -> Dict[str, float]:
             "ci95": (d - half, d + half)}
 
 
+def fisher_exact_p(hits_a: int, n_a: int, hits_b: int, n_b: int) -> float:
+    """Two-sided Fisher exact p-value for hits_a / n_a vs hits_b / n_b on *different* examples
+    (e.g. GAAS, whose examples are each ensemble's correctly classified ones): the unpaired
+    counterpart of :func:`mcnemar_exact_p`, via ``scipy.stats.fisher_exact``."""
+    if not (0 <= hits_a <= n_a and 0 <= hits_b <= n_b) or n_a + n_b == 0:
+        raise StatsError(f"need 0 <= hits <= n, got {hits_a}/{n_a} and {hits_b}/{n_b}.")
+    from scipy.stats import fisher_exact
+
+    table = [[hits_a, n_a - hits_a], [hits_b, n_b - hits_b]]
+    return float(fisher_exact(table, alternative="two-sided")[1])
+
+
 def describe(cmp: Dict[str, float]) -> str:
     """Short text for a report cell: discordant counts, p-value, significance at ALPHA."""
     sig = "significant" if cmp["p_value"] < ALPHA else "within noise"

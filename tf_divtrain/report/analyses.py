@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import List, Sequence
 
+from tf_divtrain import stats as stats_lib
 from tf_divtrain.report.common import pct
 
 
@@ -13,7 +14,8 @@ def gaas_check(div: str, base: str, gd: dict, gb: dict) -> str:
     """Fig. 5's ordering per (eps, k): P(all k directions adversarial) of ``div`` <= ``base``;
     ties are counted separately (at large k both are often 0); the mean number of adversarial
     directions (strictly fewer) is given as a tie-free companion."""
-    cells, held, ties, fewer, total = [], 0, 0, 0, 0
+    cells, held, ties, fewer, total, sig, tested = [], 0, 0, 0, 0, 0, 0
+    nd, nb = gd.get("num_correct"), gb.get("num_correct")
     for e, per_k in gd["results"].items():
         for k, r in per_k.items():
             rb = gb["results"].get(e, {}).get(k)
@@ -28,7 +30,14 @@ def gaas_check(div: str, base: str, gd: dict, gb: dict) -> str:
             ties += tie
             fewer += m_ok
             total += 1
-            cells.append(f"eps {e}, k={k}: {r['p_all']:.3f} vs {rb['p_all']:.3f} "
+            fisher = ""
+            if nd and nb:  # p_all is a fraction of each ensemble's correctly classified examples
+                hd, hb = round(r["p_all"] * nd), round(rb["p_all"] * nb)
+                p = stats_lib.fisher_exact_p(hd, nd, hb, nb)
+                tested += 1
+                sig += p < stats_lib.ALPHA
+                fisher = f" ({hd}/{nd} vs {hb}/{nb}, Fisher p = {p:.2g})"
+            cells.append(f"eps {e}, k={k}: {r['p_all']:.3f} vs {rb['p_all']:.3f}{fisher} "
                          f"{'holds' + (' (tie)' if tie else '') if ok else '**does not hold**'}"
                          + (f", mean adv. directions {r['mean_num_adversarial']:.1f} vs "
                             f"{rb['mean_num_adversarial']:.1f}"
@@ -37,8 +46,11 @@ def gaas_check(div: str, base: str, gd: dict, gb: dict) -> str:
     note = "" if div == "T_Div" else "; the paper's figure shows only T_Base and T_Div"
     return (f"- **Fewer GAAS directions for {div} than {base}** (Fig. 5{note}; probability that all "
             f"k directions are adversarial, ≤): holds in {held} of {total} cells ({ties} of them "
-            f"ties); strictly fewer adversarial directions on average in {fewer} of {total}. "
-            + "; ".join(cells) + ".")
+            f"ties); strictly fewer adversarial directions on average in {fewer} of {total}."
+            + (f" Per cell, the two probabilities differ significantly (Fisher exact, two-sided, "
+               f"p < {stats_lib.ALPHA:g}; unpaired, since each ensemble is measured on the examples it "
+               f"classifies correctly) in {sig} of {tested}." if tested else "")
+            + " " + "; ".join(cells) + ".")
 
 
 def hadamard_note(ks: Sequence[int]) -> str:
