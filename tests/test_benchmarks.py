@@ -261,3 +261,26 @@ def test_stacked_gal_matches_reference_real_data(data_dir, dataset="mnist"):
     y = tf.constant(ds.y_train[:32])
     ens = models.build_ensemble("conv3", ds.input_shape, 10, 5, seed=1)
     _compare_stacked(x, y, ens.members, strict=False)
+
+
+def test_method_steps_quick_reports_every_mode(data_dir, tmp_path):
+    """benchmarks/method_steps.py: one timed row per mode, ratios against baseline and GAL."""
+    script = os.path.join(_REPO, "benchmarks", "method_steps.py")
+    out, md = tmp_path / "ms.json", tmp_path / "ms.md"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, script, "--quick", f"--data_dir={data_dir}", "--precision=float32",
+                           f"--out={out}", f"--md={md}"], cwd=_REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert list(res["modes"]) == ["baseline", "div", "adp", "trs", "dverge"] and res["precision"] == "float32"
+    for m, r in res["modes"].items():
+        assert len(r["times_s"]) == 2 and all(_positive_finite(t) for t in r["times_s"])
+        assert r["median_step_s"] == pytest.approx(float(np.median(r["times_s"])))
+        assert r["over_baseline"] == pytest.approx(r["median_step_s"] / res["modes"]["baseline"]["median_step_s"])
+    assert res["modes"]["baseline"]["over_baseline"] == 1.0 and res["modes"]["div"]["over_div"] == 1.0
+    rows = [l for l in md.read_text().splitlines() if l.startswith("| ") and not l.startswith("| mode")]
+    assert [l.split("|")[1].strip() for l in rows] == ["baseline", "div", "adp", "trs", "dverge"]
+    bad = subprocess.run([sys.executable, script, "--quick", f"--data_dir={data_dir}", "--modes=baseline,nope"],
+                         cwd=_REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "unknown mode(s) ['nope']" in bad.stderr
