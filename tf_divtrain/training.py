@@ -49,9 +49,9 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from tf_divtrain import attacks as attacks_lib
 from tf_divtrain import batching
 from tf_divtrain import data as data_lib
+from tf_divtrain import ens_adv as ens_adv_lib
 from tf_divtrain import export as export_lib
 from tf_divtrain import gal as gal_lib
 from tf_divtrain import io_utils
@@ -78,7 +78,7 @@ METHOD_MODES = tuple(methods_lib.METHODS)  # adp, trs, dverge: objectives from t
 FLOAT16_UNSCALED = {"trs": "TRS's input-gradient tapes (|cos| and smoothness terms) and its PGD",
                     "dverge": "DVERGE's feature-distillation tapes"}
 ADV_MODES = ("ens_adv", "ens_adv_div")
-ADV_LABELS = ("predicted", "true")
+ADV_LABELS = ens_adv_lib.ADV_LABELS
 STRATEGIES = ("default", "mirrored", "multi_worker")
 # mixed_float16: a non-finite loss makes LossScaleOptimizer skip the step and halve its scale; this
 # many in a row (scale / 2^25) means the run itself diverged, and the NaN guard stops it.
@@ -260,32 +260,10 @@ def objective_for_mode(mode: str, gal_lambda: float = 0.5, method_config=None, *
     raise ValueError(f"Unknown mode {mode!r}; valid: {', '.join(MODES)}.")
 
 
-def random_eps(n, max_eps: float, seed):
-    """Per-example FGSM epsilons ~ |N(0, max_eps / 2)| truncated at 2 sigma (Kurakin et al. 2016,
-    as in paper §4.2), so 0 <= eps <= max_eps: -> [n]."""
-    return tf.abs(tf.random.stateless_truncated_normal([n], seed, stddev=max_eps / 2.0))
-
-
-def fgsm_random_eps(logits_fn: Callable, x, y, max_eps: float, seed, labels: str = "predicted"):
-    """D_adv: FGSM (Eq 2) on ``logits_fn`` with per-example eps from :func:`random_eps`."""
-    return fgsm_per_example(logits_fn, x, y, random_eps(tf.shape(x)[0], max_eps, seed), labels)
-
-
-def fgsm_per_example(logits_fn: Callable, x, y, eps, labels: str = "predicted"):
-    """FGSM (Eq 2) on ``logits_fn`` (mean member CE) with eps [B] per example; clipped to [0, 1].
-
-    ``labels="predicted"`` (default) takes the gradient of the CE against ``logits_fn``'s own
-    prediction (argmax of its average softmax) instead of the true label ``y``: Kurakin et al.
-    2016 (§4.2, "label leaking") and Tramer et al. 2018's code do this, because one-step examples
-    crafted with the true label carry it in the perturbation. ``labels="true"`` uses ``y``.
-    """
-    if labels == "predicted":
-        y = tf.argmax(models_lib.ensemble_probabilities(logits_fn(x)), axis=-1)
-    elif labels != "true":
-        raise ValueError(f"Unknown FGSM label source {labels!r}; valid: {', '.join(ADV_LABELS)}.")
-    grad = attacks_lib.input_gradient(logits_fn, attacks_lib.ensemble_ce, x, y)
-    eps = tf.reshape(tf.cast(eps, x.dtype), [-1, 1, 1, 1])
-    return tf.stop_gradient(tf.clip_by_value(x + eps * tf.sign(grad), 0.0, 1.0))
+# D_adv helpers (tf_divtrain.ens_adv), kept under their old names.
+random_eps = ens_adv_lib.random_eps
+fgsm_random_eps = ens_adv_lib.fgsm_random_eps
+fgsm_per_example = ens_adv_lib.fgsm_per_example
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -380,9 +358,10 @@ class Trainer:
         replica = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int32)
         adv_index = replica * local + tf.range(local) - (cfg.batch_size - n_adv)
         rows = tf.where(adv_index >= 0)
-        eps = random_eps(n_adv, cfg.resolved_adv_eps(), tf.stack([self.step, tf.constant(cfg.seed, tf.int64)]))
-        adv = fgsm_per_example(self.static_model, tf.gather_nd(x, rows), tf.gather_nd(y, rows),
-                               tf.gather(eps, tf.gather_nd(adv_index, rows)), labels=cfg.adv_labels)
+        eps = ens_adv_lib.random_eps(n_adv, cfg.resolved_adv_eps(), tf.stack([self.step, tf.constant(cfg.seed, tf.int64)]))
+        adv = ens_adv_lib.fgsm_per_example(self.static_model, tf.gather_nd(x, rows), tf.gather_nd(y, rows),
+                                           tf.gather(eps, tf.gather_nd(adv_index, rows)),
+                                           labels=cfg.adv_labels)
         return tf.tensor_scatter_nd_update(x, rows, adv)
 
     def _distributed_step(self, x, y, trace_key=None):
