@@ -17,7 +17,7 @@ from tf_divtrain.report.methods import METHODS_PRESETS, build_methods_report, me
 from tf_divtrain.report.table2 import build_table2_report, ordering_checks, table2_side_by_side
 
 __all__ = ["build_report", "build_table2_report", "build_methods_report", "methods_table",
-           "ordering_checks", "table2_side_by_side", "hadamard_note"]
+           "ordering_checks", "table2_side_by_side", "hadamard_note", "define_flags", "main", "run"]
 
 
 def build_report(preset: str, results_dir: str) -> str:
@@ -26,3 +26,8 @@ def build_report(preset: str, results_dir: str) -> str:
     if preset in METHODS_PRESETS:
         return build_methods_report(preset, results_dir)
     return build_table2_report(preset, results_dir)
+
+
+# The command line, like every other CLI module's (tests/test_cli.py); imported last because it
+# uses build_report.
+from tf_divtrain.report.cli import define_flags, main, run  # noqa: E402
