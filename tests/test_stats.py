@@ -193,3 +193,20 @@ def test_gaas_check_states_fisher_per_cell():
     line = gaas_check("T_Div", "T_Base", gd, gb)
     assert f"(6/57 vs 18/65, Fisher p = {_fisher_enumerated(6, 57, 18, 65):.2g}) holds" in line
     assert "differ significantly (Fisher exact" in line and "in 1 of 1." in line
+
+
+def test_transfer_rates_of_coherence_at_init():
+    """experiments/coherence_at_init.py: fooled fraction among T_Base's clean-correct images."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "experiments", "coherence_at_init.py")
+    spec = importlib.util.spec_from_file_location("coherence_at_init", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    clean = np.array([1, 1, 1, 1, 0, 0], bool)
+    adv = np.array([1, 0, 0, 0, 1, 0], bool)  # 3 of the 4 clean-correct fooled; image 4 is ignored
+    row = _row("T_Base", clean, {("fgsm", "0.1"): adv, ("fgsm", "0.3"): np.zeros(6, bool)})
+    rates = mod.transfer_rates({"rows": [row]})
+    assert rates == {"fgsm@0.1": pytest.approx(0.75), "fgsm@0.3": pytest.approx(1.0)}
