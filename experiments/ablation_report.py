@@ -30,13 +30,6 @@ def _load(p):
         return json.load(f)
 
 
-def _paired_p(a_row, b_row, attack, eps):
-    """McNemar p-value of two targets on one cell, or None without per-example results."""
-    ma, mb = (evaluation.per_example_mask(a_row, attack, eps),
-              evaluation.per_example_mask(b_row, attack, eps))
-    return None if ma is None or mb is None else stats.paired_comparison(ma, mb)["p_value"]
-
-
 def build(res: str) -> str:
     r = _load(os.path.join(res, "eval", "results.json"))
     rows = {row["label"]: row for row in r["rows"] if row["role"] == "target"}
@@ -81,7 +74,8 @@ def build(res: str) -> str:
             continue
         fails = [f"{NAMES[a]} {e}" for a in ATTACKS for e in eps
                  if ed["attacks"][a][e] < ens["attacks"][a][e]]
-        sig = {(a, e): _paired_p(ed, ens, a, e) for a in ATTACKS for e in eps}
+        sig = {(a, e): evaluation.paired_cell(ed, ens, a, e) for a in ATTACKS for e in eps}
+        sig = {k: None if c is None else c["p_value"] for k, c in sig.items()}
         if any(p is None for p in sig.values()):
             sig_held = sig_failed = "n/a (no per-example results)"
         else:

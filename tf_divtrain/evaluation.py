@@ -248,6 +248,16 @@ def per_example_mask(row: dict, attack: Optional[str] = None,
     return None if text is None else stats.decode_mask(text, int(pe["n"]))
 
 
+def paired_cell(row_a: dict, row_b: dict, attack: Optional[str] = None,
+                eps: Optional[str] = None) -> Optional[dict]:
+    """:func:`stats.paired_comparison` of two rows on one cell (clean without ``attack``), or
+    ``None`` when either row lacks per-example results or they cover different images."""
+    ma, mb = per_example_mask(row_a, attack, eps), per_example_mask(row_b, attack, eps)
+    if ma is None or mb is None or ma.shape != mb.shape:
+        return None
+    return stats.paired_comparison(ma, mb)
+
+
 # ----------------------------------------------------------------------------------------------
 # Several surrogates.
 

@@ -103,7 +103,7 @@ def ordering_checks(results: Optional[dict], analysis: Optional[dict]) -> List[s
                 ok = b > w if strict else b >= w
                 held += ok
                 total += 1
-                cmp = _paired(ours[better], ours[worse], a, e)
+                cmp = evaluation.paired_cell(ours[better], ours[worse], a, e)
                 if cmp is not None:
                     tested += 1
                     sig = cmp["p_value"] < stats_lib.ALPHA
@@ -142,15 +142,6 @@ def ordering_checks(results: Optional[dict], analysis: Optional[dict]) -> List[s
             out.append(f"- **Fewer GAAS directions for {div} than {base}** (Fig. 5): not checked — "
                        f"GAAS of {', '.join(t for t in (div, base) if t not in gaas)} {NOT_RUN}.")
     return out
-
-
-def _paired(row_a: dict, row_b: dict, attack: str, eps: str) -> Optional[dict]:
-    """Paired comparison of two targets' correctness on one cell, or None without per-example data."""
-    ma = evaluation.per_example_mask(row_a, attack, eps)
-    mb = evaluation.per_example_mask(row_b, attack, eps)
-    if ma is None or mb is None or ma.shape != mb.shape:
-        return None
-    return stats_lib.paired_comparison(ma, mb)
 
 
 def training_table(work: str) -> List[str]:
