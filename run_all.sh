@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-script reproduction of Diversity Training (Kariyappa & Qureshi 2019): Table 2, Fig. 4, Fig. 5.
-# Usage: bash run_all.sh [--only=train|evaluate|analyze|report] [--dry-run] <preset>   (see --help)
+# Usage: bash run_all.sh [--only=train|benchmark|evaluate|analyze|report] [--dry-run] <preset>   (see --help)
 set -euo pipefail
 
 usage() {
@@ -57,8 +57,9 @@ Presets:
              S5, S8; seeds 13, 10, 18) and an adaptive attacker S_div, a GAL-trained 5-member
              ensemble (seed 20). All five attacks at eps 0.1/0.3 from every surrogate on the first
              1,000 test images; coherence (500 images), member transferability and white-box PGD
-             (100 images, 10 / 20 iterations); report: results/cpu-methods/REPORT.md (one
-             comparison table). Everything is trained in the preset's own work dir (the cpu
+             (100 images, 10 / 20 iterations); every method's step cost timed interleaved
+             (benchmarks/method_steps.py, --only=benchmark, about 2 minutes); report:
+             results/cpu-methods/REPORT.md (one comparison table). Everything is trained in the preset's own work dir (the cpu
              preset's weights are not reused). Estimated about 5 hours on 2 shared cores (~4 h
              training: steps measured at load ~4, ADP ~1 s, TRS ~7.6 s, DVERGE ~10.6 s; baseline
              ~0.9 s and GAL ~2.7 s from the cpu preset; ~45 min crafting on four surrogates from
@@ -96,7 +97,7 @@ for arg in "$@"; do
   esac
 done
 [ -n "$PRESET" ] || { usage >&2; exit 2; }
-case "$ONLY" in ""|train|evaluate|analyze|report) ;; *) echo "run_all.sh: --only must be train, evaluate, analyze or report" >&2; exit 2 ;; esac
+case "$ONLY" in ""|train|benchmark|evaluate|analyze|report) ;; *) echo "run_all.sh: --only must be train, benchmark, evaluate, analyze or report" >&2; exit 2 ;; esac
 
 cd "$(dirname "$0")"
 PY="${PYTHON:-python}"
@@ -334,6 +335,14 @@ run_methods() {
         fi
       fi
     done
+  fi
+  # The step cost of every method timed interleaved on the same batches (benchmarks/method_steps.py),
+  # so the report compares methods at one load; the training runs' own s / step depend on the load
+  # each run had (and on runs reused from other sessions).
+  if want benchmark; then
+    stage "benchmark_${row}_method_steps" "$RES/$row/method_steps.json" \
+      "$PY" benchmarks/method_steps.py --precision="$PRECISION" \
+      --out="$RES/$row/method_steps.json" --md="$RES/$row/METHOD_STEPS.md"
   fi
   evaluate_and_analyze "$row" "$surrogates" "$targets" "$eval_extra" "$analyze_extra"
 }

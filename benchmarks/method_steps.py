@@ -34,7 +34,8 @@ def parse_args(argv=None):
     here = os.path.dirname(os.path.abspath(__file__))
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="2 members, batch 16, 2 reps (CI smoke run)")
-    p.add_argument("--data_dir", default=os.environ.get("TF_DIVTRAIN_DATA"))
+    p.add_argument("--data_dir", default=None,
+                   help="folder with mnist.npz (default: the package's lookup, $TF_DIVTRAIN_DATA first)")
     p.add_argument("--precision", default="auto",
                    help="training precision of every mode (float32, mixed_bfloat16, auto; default auto "
                         "= what the cpu-methods preset trains in)")
@@ -128,6 +129,9 @@ def markdown(res: dict) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    from tf_divtrain import data as data_lib
+
+    args.data_dir = data_lib.resolve_data_dir(args.data_dir)
     if not args.data_dir or not os.path.isfile(os.path.join(args.data_dir, "mnist.npz")):
         sys.exit(f"method_steps.py: no mnist.npz in {args.data_dir!r}; pass --data_dir or set TF_DIVTRAIN_DATA.")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]

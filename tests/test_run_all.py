@@ -367,6 +367,10 @@ def test_cpu_methods_dry_run_trains_targets_and_four_surrogates(tmp_path, data_d
     assert [t.split("=")[0] for t in _flag(ev, "targets").split(",")] == [
         "T_Base", "T_Div", "T_ADP", "T_DVERGE", "T_TRS"]
     assert _flag(ev, "num_examples") == "1000" and _flag(ev, "attacks") is None
+    bench = cmds["benchmark_mnist_conv3_method_steps"]  # every method's step cost, one load
+    assert bench.split()[1] == "benchmarks/method_steps.py" and _flag(bench, "precision") == "auto"
+    assert _flag(bench, "out").endswith("/cpu-methods/mnist_conv3/method_steps.json")
+    assert _flag(bench, "md").endswith("/cpu-methods/mnist_conv3/METHOD_STEPS.md")
     an = cmds["analyze_mnist_conv3"]
     assert _flag(an, "analyses") == "coherence,transfer,whitebox" and _flag(an, "num_examples") == "500"
     assert _flag(an, "transfer_num_examples") == "100" and _flag(an, "whitebox_iters") == "20"
@@ -406,7 +410,7 @@ def _block(label, targets, base=0.5):
 
 
 def _comparison(text):
-    section = text[text.index("## Comparison"):text.index("## Training runs")]
+    section = text[text.index("## Comparison"):text.index("## Training cost per step")]
     return [l for l in section.splitlines() if l.startswith("| T_")]
 
 
@@ -438,7 +442,18 @@ def test_methods_report_one_table_with_not_run_cells(tmp_path):
                                   "whitebox": {"worst_case_accuracy": {"0.1": 0.78, "0.3": 0.01}}}}}
     (res / "mnist_conv3" / "analysis").mkdir(parents=True)
     (res / "mnist_conv3" / "analysis" / "analysis.json").write_text(json.dumps(an))
+    bench = {"members": 5, "batch_size": 128, "precision": "mixed_bfloat16", "cores": 2, "reps": 8,
+             "load_average_before": [1.0, 1.1, 1.2], "load_average_after": [2.0, 1.5, 1.3],
+             "timestamp_utc": "2026-01-01 00:00:00",
+             "modes": {m: {"median_step_s": s_, "images_per_s": 128 / s_, "over_baseline": s_ / 0.25,
+                           "over_div": s_ / 0.5} for m, s_ in (("baseline", 0.25), ("div", 0.5), ("trs", 2.0))}}
+    (res / "mnist_conv3" / "method_steps.json").write_text(json.dumps(bench))
     text = report.build_report("cpu-methods", str(res))
+    cost = text[text.index("## Training cost per step"):text.index("## Paired comparisons")]
+    for needle in ("| T_Base | baseline | 0.25 | 512 | 1.00 | 0.50 |", "| T_Div | div | 0.50 | 256 | 2.00 | 1.00 |",
+                   "| T_TRS | trs | 2.00 | 64 | 8.00 | 4.00 |", "| T_ADP | adp | not run |",
+                   "before 1.0 / 1.1 / 1.2, after 2.0 / 1.5 / 1.3"):
+        assert needle in cost, (needle, cost)
     table = _comparison(text)
     line = lambda t, s: next(l for l in table if l.startswith(f"| {t} |") and f"| {s} |" in l)  # noqa: E731
     assert len([l for l in table if "| S3 |" in l]) == 5 and len(table) == 5 * 4  # 5 targets x 4 surrogates
@@ -474,6 +489,7 @@ def test_methods_report_with_nothing_run(tmp_path):
     table = _comparison(text)
     assert len(table) == 20 and all(l.count("not run") == 11 for l in table), table[0]
     assert "Transfer evaluation: not run" in text and "Training: not run" in text
+    assert "Step cost benchmark: not run" in text
 
 
 def test_skipped_trainings_are_not_stamped_with_todays_load(tmp_path, data_dir):

@@ -173,6 +173,37 @@ def paired_table(results_dir: str, row: str = METHODS_ROW) -> List[str]:
     return lines + (["", f"Not compared: {gap}."] if gap else [])
 
 
+# benchmarks/method_steps.py's mode of each target (work dir name -> training mode).
+_BENCH_MODE = {"base": "baseline"}
+
+
+def step_cost_table(results_dir: str, row: str = METHODS_ROW) -> List[str]:
+    """Every target's training-step cost from the preset's interleaved benchmark
+    (``<row>/method_steps.json``, written by ``benchmarks/method_steps.py``): median s / step and
+    the ratios to the baseline and GAL steps, all timed at one load on the same batches."""
+    bench = load_json(os.path.join(results_dir, row, "method_steps.json"))
+    if not bench:
+        return [f"Step cost benchmark: {NOT_RUN} (`bash run_all.sh --only=benchmark cpu-methods`)."]
+    modes = bench.get("modes", {})
+    load = lambda k: " / ".join(f"{v:.1f}" for v in bench.get(k, []))  # noqa: E731
+    f = lambda v: "—" if v is None else f"{v:.2f}"  # noqa: E731
+    lines = [f"`benchmarks/method_steps.py`, {bench.get('timestamp_utc', '—')} UTC: "
+             f"{bench['members']} members, batch {bench['batch_size']}, {bench['precision']}, "
+             f"{bench['cores']} cores; the median of {bench['reps']} steps per mode, the modes "
+             f"interleaved on the same batches (load average 1 / 5 / 15 min before {load('load_average_before')}, "
+             f"after {load('load_average_after')}).", "",
+             "| target | mode | s / step | images / s | × baseline | × GAL |", "|---|---|---|---|---|---|"]
+    for name, label, _ in METHOD_TARGETS:
+        mode = _BENCH_MODE.get(name, name)
+        r = modes.get(mode)
+        if r is None:
+            lines.append(f"| {label} | {mode} | {NOT_RUN} | — | — | — |")
+            continue
+        lines.append(f"| {label} | {mode} | {f(r['median_step_s'])} | {r['images_per_s']:.0f} | "
+                     f"{f(r.get('over_baseline'))} | {f(r.get('over_div'))} |")
+    return lines
+
+
 def _methods_training_table(results_dir: str, row: str) -> List[str]:
     w = os.path.join(results_dir, "work", row)
     lines = ["| model | role | mode | members | seed | steps | batch | clean acc | GAL | coherence | "
@@ -271,6 +302,10 @@ def build_methods_report(preset: str, results_dir: str) -> str:
               f"\"shared\" when it exceeded {SHARED_LOAD_FACTOR:g} × the core count, i.e. other jobs "
               "ran alongside and the time is inflated.", ""]
     lines += methods_table(results_dir, row) + [""]
+    lines += ["## Training cost per step", "",
+              "The *s / step* column above comes from each training run and depends on the load it had; "
+              "this benchmark times every method at one load, so its ratios are the comparable figure.", ""]
+    lines += step_cost_table(results_dir, row) + [""]
     lines += ["## Paired comparisons on the same images", "",
               "Accuracy differences between two targets measured on the same adversarial examples, "
               "tested per cell with McNemar's exact test (two-sided, p < 0.05, not corrected for the "
