@@ -59,11 +59,11 @@ Presets:
              1,000 test images; coherence (500 images), member transferability and white-box PGD
              (100 images, 10 / 20 iterations); every method's step cost timed interleaved
              (benchmarks/method_steps.py, --only=benchmark, about 2 minutes); report:
-             results/cpu-methods/REPORT.md (one comparison table). Everything is trained in the preset's own work dir (the cpu
-             preset's weights are not reused). Estimated about 5 hours on 2 shared cores (~4 h
-             training: steps measured at load ~4, ADP ~1 s, TRS ~7.6 s, DVERGE ~10.6 s; baseline
-             ~0.9 s and GAL ~2.7 s from the cpu preset; ~45 min crafting on four surrogates from
-             the cpu preset's crafting rates), not timed end to end.
+             results/cpu-methods/REPORT.md (one comparison table). Everything is trained in the
+             preset's own work dir (the cpu preset's weights are not reused). About 1.3 h on a
+             quiet 2-core machine (estimate: ~50 min of training at the benchmark's quiet step
+             times -- baseline 0.21 s, GAL 0.49 s, ADP 0.20 s, TRS 1.8 s, DVERGE 2.0 s -- plus the
+             committed run's 15 min evaluation and 8 min analysis), not timed end to end.
   smoke      Every stage on tiny settings (3 members, a few steps, 100 test images): a few
              minutes; used by the test suite to prove the script works end to end.
   smoke-cifar  The CIFAR-10 Conv-4 row on tiny settings (surrogate, T_Base, T_Div; 3 members,

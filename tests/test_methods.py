@@ -457,3 +457,40 @@ def test_bad_method_names_fields_and_calls():
         dverge.objective(members, [x, x], y, include_clean=True)
     with pytest.raises(ValueError, match="rand_start=True needs seed"):
         dverge.distill(lambda t: t, x, x, 0.1, 2, 0.01, rand_start=True)
+
+
+def test_adp_terms_experiment_against_numpy():
+    """experiments/adp_terms.py: entropy of the mean prediction, ADP's log-det and member
+    disagreement of a hand-built 3-member ensemble, against NumPy."""
+    import importlib.util
+    import itertools
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "adp_terms.py")
+    spec = importlib.util.spec_from_file_location("adp_terms", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(7, 3, 4)).astype(np.float32) * 3
+    y = rng.integers(0, 4, size=7).astype(np.int64)
+
+    class Fixed:  # member_logits of the first len(x) rows: the experiment batches by 3 here
+        def member_logits(self, x):
+            return tf.constant(logits[np.asarray(x)[:, 0].astype(int)])
+
+    x = np.arange(7, dtype=np.float32)[:, None]
+    got = mod.terms(Fixed(), x, y, batch=3)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    mean = p.mean(1)
+    ent = -(mean * np.log(mean + 1e-20)).sum(-1)
+    lds = []
+    for b in range(7):
+        rest = np.delete(p[b], y[b], axis=1)
+        u = rest / np.linalg.norm(rest, axis=1, keepdims=True)
+        lds.append(np.linalg.slogdet(u @ u.T + 1e-6 * np.eye(3))[1])
+    pred = logits.argmax(-1)
+    dis = np.mean([[pred[b, i] != pred[b, j] for i, j in itertools.combinations(range(3), 2)] for b in range(7)])
+    assert got["ensemble_entropy"] == pytest.approx(ent.mean(), rel=1e-4)
+    assert got["log_det_nonmax"] == pytest.approx(np.mean(lds), rel=1e-3, abs=1e-3)
+    assert got["member_disagreement"] == pytest.approx(dis)
