@@ -132,7 +132,7 @@ def main(argv=None) -> dict:
     from tf_divtrain import data as data_lib
 
     args.data_dir = data_lib.resolve_data_dir(args.data_dir)
-    if not args.data_dir or not os.path.isfile(os.path.join(args.data_dir, "mnist.npz")):
+    if not os.path.isfile(os.path.join(args.data_dir, "mnist.npz")):
         sys.exit(f"method_steps.py: no mnist.npz in {args.data_dir!r}; pass --data_dir or set TF_DIVTRAIN_DATA.")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     from tf_divtrain import training
