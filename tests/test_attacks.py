@@ -52,6 +52,12 @@ def hand_mean_ce(member_logits_list, y):
     return tf.add_n(ces) / len(ces)
 
 
+def hand_prediction_ce(member_logits_list, y):
+    """Independent CE of the averaged-softmax prediction: -log(mean_i softmax(Z_i)[y])."""
+    p = tf.add_n([tf.nn.softmax(z, axis=-1) for z in member_logits_list]) / len(member_logits_list)
+    return -tf.math.log(tf.gather(p, y, batch_dims=1))
+
+
 def hand_grad(members, x, y):
     x = tf.convert_to_tensor(x)
     with tf.GradientTape() as tape:
@@ -93,6 +99,71 @@ def test_ensemble_ce_is_mean_member_ce():
     logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
     expected = -logp[np.arange(5), :, y].mean(axis=1)
     np.testing.assert_allclose(attacks.ensemble_ce(labels=y, logits=z).numpy(), expected, rtol=1e-5)
+
+
+def test_prediction_ce_matches_numpy_and_is_stable():
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(6, 4, 7)).astype(np.float32)
+    z[:3] *= 40.0  # confident members: the naive softmax average underflows in float32 for some
+    y = rng.integers(0, 7, size=6)
+    z64 = z.astype(np.float64)
+    logp = z64 - z64.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    lp_y = logp[np.arange(6), :, y]  # [B, N]
+    m = lp_y.max(1, keepdims=True)
+    expected = np.log(4) - (m[:, 0] + np.log(np.exp(lp_y - m).sum(1)))
+    got = attacks.prediction_ce(labels=y, logits=z).numpy()
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # one member: plain CE; identical members: the same CE (the average of one softmax)
+    np.testing.assert_allclose(attacks.prediction_ce(y, z[:, 0]).numpy(), -logp[np.arange(6), 0, y],
+                               rtol=1e-5, atol=1e-5)
+    same = np.repeat(z[:, :1], 3, axis=1)
+    np.testing.assert_allclose(attacks.prediction_ce(y, same).numpy(), -logp[np.arange(6), 0, y],
+                               rtol=1e-5, atol=1e-5)
+    # never above the mean member CE (Jensen: -log of a mean <= mean of -log)
+    assert np.all(got <= attacks.ensemble_ce(y, z).numpy() + 1e-5)
+
+
+def test_prediction_ce_gradient_weights_members_by_their_p_y():
+    """grad_Z of -log mean_i p_i(y) = sum_i w_i grad_Z CE_i with w_i = p_i(y) / sum_j p_j(y)."""
+    rng = np.random.default_rng(2)
+    z = tf.constant(rng.normal(size=(5, 3, 10)).astype(np.float32) * 3.0)
+    y = tf.constant(rng.integers(0, 10, size=5))
+    with tf.GradientTape() as tape:
+        tape.watch(z)
+        loss = tf.reduce_sum(attacks.prediction_ce(y, z))
+    got = tape.gradient(loss, z).numpy()
+    p = tf.nn.softmax(z, -1).numpy()
+    onehot = np.eye(10)[y.numpy()][:, None, :]
+    p_y = (p * onehot).sum(-1)
+    w = p_y / p_y.sum(1, keepdims=True)
+    expected = w[..., None] * (p - onehot)  # dCE_i / dZ_i = softmax_i - onehot
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["fgsm", "ifgsm"])
+def test_attacks_with_prediction_ce_follow_the_hand_objective(name, tiny_ens, batch):
+    x, y = batch
+    step, n = (EPS, 1) if name == "fgsm" else (EPS / 10, 10)
+    expected = reference_pgd(tiny_ens.members, "prediction_ce", x, y, EPS, step, n, x)
+    got = attacks.make_attack(name, tiny_ens, EPS, loss="prediction_ce")(x, y, 0).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    # and it is a different attack from the paper's mean member CE on this ensemble
+    assert not np.array_equal(got, attacks.make_attack(name, tiny_ens, EPS)(x, y, 0).numpy())
+
+
+def test_rfgsm_and_mifgsm_take_the_loss(tiny_ens, batch):
+    x, y = batch
+    fn = attacks.as_logits_fn(tiny_ens)
+    ref = fast_gradient_method(fn, tf.constant(x), EPS, np.inf, loss_fn=attacks.prediction_ce,
+                               clip_min=0.0, clip_max=1.0, y=tf.constant(y),
+                               sanity_checks=False).numpy()
+    np.testing.assert_allclose(
+        attacks.rfgsm(tiny_ens, x, y, EPS, 0, rand_eps=0.0, loss="prediction_ce").numpy(), ref,
+        atol=1e-7)
+    mi = attacks.mifgsm(tiny_ens, x, y, EPS, nb_iter=1, loss="prediction_ce").numpy()
+    np.testing.assert_allclose(mi, ref, atol=1e-6)  # one momentum step = sign of the gradient
 
 
 def test_cw_margin_loss_matches_numpy_formula():
@@ -198,6 +269,8 @@ def reference_pgd(members, loss, x, y, eps, step, n, x0):
             zs = [m(adv) for m in members]
             if loss == "ce":
                 val = hand_mean_ce(zs, tf.constant(y))
+            elif loss == "prediction_ce":
+                val = hand_prediction_ce(zs, tf.constant(y))
             else:  # mean over members of min(max_{j != y} Z_j - Z_y, 50)
                 onehot = tf.one_hot(y, 10)
                 hs = [tf.minimum(tf.reduce_max(z - 1e9 * onehot, -1) - tf.reduce_sum(z * onehot, -1), 50.)
@@ -259,6 +332,8 @@ def test_bad_inputs_raise():
         attacks.make_attack("fgsm", ens, "big")
     with pytest.raises(ValueError, match="Unknown option"):
         attacks.make_attack("fgsm", ens, 0.1, nb_iter=3)
+    with pytest.raises(ValueError, match="Unknown loss 'mean'.*'prediction_ce'"):
+        attacks.make_attack("ifgsm", ens, 0.1, loss="mean")
     with pytest.raises(ValueError, match="variant"):
         attacks.rfgsm(ens, np.zeros((1, 28, 28, 1), np.float32), [0], 0.1, variant="x")
 

@@ -112,6 +112,48 @@ def test_validation_errors_before_any_work(exports, tmp_path):
     assert not os.path.exists(tmp_path / "c")  # nothing was crafted
 
 
+def test_attack_loss_options_and_their_validation(exports, tmp_path):
+    assert evaluation.attack_loss_options(attacks.ATTACKS, "ce") == {}  # default: old cache keys
+    assert evaluation.attack_loss_options(attacks.ATTACKS, "prediction_ce") == {
+        a: {"loss": "prediction_ce"} for a in ("fgsm", "rfgsm", "ifgsm", "mifgsm")}
+    assert evaluation.attack_loss_options(["pgd_cw"], "prediction_ce") == {}
+    with pytest.raises(evaluation.EvaluationError, match="Unknown attack loss 'cw'.*prediction_ce"):
+        evaluation.attack_loss_options(["fgsm"], "cw")
+    t = [("T_Base", exports["base"])]
+    common = dict(num_examples=10, cache_dir=str(tmp_path / "c"), progress=False)
+    with pytest.raises(evaluation.EvaluationError, match="Unknown loss 'mean'"):
+        evaluation.evaluate(exports["surrogate"], t, "mnist", attack_options={"fgsm": {"loss": "mean"}},
+                            **common)
+    with pytest.raises(evaluation.EvaluationError, match=r"Unknown option\(s\) \['loss'\].*pgd_cw"):
+        evaluation.evaluate(exports["surrogate"], t, "mnist",
+                            attack_options={"pgd_cw": {"loss": "prediction_ce"}}, **common)
+    assert not os.path.exists(tmp_path / "c")  # nothing was crafted
+
+
+def test_prediction_ce_evaluation_crafts_its_own_examples(exports, tmp_path, data_dir):
+    kw = dict(dataset="mnist", data_dir=data_dir, attacks=["fgsm"], eps=[0.3], num_examples=20,
+              batch_size=10, cache_dir=str(tmp_path / "c"), progress=False)
+    t = [("T_Base", exports["base"])]
+    paper = evaluation.evaluate(exports["surrogate"], t, **kw)
+    opts = evaluation.attack_loss_options(["fgsm"], "prediction_ce")
+    adaptive = evaluation.evaluate(exports["surrogate"], t, attack_options=opts, **kw)
+    p_path = paper["crafting"]["fgsm"]["0.3"]["path"]
+    a_path = adaptive["crafting"]["fgsm"]["0.3"]["path"]
+    assert p_path != a_path and adaptive["crafting"]["fgsm"]["0.3"]["cached"] is False
+    sur = export.load_ensemble(exports["surrogate"])
+    x_adaptive = np.load(a_path)
+    assert not np.array_equal(x_adaptive, np.load(p_path))  # the paper's objective: other examples
+    from tf_divtrain import data as data_lib
+    d = data_lib.load_dataset("mnist", data_dir, test_size=20)
+    expected = np.concatenate([attacks.fgsm(sur, d.x_test[i:i + 10], d.y_test[i:i + 10], 0.3,
+                                            loss="prediction_ce").numpy() for i in (0, 10)])
+    np.testing.assert_allclose(x_adaptive, expected, atol=1e-6)
+    assert adaptive["attack_options"] == opts
+    assert "Attack options (not the paper's defaults): FGSM loss=prediction_ce." in (
+        evaluation.format_table2(adaptive))
+    assert "Attack options" not in evaluation.format_table2(paper)
+
+
 def test_table2_format_bold_and_cells():
     row = {"label": "T_Base", "role": "target", "clean": 0.994,
            "attacks": {"fgsm": {"0.1": 0.914, "0.3": 0.097}, "ifgsm": {"0.1": 0.861, "0.3": 0.007},
@@ -213,11 +255,13 @@ def test_cli_flag_validators():
     assert parse("--surrogate_dir=S5=a,S_div=b").surrogate_dir == "S5=a,S_div=b"
     assert fv.attacks == list(attacks.ATTACKS) and fv.eps is None and fv.num_examples == 1000
     assert parse("--eps=0.03,0.09", "--attacks=fgsm,pgd_cw").eps == ["0.03", "0.09"]
+    assert fv.attack_loss == "ce" and parse("--attack_loss=prediction_ce").attack_loss == "prediction_ce"
     for bad, msg in (("--eps=0.1,1.5", r"\[0, 1\]"), ("--eps=abc", r"\[0, 1\]"),
                      ("--attacks=fgsm,cw", "subset of fgsm"), ("--dataset=svhn", "must be one of"),
                      ("--targets=runs/base", "LABEL=DIR"), ("--num_examples=0", "num_examples"),
                      ("--surrogate_dir=S=a,S=b", "unique labels"),
-                     ("--surrogate_dir==a", "LABEL=DIR / DIR")):
+                     ("--surrogate_dir==a", "LABEL=DIR / DIR"),
+                     ("--attack_loss=mean", "<ce|prediction_ce>")):
         with pytest.raises(absl_flags.IllegalFlagValueError, match=msg):
             parse(bad)
 

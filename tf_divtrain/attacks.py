@@ -5,7 +5,11 @@ Interface: a *logits function* ``logits_fn(x) -> member logits [B, N, C]`` -- an
 single Keras model (wrapped to N = 1 by :func:`as_logits_fn`) or any callable.
 
 Objective (§4.1): "Since S is an ensemble of 5 models, we consider the average CE loss of all the
-models in S as the objective function to be maximized" -> :func:`ensemble_ce`, per example.
+models in S as the objective function to be maximized" -> :func:`ensemble_ce`, per example. Every
+CE attack takes ``loss=`` (see :data:`LOSSES`): ``"ce"`` (that objective, the default) or
+``"prediction_ce"`` (:func:`prediction_ce`, the CE of the ensemble's averaged-softmax prediction --
+the rule targets are scored by), for an attacker who knows that averaged member CE is what a
+diversity-trained surrogate makes cancel.
 
 Attacks (all untargeted, L-inf, true labels passed explicitly -- no label-leaking guess; every
 output lies in the eps-ball of the clean ``x`` and in [0, 1]; eps is on the [0, 1] pixel scale):
@@ -111,6 +115,23 @@ def ensemble_ce(labels, logits):
     return tf.reduce_mean(gal.member_cross_entropy(_members(logits), labels), axis=1)
 
 
+def prediction_ce(labels, logits):
+    """CE of the ensemble's prediction, per example: ``-log((1/N) sum_i softmax(Z_i)[y])``.
+
+    ``[B], [B, N, C] -> [B]`` (N = 1: plain CE), computed as ``log N - logsumexp_i log_softmax(Z_i)[y]``
+    (stable when every member is confident). Its input gradient is ``sum_i w_i grad CE_i`` with
+    ``w_i = p_i(y) / sum_j p_j(y)``: members already fooled (small p_i(y)) stop steering the attack,
+    whereas :func:`ensemble_ce` keeps weighting each member's unbounded CE equally.
+    """
+    logits = tf.cast(_members(logits), tf.float32)
+    num_classes = tf.shape(logits)[-1]
+    logp = tf.nn.log_softmax(logits, axis=-1)
+    onehot = tf.one_hot(tf.cast(labels, tf.int64), num_classes, dtype=logp.dtype)[:, None, :]
+    logp_y = tf.reduce_sum(logp * onehot, axis=-1)  # [B, N]
+    n = tf.cast(tf.shape(logits)[1], logp.dtype)
+    return tf.math.log(n) - tf.reduce_logsumexp(logp_y, axis=1)
+
+
 def cw_margin_loss(labels, logits, confidence: float = CW_CONFIDENCE):
     """Untargeted CW hinge (Carlini & Wagner 2017, f6), per example: ``[B], [B, N, C] -> [B]``.
 
@@ -144,12 +165,17 @@ def cw_loss_fn(confidence: float = CW_CONFIDENCE) -> Callable:
     return loss_fn
 
 
+LOSSES = ("ce", "prediction_ce", "cw")  # ensemble_ce (§4.1), prediction_ce, cw_margin_loss
+
+
 def _loss_fn(loss: str, confidence: float = CW_CONFIDENCE) -> Callable:
     if loss == "ce":
         return ensemble_ce
+    if loss == "prediction_ce":
+        return prediction_ce
     if loss == "cw":
         return cw_loss_fn(float(confidence))
-    raise ValueError(f"Unknown loss {loss!r}; valid: 'ce', 'cw'.")
+    raise ValueError(f"Unknown loss {loss!r}; valid: {', '.join(repr(v) for v in LOSSES)}.")
 
 
 def input_gradient(logits_fn, loss_fn, x, y):
@@ -216,15 +242,19 @@ def _fgm_step(fn, x, y, step, loss_fn):
 # ----------------------------------------------------------------------------------------------
 # Attacks.
 
-def fgsm(logits_fn, x, y, eps):
-    """FGSM, Eq 2: ``clip(x + eps * sign(grad_x mean_i CE_i), 0, 1)`` (CleverHans FGM)."""
+def fgsm(logits_fn, x, y, eps, loss: str = "ce"):
+    """FGSM, Eq 2: ``clip(x + eps * sign(grad_x mean_i CE_i), 0, 1)`` (CleverHans FGM).
+
+    ``loss``: the objective (:data:`LOSSES`; default the §4.1 mean member CE).
+    """
     eps = check_eps(eps)
+    loss_fn = _loss_fn(loss)
     x, y = _prep(x, y)
-    return _fgm_step(as_logits_fn(logits_fn), x, y, eps, ensemble_ce)
+    return _fgm_step(as_logits_fn(logits_fn), x, y, eps, loss_fn)
 
 
 def rfgsm(logits_fn, x, y, eps, seed=0, variant: str = "paper", alpha: Optional[float] = None,
-          rand_eps: Optional[float] = None):
+          rand_eps: Optional[float] = None, loss: str = "ce"):
     """R-FGSM: one random step, then an FGSM step; output projected to the eps-ball and [0, 1].
 
     * ``variant="paper"`` (default, §4.1: "applies FGSM after taking a single random step sampled
@@ -233,9 +263,10 @@ def rfgsm(logits_fn, x, y, eps, seed=0, variant: str = "paper", alpha: Optional[
     * ``variant="tramer"`` (Tramèr et al. 2017): ``x1 = clip(x + alpha * sign(N(0, I)), 0, 1)``,
       ``x2 = x1 + (eps - alpha) * sign(grad J(x1))`` (alpha default eps/2; already in the ball).
 
-    ``rand_eps=0`` / ``alpha=0`` reduce it to FGSM.
+    ``rand_eps=0`` / ``alpha=0`` reduce it to FGSM. ``loss``: the objective (:data:`LOSSES`).
     """
     eps = check_eps(eps)
+    loss_fn = _loss_fn(loss)
     x, y = _prep(x, y)
     fn = as_logits_fn(logits_fn)
     s = seed_pair(seed)
@@ -255,13 +286,13 @@ def rfgsm(logits_fn, x, y, eps, seed=0, variant: str = "paper", alpha: Optional[
         step = eps - a
     else:
         raise ValueError(f"Unknown R-FGSM variant {variant!r}; valid: 'paper', 'tramer'.")
-    return project(_fgm_step(fn, x1, y, step, ensemble_ce), x, eps)
+    return project(_fgm_step(fn, x1, y, step, loss_fn), x, eps)
 
 
 def pgd(logits_fn, x, y, eps, eps_iter, nb_iter, rand_init: bool = True, seed=0, loss: str = "ce",
         confidence: float = CW_CONFIDENCE):
-    """L-inf PGD (Madry et al. 2017) maximising ``loss`` ('ce' = :func:`ensemble_ce`, 'cw' =
-    :func:`cw_margin_loss` with ``confidence``).
+    """L-inf PGD (Madry et al. 2017) maximising ``loss`` ('ce' = :func:`ensemble_ce`,
+    'prediction_ce' = :func:`prediction_ce`, 'cw' = :func:`cw_margin_loss` with ``confidence``).
 
     ``x_0 = x`` (``rand_init=False``: exactly CleverHans ``projected_gradient_descent``, i.e.
     I-FGSM, Eqs 3-4) or ``random_start(x, eps, seed)``; then ``nb_iter`` times
@@ -274,9 +305,9 @@ def pgd(logits_fn, x, y, eps, eps_iter, nb_iter, rand_init: bool = True, seed=0,
     nb_iter = int(nb_iter)
     if nb_iter < 1:
         raise ValueError(f"nb_iter={nb_iter} must be >= 1.")
+    loss_fn = _loss_fn(loss, confidence)
     x, y = _prep(x, y)
     fn = as_logits_fn(logits_fn)
-    loss_fn = _loss_fn(loss, confidence)
     if not rand_init:
         return projected_gradient_descent(fn, x, eps, eps_iter, nb_iter, np.inf, loss_fn=loss_fn,
                                           clip_min=CLIP_MIN, clip_max=CLIP_MAX, y=y, targeted=False,
@@ -287,24 +318,30 @@ def pgd(logits_fn, x, y, eps, eps_iter, nb_iter, rand_init: bool = True, seed=0,
     return adv
 
 
-def ifgsm(logits_fn, x, y, eps, nb_iter: int = NB_ITER):
-    """I-FGSM, Eqs 3-4: k = nb_iter steps of eps/k from x, each projected (§4.1: k = 10)."""
+def ifgsm(logits_fn, x, y, eps, nb_iter: int = NB_ITER, loss: str = "ce"):
+    """I-FGSM, Eqs 3-4: k = nb_iter steps of eps/k from x, each projected (§4.1: k = 10).
+
+    ``loss``: the objective (:data:`LOSSES`; default the §4.1 mean member CE).
+    """
     eps = check_eps(eps)
-    return pgd(logits_fn, x, y, eps, eps / nb_iter, nb_iter, rand_init=False, loss="ce")
+    return pgd(logits_fn, x, y, eps, eps / nb_iter, nb_iter, rand_init=False, loss=loss)
 
 
-def mifgsm(logits_fn, x, y, eps, nb_iter: int = NB_ITER, decay: float = MI_DECAY):
+def mifgsm(logits_fn, x, y, eps, nb_iter: int = NB_ITER, decay: float = MI_DECAY,
+           loss: str = "ce"):
     """MI-FGSM (Dong et al. 2018), Eq 5 + Eq 4, on the ensemble-CE objective.
 
     ``g_{t+1} = mu * g_t + grad_t / ||grad_t||_1`` (L1 over each example's pixels; g_0 = 0),
     ``x_{t+1} = project(x_t + (eps/k) * sign(g_{t+1}))``, mu = ``decay`` = 1.0, k = ``nb_iter`` = 10.
     Same iterates as CleverHans' ``momentum_iterative_method`` (which divides by the *mean* |grad|,
-    a per-example constant factor that sign() ignores), but with the ensemble loss.
+    a per-example constant factor that sign() ignores), but with the ensemble loss (``loss``, one
+    of :data:`LOSSES`).
     """
     eps = check_eps(eps)
     nb_iter = int(nb_iter)
     if nb_iter < 1:
         raise ValueError(f"nb_iter={nb_iter} must be >= 1.")
+    loss_fn = _loss_fn(loss)
     x, y = _prep(x, y)
     fn = as_logits_fn(logits_fn)
     step = eps / nb_iter
@@ -312,7 +349,7 @@ def mifgsm(logits_fn, x, y, eps, nb_iter: int = NB_ITER, decay: float = MI_DECAY
     momentum = tf.zeros_like(x)
     adv = x
     for _ in range(nb_iter):
-        grad = input_gradient(fn, ensemble_ce, adv, y)
+        grad = input_gradient(fn, loss_fn, adv, y)
         l1 = tf.reduce_sum(tf.abs(grad), axis=axes, keepdims=True)
         momentum = decay * momentum + grad / tf.maximum(l1, 1e-12)
         adv = project(adv + step * tf.sign(momentum), x, eps)
@@ -337,6 +374,19 @@ _IMPLS = {"fgsm": fgsm, "rfgsm": rfgsm, "ifgsm": ifgsm, "mifgsm": mifgsm, "pgd_c
 _SEEDED = {"rfgsm", "pgd_cw"}
 
 
+def check_options(name: str, options: dict) -> dict:
+    """``options`` must be keyword arguments of attack ``name`` (a ``loss`` one of :data:`LOSSES`)."""
+    impl = _IMPLS[check_attack(name)]
+    allowed = set(inspect.signature(impl).parameters) - {"logits_fn", "x", "y", "eps", "seed"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(f"Unknown option(s) {unknown} for attack {name!r}; valid: "
+                         f"{sorted(allowed) or 'none'}.")
+    if "loss" in options:
+        _loss_fn(options["loss"])
+    return dict(options)
+
+
 class Attack:
     """``(x, y, seed) -> x_adv`` for one (attack, surrogate, eps), traced once.
 
@@ -348,15 +398,9 @@ class Attack:
     def __init__(self, name: str, logits_fn, eps, **options):
         self.name = check_attack(name)
         self.eps = check_eps(eps)
-        impl = _IMPLS[name]
-        allowed = set(inspect.signature(impl).parameters) - {"logits_fn", "x", "y", "eps", "seed"}
-        unknown = sorted(set(options) - allowed)
-        if unknown:
-            raise ValueError(f"Unknown option(s) {unknown} for attack {name!r}; valid: "
-                             f"{sorted(allowed) or 'none'}.")
-        self.options = dict(options)
+        self.options = check_options(name, options)
         self.logits_fn = as_logits_fn(logits_fn)
-        self._impl = impl
+        self._impl = _IMPLS[name]
         self._fn = None
         self._image_shape = None
         self.python_traces = 0

@@ -81,6 +81,11 @@ def define_flags(fv: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_string("cache_dir", None, "Adversarial-example cache; default <out_dir>/adv_cache.",
                         **d)
     flags.DEFINE_bool("progress", True, "Show a tqdm progress bar per attack.", **d)
+    flags.DEFINE_enum("attack_loss", "ce", list(evaluation.ATTACK_LOSSES),
+                      "Objective of FGSM, R-FGSM, I-FGSM and MI-FGSM: ce = the paper's mean member "
+                      "CE (§4.1); prediction_ce = CE of the ensemble's averaged-softmax prediction "
+                      "(an attacker who knows averaged member gradients cancel on a GAL ensemble). "
+                      "PGD-CW keeps its CW hinge.", **d)
     cli_flags.define_precision_flag(fv, "The surrogate crafts the attacks in it; targets are always "
                                     "scored in float32. Reduced precision changes the attack itself "
                                     "(signs of small gradient components), so Table 2 numbers use "
@@ -111,7 +116,8 @@ def main(argv, fv: flags.FlagValues = None):
             fv.surrogate_dir, fv.targets, dataset=fv.dataset, data_dir=fv.data_dir,
             eps=eps, attacks=fv.attacks, num_examples=fv.num_examples,
             batch_size=fv.batch_size, seed=fv.seed, cache_dir=cache_dir,
-            progress=fv.progress, precision=fv.precision)
+            progress=fv.progress, precision=fv.precision,
+            attack_options=evaluation.attack_loss_options(fv.attacks, fv.attack_loss))
     except (evaluation.EvaluationError, data_lib.DataError) as e:
         cli_flags.fail(e)
     paths = evaluation.write_reports(results, fv.out_dir)

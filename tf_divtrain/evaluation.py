@@ -99,6 +99,25 @@ def check_eps_list(eps: Sequence[float]) -> Tuple[float, ...]:
     return tuple(out)
 
 
+CE_ATTACKS = ("fgsm", "rfgsm", "ifgsm", "mifgsm")  # the attacks whose objective is a CE (§4.1)
+ATTACK_LOSSES = ("ce", "prediction_ce")
+
+
+def attack_loss_options(attacks: Sequence[str], loss: str) -> Dict[str, dict]:
+    """``attack_options`` giving the CE attacks among ``attacks`` the objective ``loss``.
+
+    ``"ce"`` (the paper's mean member CE, §4.1) -> ``{}``, so the default keeps its cache keys;
+    ``"prediction_ce"`` -> ``{a: {"loss": "prediction_ce"}}`` for FGSM, R-FGSM, I-FGSM and MI-FGSM
+    (:func:`~tf_divtrain.attacks.prediction_ce`). PGD-CW keeps its CW hinge either way.
+    """
+    if loss not in ATTACK_LOSSES:
+        raise EvaluationError(f"Unknown attack loss {loss!r}; valid: {', '.join(ATTACK_LOSSES)} "
+                              f"(ce = the paper's mean member CE).")
+    if loss == "ce":
+        return {}
+    return {a: {"loss": loss} for a in check_attacks(attacks) if a in CE_ATTACKS}
+
+
 def parse_targets(spec) -> List[Tuple[str, str]]:
     """``"T_Base=runs/base,T_Div=runs/div"`` (or a list of such items) -> [(label, dir), ...]."""
     return labels_lib.parse_label_dirs(spec, "Target", "T_Base=runs/base", EvaluationError,
@@ -314,6 +333,13 @@ def evaluate(surrogate_dir, targets, dataset: Optional[str] = None,
     """
     # --- validation, cheapest first ---
     attacks = check_attacks(attacks)
+    attack_options = attack_options or {}
+    for a, o in attack_options.items():
+        check_attacks([a])
+        try:
+            attacks_lib.check_options(a, {k: v for k, v in (o or {}).items() if not k.startswith("_")})
+        except ValueError as err:
+            raise EvaluationError(str(err)) from None
     if eps is not None:
         eps = check_eps_list(eps)
     if dataset is not None:
@@ -347,9 +373,6 @@ def evaluate(surrogate_dir, targets, dataset: Optional[str] = None,
         m = export_lib.load_ensemble(sm)
         check_compatible(m, f"target {label}", dataset)
         target_models.append((label, m))
-    attack_options = attack_options or {}
-    for a in attack_options:
-        check_attacks([a])
 
     ds = data_lib.load_dataset(dataset, data_dir, test_size=num_examples)
     x, y = ds.x_test, ds.y_test
@@ -478,6 +501,11 @@ def format_table2(results: dict) -> str:
         lines += _table2_lines(results, b["rows"]) + [""]
     sanity = ", ".join(f"*{r['label']}*" for b in blocks for r in b["rows"] if r["role"] != "target")
     lines.append(f"{sanity}: the surrogate attacked white-box (sanity row, not a target).")
+    options = {a: o for a, o in (results.get("attack_options") or {}).items() if o}
+    if options:
+        lines.append("Attack options (not the paper's defaults): " + "; ".join(
+            f"{attacks_lib.DISPLAY_NAMES[a]} " + ", ".join(f"{k}={v}" for k, v in sorted(o.items()))
+            for a, o in options.items()) + ".")
     if robust:
         lines.append(f"{ROBUST_HEADERS[0]}: fraction of the test images classified correctly under "
                      f"every attack at that eps; {ROBUST_HEADERS[1]}: under every attack at every "
