@@ -58,7 +58,9 @@ Presets:
              ensemble (seed 20). All five attacks at eps 0.1/0.3 from every surrogate on the first
              1,000 test images; coherence (500 images), member transferability and white-box PGD
              (100 images, 10 / 20 iterations); every method's step cost timed interleaved
-             (benchmarks/method_steps.py, --only=benchmark, about 2 minutes); report:
+             (benchmarks/method_steps.py, --only=benchmark, about 2 minutes); FGSM, R-FGSM,
+             I-FGSM, MI-FGSM again from S5 and S_div with --attack_loss=prediction_ce, compared
+             cell by cell with the paper's objective (adaptive_loss/comparison.md); report:
              results/cpu-methods/REPORT.md (one comparison table). Everything is trained in the
              preset's own work dir (the cpu preset's weights are not reused). About 1.3 h on a
              quiet 2-core machine (estimate: ~50 min of training at the benchmark's quiet step
@@ -345,6 +347,28 @@ run_methods() {
       --out="$RES/$row/method_steps.json" --md="$RES/$row/METHOD_STEPS.md"
   fi
   evaluate_and_analyze "$row" "$surrogates" "$targets" "$eval_extra" "$analyze_extra"
+  # The attacker's objective (README "Attack objective"): FGSM, R-FGSM, I-FGSM and MI-FGSM again from
+  # S5 and S_div, maximising the CE of the ensemble's prediction instead of the paper's mean member
+  # CE, then compared with the evaluation above cell by cell (McNemar on the same images).
+  if want evaluate; then
+    local adaptive="$RES/$row/adaptive_loss" done_pce="$RES/$row/adaptive_loss/results.json"
+    local done_cmp="$RES/$row/adaptive_loss/comparison.md"
+    # shellcheck disable=SC2046
+    if [ -e "$done_pce" ] && stale "$done_pce" $(spec_part "$targets" 2) "$w/s5" "$w/sdiv"; then
+      echo "== evaluate_${row}_prediction_ce: a model was retrained after $done_pce; re-running"
+      done_pce=""
+    fi
+    if [ -e "$done_cmp" ] && { [ -z "$done_pce" ] || [ "$RES/$row/eval/results.json" -nt "$done_cmp" ]; }; then
+      done_cmp=""  # an evaluation it compares is newer (or about to be): compare again
+    fi
+    stage "evaluate_${row}_prediction_ce" "$done_pce" \
+      "$PY" -m tf_divtrain.evaluate --surrogate_dir="S5=$w/s5,S_div=$w/sdiv" --targets="$targets" \
+      --out_dir="$adaptive" --cache_dir="$w/adv_cache" --attacks=fgsm,rfgsm,ifgsm,mifgsm \
+      --attack_loss=prediction_ce $eval_extra
+    stage "compare_${row}_prediction_ce" "$done_cmp" \
+      "$PY" experiments/compare_evals.py --a="$adaptive/results.json" --b="$RES/$row/eval/results.json" \
+      --label_a=prediction_ce --label_b=mean_member_ce --out="$adaptive/comparison"
+  fi
 }
 
 echo "run_all.sh: preset=$PRESET results=$RES training precision=$PRECISION"

@@ -371,6 +371,15 @@ def test_cpu_methods_dry_run_trains_targets_and_four_surrogates(tmp_path, data_d
     assert bench.split()[1] == "benchmarks/method_steps.py" and _flag(bench, "precision") == "auto"
     assert _flag(bench, "out").endswith("/cpu-methods/mnist_conv3/method_steps.json")
     assert _flag(bench, "md").endswith("/cpu-methods/mnist_conv3/METHOD_STEPS.md")
+    pce = cmds["evaluate_mnist_conv3_prediction_ce"]  # the attack objective, from S5 and S_div
+    assert [s.split("=")[0] for s in _flag(pce, "surrogate_dir").split(",")] == ["S5", "S_div"]
+    assert _flag(pce, "targets") == _flag(ev, "targets") and _flag(pce, "num_examples") == "1000"
+    assert _flag(pce, "attack_loss") == "prediction_ce" and _flag(pce, "attacks") == "fgsm,rfgsm,ifgsm,mifgsm"
+    assert _flag(pce, "cache_dir") == _flag(ev, "cache_dir")  # the option is part of the cache key
+    cmp_cmd = cmds["compare_mnist_conv3_prediction_ce"]
+    assert cmp_cmd.split()[1] == "experiments/compare_evals.py"
+    assert _flag(cmp_cmd, "a") == _flag(pce, "out_dir") + "/results.json"
+    assert _flag(cmp_cmd, "b") == _flag(ev, "out_dir") + "/results.json"
     an = cmds["analyze_mnist_conv3"]
     assert _flag(an, "analyses") == "coherence,transfer,whitebox" and _flag(an, "num_examples") == "500"
     assert _flag(an, "transfer_num_examples") == "100" and _flag(an, "whitebox_iters") == "20"
@@ -387,6 +396,19 @@ def test_cpu_methods_dry_run_trains_targets_and_four_surrogates(tmp_path, data_d
     (ev_dir / "results.json").write_text(json.dumps({"rows": rows, "by_surrogate": blocks}))
     out, cmds = _dry("cpu-methods", tmp_path, data_dir)
     assert "evaluate_mnist_conv3" not in cmds and "evaluate_mnist_conv3: done already" in out
+    # The attack-objective stages resume too: both done -> skipped; the paper-objective evaluation
+    # newer than the comparison -> only the comparison runs again.
+    pce_dir = tmp_path / "cpu-methods" / "mnist_conv3" / "adaptive_loss"
+    pce_dir.mkdir()
+    (pce_dir / "results.json").write_text("{}")
+    (pce_dir / "comparison.md").write_text("")
+    old = os.path.getmtime(ev_dir / "results.json") - 10
+    os.utime(ev_dir / "results.json", (old, old))
+    out, cmds = _dry("cpu-methods", tmp_path, data_dir)
+    assert "evaluate_mnist_conv3_prediction_ce" not in cmds and "compare_mnist_conv3_prediction_ce" not in cmds
+    os.utime(ev_dir / "results.json", (old + 100, old + 100))
+    out, cmds = _dry("cpu-methods", tmp_path, data_dir)
+    assert "evaluate_mnist_conv3_prediction_ce" not in cmds and "compare_mnist_conv3_prediction_ce" in cmds
 
 
 def _mnist_metrics(mode, steps=500, members=5, acc=0.98, ips=64.0, seconds=1000.0, params="", seed=0):
