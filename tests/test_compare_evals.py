@@ -84,3 +84,22 @@ def test_compare_refuses_unlike_evaluations():
     del no_pe["per_example"]
     with pytest.raises(compare_evals.CompareError, match="no per-example result.*re-run"):
         compare_evals.compare(a, results([no_pe], ["fgsm"]))
+
+
+def test_methods_report_summarises_the_comparison(tmp_path):
+    from tf_divtrain.report import methods as methods_report
+
+    assert "not run" in methods_report.objective_table(str(tmp_path))[0]
+    a = results([row("T_Div", A_MASKS), row("S5 (white-box)", A_MASKS, "surrogate")], ["fgsm"])
+    b = results([row("T_Div", B_MASKS), row("S5 (white-box)", B_MASKS, "surrogate")], ["fgsm", "pgd_cw"])
+    pa, pb = tmp_path / "a.json", tmp_path / "b.json"
+    pa.write_text(json.dumps(a))
+    pb.write_text(json.dumps(b))
+    out = tmp_path / "mnist_conv3" / "adaptive_loss" / "comparison"
+    assert compare_evals.main([f"--a={pa}", f"--b={pb}", f"--out={out}"]) == 0
+    lines = methods_report.objective_table(str(tmp_path))
+    assert "The attacks FGSM crafted again on the same 6 images" in lines[0]
+    assert lines[2] == "| surrogate | row | robust to all 0.1 | robust to all 0.3 | prediction CE stronger | mean member CE stronger |"
+    # robust to all at 0.1 = the FGSM@0.1 cell: A 2/6, B 6/6; at 0.3: A 1/6, B 3/6
+    assert lines[4] == "| S5 | T_Div | 33.3 / 100.0 | 16.7 / 50.0 | 0 | 0 |"
+    assert lines[5] == "| S5 | *S5 (white-box)* | 33.3 / 100.0 | 16.7 / 50.0 | 0 | 0 |"
