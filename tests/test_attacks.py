@@ -153,12 +153,15 @@ def test_attacks_with_prediction_ce_follow_the_hand_objective(name, tiny_ens, ba
     assert not np.array_equal(got, attacks.make_attack(name, tiny_ens, EPS)(x, y, 0).numpy())
 
 
+def cleverhans_fgsm(ens, x, y, loss_fn):
+    """CleverHans' own FGM (L-inf, eps = EPS, clipped to [0, 1]) on the ensemble's ``loss_fn``."""
+    return fast_gradient_method(attacks.as_logits_fn(ens), tf.constant(x), EPS, np.inf, loss_fn=loss_fn,
+                                clip_min=0.0, clip_max=1.0, y=tf.constant(y), sanity_checks=False).numpy()
+
+
 def test_rfgsm_and_mifgsm_take_the_loss(tiny_ens, batch):
     x, y = batch
-    fn = attacks.as_logits_fn(tiny_ens)
-    ref = fast_gradient_method(fn, tf.constant(x), EPS, np.inf, loss_fn=attacks.prediction_ce,
-                               clip_min=0.0, clip_max=1.0, y=tf.constant(y),
-                               sanity_checks=False).numpy()
+    ref = cleverhans_fgsm(tiny_ens, x, y, attacks.prediction_ce)
     np.testing.assert_allclose(
         attacks.rfgsm(tiny_ens, x, y, EPS, 0, rand_eps=0.0, loss="prediction_ce").numpy(), ref,
         atol=1e-7)
@@ -235,10 +238,7 @@ def test_mifgsm_equals_cleverhans_on_single_model(batch):
 
 def test_rfgsm_without_random_step_equals_cleverhans_fgsm(tiny_ens, batch):
     x, y = batch
-    fn = attacks.as_logits_fn(tiny_ens)
-    ref = fast_gradient_method(fn, tf.constant(x), EPS, np.inf, loss_fn=attacks.ensemble_ce,
-                               clip_min=0.0, clip_max=1.0, y=tf.constant(y),
-                               sanity_checks=False).numpy()
+    ref = cleverhans_fgsm(tiny_ens, x, y, attacks.ensemble_ce)
     np.testing.assert_allclose(attacks.rfgsm(tiny_ens, x, y, EPS, 0, rand_eps=0.0).numpy(), ref, atol=1e-7)
     np.testing.assert_allclose(attacks.rfgsm(tiny_ens, x, y, EPS, 0, variant="tramer", alpha=0.0).numpy(),
                                ref, atol=1e-7)
