@@ -107,6 +107,30 @@ def test_report_ordering_checks_state_significance():
     assert "holds in 2 of 2 cells. (No per-example results" in text
 
 
+def test_report_lists_cells_above_clean_accuracy():
+    from tf_divtrain.report import table2
+
+    n = 400
+    clean = np.ones(n, bool)
+    clean[:40] = False  # 90.0 % clean
+    leak = np.ones(n, bool)
+    leak[:4] = False  # 99.0 % under FGSM@0.1: 36 images right only under attack
+    same = clean.copy()
+    same[100] = False
+    same[0] = True  # 90.0 %: equal, not above
+    rows = [_row("T_Ens", clean, {("fgsm", "0.1"): leak, ("fgsm", "0.3"): same}),
+            _row("T_Base", clean, {("fgsm", "0.1"): same, ("fgsm", "0.3"): same})]
+    res = {"eps": [0.1, 0.3], "attacks": ["fgsm"], "rows": rows}
+    (line,) = table2.above_clean_check(res)
+    assert "1 cell(s): T_Ens FGSM@0.1: 99.0 vs 90.0 clean (+36/−0 images" in line
+    assert "significant" in line and "T_Base" not in line and "FGSM@0.3" not in line
+    rows[0] = _row("T_Ens", clean, {("fgsm", "0.1"): same, ("fgsm", "0.3"): same})
+    assert table2.above_clean_check(dict(res, rows=rows)) == [
+        "- **Accuracy under attack above clean accuracy** (the label-leaking signature, Kurakin et "
+        "al. 2016; issue 12): in no cell of any target."]
+    assert table2.above_clean_check(None) == []
+
+
 def test_methods_report_paired_table(tmp_path):
     n = 100
     half = np.zeros(n, bool)

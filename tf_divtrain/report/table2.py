@@ -144,6 +144,36 @@ def ordering_checks(results: Optional[dict], analysis: Optional[dict]) -> List[s
     return out
 
 
+def above_clean_check(results: Optional[dict]) -> List[str]:
+    """Every target cell whose accuracy under attack EXCEEDS the target's clean accuracy: the
+    label-leaking signature (Kurakin et al. 2016, "Adversarial Machine Learning at Scale" §4.3:
+    a model adversarially trained on one-step examples crafted with the true label learns to read
+    the label from the perturbation). Each such cell is paired with clean accuracy on the same
+    images (McNemar), so a 0.1-point excess within noise is told from a real one."""
+    if not results:
+        return []
+    eps = [eps_key(e) for e in results["eps"]]
+    attacks = [a for a in ATTACK_ORDER if a in results["attacks"]]
+    found = []
+    for label, r in target_rows(results).items():
+        for a in attacks:
+            for e in eps:
+                acc = r["attacks"][a][e]
+                if acc <= r["clean"]:
+                    continue
+                clean = evaluation.per_example_mask(r)
+                under = evaluation.per_example_mask(r, a, e)
+                cmp = (stats_lib.paired_comparison(under, clean)
+                       if clean is not None and under is not None else None)
+                found.append(f"{label} {ATTACK_NAMES[a]}@{e}: {pct(acc)} vs {pct(r['clean'])} clean"
+                             + (f" ({stats_lib.describe(cmp)})" if cmp is not None else ""))
+    head = ("- **Accuracy under attack above clean accuracy** (the label-leaking signature, "
+            "Kurakin et al. 2016; issue 12): ")
+    if not found:
+        return [head + "in no cell of any target."]
+    return [head + f"{len(found)} cell(s): " + "; ".join(found) + "."]
+
+
 def training_table(work: str) -> List[str]:
     lines = ["| model | mode | members | steps | batch | clean acc (ensemble) | members' clean acc | "
              "GAL | coherence | mean cosine | img/s | train s |", "|" + "---|" * 12]
@@ -296,7 +326,7 @@ def build_table2_report(preset: str, results_dir: str) -> str:
             lines += [f"Transfer evaluation {NOT_RUN}; the paper's numbers for reference:", "",
                       table2_side_by_side(row, None), ""]
         lines += ["### Do the paper's orderings hold?", ""]
-        lines += ordering_checks(results, analysis) + [""]
+        lines += ordering_checks(results, analysis) + above_clean_check(results) + [""]
         if analysis:
             lines += analysis_sections(analysis, f"{row}/analysis")
         else:
