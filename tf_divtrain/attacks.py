@@ -8,8 +8,8 @@ Objective (§4.1): "Since S is an ensemble of 5 models, we consider the average 
 models in S as the objective function to be maximized" -> :func:`ensemble_ce`, per example. Every
 CE attack takes ``loss=`` (see :data:`LOSSES`): ``"ce"`` (that objective, the default) or
 ``"prediction_ce"`` (:func:`prediction_ce`, the CE of the ensemble's averaged-softmax prediction --
-the rule targets are scored by), for an attacker who knows that averaged member CE is what a
-diversity-trained surrogate makes cancel.
+the rule targets are scored by), for an attacker who knows that the averaged members' gradients
+cancel on a diversity-trained surrogate.
 
 Attacks (all untargeted, L-inf, true labels passed explicitly -- no label-leaking guess; every
 output lies in the eps-ball of the clean ``x`` and in [0, 1]; eps is on the [0, 1] pixel scale):
