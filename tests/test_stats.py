@@ -95,7 +95,8 @@ def test_report_ordering_checks_state_significance():
     np.testing.assert_array_equal(evaluation.per_example_mask(rows[0]), good)
     text = "\n".join(report.ordering_checks(res, None))
     assert "**T_Div > T_Base** under attack: holds in 2 of 2 cells." in text
-    assert "significant at p < 0.05 in 2 of the 2 cells that hold and in 0 of the 0" in text
+    assert ("significant at p < 0.05 in 2 of the 2 cells that hold and in 0 of the 0 that do not; "
+            "after Holm's correction over the 2 cells: 2 and 0.") in text
     assert "**T_Ens+Div ≥ T_Ens** under attack: holds in 1 of 2 cells." in text
     assert "in 0 of the 1 cells that hold and in 0 of the 1 that do not" in text
     assert "FGSM@0.3: 99.5 vs 100.0 **does not hold** (+0/−1 images, McNemar p = 1, within noise)" in text
@@ -234,3 +235,21 @@ def test_transfer_rates_of_coherence_at_init():
     row = _row("T_Base", clean, {("fgsm", "0.1"): adv, ("fgsm", "0.3"): np.zeros(6, bool)})
     rates = mod.transfer_rates({"rows": [row]})
     assert rates == {"fgsm@0.1": pytest.approx(0.75), "fgsm@0.3": pytest.approx(1.0)}
+
+
+def test_holm_adjusted_against_hand_steps():
+    # m = 4: sorted 0.01, 0.02, 0.03, 0.5 -> 4*0.01, 3*0.02, max(0.06, 2*0.03), max(.., 1*0.5)
+    got = stats.holm_adjusted([0.03, 0.01, 0.5, 0.02])
+    np.testing.assert_allclose(got, [0.06, 0.04, 0.5, 0.06])
+    # monotone step-down: a later, smaller product is raised to the running maximum; capped at 1
+    np.testing.assert_allclose(stats.holm_adjusted([0.04, 0.045]), [0.08, 0.08])
+    np.testing.assert_allclose(stats.holm_adjusted([0.6, 0.9]), [1.0, 1.0])
+    # against Bonferroni (never more conservative) and the raw p (never less)
+    rng = np.random.default_rng(3)
+    p = rng.random(10) ** 3
+    adj = np.array(stats.holm_adjusted(p))
+    assert np.all(adj >= p - 1e-15) and np.all(adj <= np.minimum(1, 10 * p) + 1e-15)
+    assert stats.holm_adjusted([]) == []
+    for bad in ([0.1, 1.5], [[0.1]], [float("nan")]):
+        with pytest.raises(stats.StatsError, match="p-values in"):
+            stats.holm_adjusted(bad)

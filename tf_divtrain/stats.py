@@ -7,8 +7,9 @@ each discordant example is equally likely to fall either way, so ``only_a ~ Bino
 only_b, 1/2)``: McNemar's exact test (McNemar 1947), two-sided, via ``scipy.stats.binomtest``.
 The 95 % interval of the accuracy difference is the Wald interval for paired proportions,
 ``d +- 1.96 * sqrt(only_a + only_b - n d^2) / n`` with ``d = (only_a - only_b) / n``
-(Agresti, *Categorical Data Analysis*, §10.1). The test is per cell, not corrected for the ten
-cells of a row; the report says so.
+(Agresti, *Categorical Data Analysis*, §10.1). The test is per cell; :func:`holm_adjusted` gives
+Holm's (1979) step-down adjustment over the ten cells of a row, so the report can say which
+differences survive the multiple comparison as well.
 
 Per-example correctness is stored in ``results.json`` as :func:`encode_mask` strings (1,000
 images -> 168 characters), so a report can test any pair of rows without the models.
@@ -74,6 +75,24 @@ def paired_comparison(correct_a, correct_b) -> Dict[str, float]:
     return {"n": n, "acc_a": float(a.mean()), "acc_b": float(b.mean()), "diff": d,
             "only_a": only_a, "only_b": only_b, "p_value": mcnemar_exact_p(only_a, only_b),
             "ci95": (d - half, d + half)}
+
+
+def holm_adjusted(p_values) -> list:
+    """Holm's step-down adjusted p-values (Holm 1979), in the input order.
+
+    Sorted ascending ``p_(1) <= ... <= p_(m)``: ``adj_(i) = max_{j <= i} min(1, (m - j + 1) p_(j))``.
+    Rejecting where ``adj < alpha`` controls the family-wise error rate at alpha for any dependence
+    between the tests (here: the cells of one row, which share images).
+    """
+    p = np.asarray(p_values, dtype=float)
+    if p.ndim != 1 or np.any(~np.isfinite(p)) or np.any((p < 0) | (p > 1)):
+        raise StatsError(f"holm_adjusted needs a 1-D list of p-values in [0, 1], got {p_values!r}.")
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    stepped = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    adjusted = np.empty(m)
+    adjusted[order] = np.maximum.accumulate(stepped)
+    return adjusted.tolist()
 
 
 def fisher_exact_p(hits_a: int, n_a: int, hits_b: int, n_b: int) -> float:

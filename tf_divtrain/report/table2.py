@@ -96,27 +96,35 @@ def ordering_checks(results: Optional[dict], analysis: Optional[dict]) -> List[s
             continue
         held = total = 0
         sig_held = sig_failed = tested = 0
-        cells = []
+        cells, oks, p_values = [], [], []
         for a in attacks:
             for e in eps:
                 b, w = ours[better]["attacks"][a][e], ours[worse]["attacks"][a][e]
                 ok = b > w if strict else b >= w
                 held += ok
                 total += 1
+                oks.append(ok)
                 cmp = evaluation.paired_cell(ours[better], ours[worse], a, e)
                 if cmp is not None:
                     tested += 1
+                    p_values.append(cmp["p_value"])
                     sig = cmp["p_value"] < stats_lib.ALPHA
                     sig_held += ok and sig
                     sig_failed += (not ok) and sig
                 cells.append(f"{ATTACK_NAMES[a]}@{e}: {pct(b)} vs {pct(w)} "
                              f"{'holds' if ok else '**does not hold**'}"
                              + (f" ({stats_lib.describe(cmp)})" if cmp is not None else ""))
-        sig_text = (f" Paired on the same images (McNemar exact, two-sided, per cell, uncorrected): "
-                    f"the difference is significant at p < {stats_lib.ALPHA:g} in {sig_held} of the "
-                    f"{held} cells that hold and in {sig_failed} of the {total - held} that do not."
-                    if tested == total else
-                    " (No per-example results: re-run evaluate to test significance.)")
+        if tested == total:
+            holm = [q < stats_lib.ALPHA for q in stats_lib.holm_adjusted(p_values)]
+            holm_held = sum(ok and q for ok, q in zip(oks, holm))
+            holm_failed = sum((not ok) and q for ok, q in zip(oks, holm))
+            sig_text = (f" Paired on the same images (McNemar exact, two-sided, per cell, "
+                        f"uncorrected): the difference is significant at p < {stats_lib.ALPHA:g} in "
+                        f"{sig_held} of the {held} cells that hold and in {sig_failed} of the "
+                        f"{total - held} that do not; after Holm's correction over the {total} "
+                        f"cells: {holm_held} and {holm_failed}.")
+        else:
+            sig_text = " (No per-example results: re-run evaluate to test significance.)"
         out.append(f"- **{better} {rel} {worse}** under attack: holds in {held} of {total} cells."
                    + sig_text + " " + "; ".join(cells) + ".")
         cb, cw = ours[better]["clean"], ours[worse]["clean"]
