@@ -125,6 +125,18 @@ def test_prediction_ce_matches_numpy_and_is_stable():
     assert np.all(got <= attacks.ensemble_ce(y, z).numpy() + 1e-5)
 
 
+def test_prediction_ce_agrees_with_the_white_box_checks_objective():
+    """analysis' white-box check attacks -log of ensemble_log_prediction: the same objective."""
+    from tf_divtrain.analysis.common import ensemble_log_prediction
+
+    rng = np.random.default_rng(4)
+    z = tf.constant(rng.normal(size=(8, 5, 10)).astype(np.float32) * 10.0)
+    y = tf.constant(rng.integers(0, 10, size=8))
+    expected = -tf.gather(ensemble_log_prediction(z), y, batch_dims=1)
+    np.testing.assert_allclose(attacks.prediction_ce(y, z).numpy(), expected.numpy(), rtol=1e-5,
+                               atol=1e-5)
+
+
 def test_prediction_ce_gradient_weights_members_by_their_p_y():
     """grad_Z of -log mean_i p_i(y) = sum_i w_i grad_Z CE_i with w_i = p_i(y) / sum_j p_j(y)."""
     rng = np.random.default_rng(2)
