@@ -130,6 +130,54 @@ def test_attack_loss_options_and_their_validation(exports, tmp_path):
     assert not os.path.exists(tmp_path / "c")  # nothing was crafted
 
 
+def test_parse_attack_options_merges_and_validates():
+    parse = evaluation.parse_attack_options
+    assert parse(None, attacks.ATTACKS) == {}
+    assert parse('{"rfgsm": {"variant": "tramer"}, "pgd_cw": {"nb_iter": 100}}', attacks.ATTACKS,
+                 "prediction_ce") == {
+        "fgsm": {"loss": "prediction_ce"}, "rfgsm": {"loss": "prediction_ce", "variant": "tramer"},
+        "ifgsm": {"loss": "prediction_ce"}, "mifgsm": {"loss": "prediction_ce"},
+        "pgd_cw": {"nb_iter": 100}}
+    assert parse('{"ifgsm": {"loss": "prediction_ce"}}', ["ifgsm"], "prediction_ce") == {
+        "ifgsm": {"loss": "prediction_ce"}}  # the same value both ways is fine
+    for text, msg in (("{rfgsm", "not valid JSON"), ('["rfgsm"]', "map attack names"),
+                      ('{"rfgsm": 3}', "map attack names"), ('{"deepfool": {}}', "Unknown attack"),
+                      ('{"mifgsm": {}}', "not among the attacks run"),
+                      ('{"fgsm": {"nb_iter": 3}}', r"Unknown option\(s\) \['nb_iter'\] for attack 'fgsm'"),
+                      ('{"fgsm": {"loss": "ce"}}', "loss='ce' but --attack_loss=prediction_ce"),
+                      ('{"fgsm": {"loss": "hinge"}}', "Unknown loss 'hinge'")):
+        with pytest.raises(evaluation.EvaluationError, match=msg):
+            parse(text, ["fgsm", "rfgsm"], "prediction_ce" if "'ce' but" in msg else "ce")
+
+
+def test_cli_passes_attack_options_to_evaluate(monkeypatch):
+    from absl import flags as absl_flags
+
+    from tf_divtrain import evaluate
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_evaluate(*args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(evaluate.evaluation, "evaluate", fake_evaluate)
+    fv = absl_flags.FlagValues()
+    evaluate.define_flags(fv)
+    fv(["prog", "--surrogate_dir=s", "--targets=T=t", "--out_dir=o", "--attacks=rfgsm,pgd_cw",
+        "--attack_loss=prediction_ce", '--attack_options={"pgd_cw": {"confidence": 5.0}}'])
+    with pytest.raises(Stop):
+        evaluate.main(["prog"], fv)
+    assert seen["attack_options"] == {"rfgsm": {"loss": "prediction_ce"}, "pgd_cw": {"confidence": 5.0}}
+    fv.attack_options = '{"fgsm": {}}'  # fgsm is not among --attacks: a usage error, exit 2
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["prog"], fv)
+    assert exit_info.value.code == 2
+
+
 def test_prediction_ce_evaluation_crafts_its_own_examples(exports, tmp_path, data_dir):
     kw = dict(dataset="mnist", data_dir=data_dir, attacks=["fgsm"], eps=[0.3], num_examples=20,
               batch_size=10, cache_dir=str(tmp_path / "c"), progress=False)

@@ -86,6 +86,10 @@ def define_flags(fv: flags.FlagValues = FLAGS) -> None:
                       "CE (§4.1); prediction_ce = CE of the ensemble's averaged-softmax prediction "
                       "(an attacker who knows averaged member gradients cancel on a GAL ensemble). "
                       "PGD-CW keeps its CW hinge.", **d)
+    flags.DEFINE_string("attack_options", None, "JSON object of per-attack keyword arguments of "
+                        "tf_divtrain.attacks, e.g. '{\"rfgsm\": {\"variant\": \"tramer\"}, "
+                        "\"pgd_cw\": {\"nb_iter\": 100}}'; default: the paper's settings. Part of "
+                        "the cache key; table2.md names them.", **d)
     cli_flags.define_precision_flag(fv, "The surrogate crafts the attacks in it; targets are always "
                                     "scored in float32. Reduced precision changes the attack itself "
                                     "(signs of small gradient components), so Table 2 numbers use "
@@ -112,12 +116,14 @@ def main(argv, fv: flags.FlagValues = None):
     cache_dir = fv.cache_dir or os.path.join(fv.out_dir, "adv_cache")
     eps = None if fv.eps is None else [float(e) for e in fv.eps]
     try:
+        attack_options = evaluation.parse_attack_options(fv.attack_options, fv.attacks,
+                                                         fv.attack_loss)
         results = evaluation.evaluate(
             fv.surrogate_dir, fv.targets, dataset=fv.dataset, data_dir=fv.data_dir,
             eps=eps, attacks=fv.attacks, num_examples=fv.num_examples,
             batch_size=fv.batch_size, seed=fv.seed, cache_dir=cache_dir,
             progress=fv.progress, precision=fv.precision,
-            attack_options=evaluation.attack_loss_options(fv.attacks, fv.attack_loss))
+            attack_options=attack_options)
     except (evaluation.EvaluationError, data_lib.DataError) as e:
         cli_flags.fail(e)
     paths = evaluation.write_reports(results, fv.out_dir)

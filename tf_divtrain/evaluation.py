@@ -118,6 +118,38 @@ def attack_loss_options(attacks: Sequence[str], loss: str) -> Dict[str, dict]:
     return {a: {"loss": loss} for a in check_attacks(attacks) if a in CE_ATTACKS}
 
 
+def parse_attack_options(text: Optional[str], attacks: Sequence[str], loss: str = "ce") -> Dict[str, dict]:
+    """``--attack_options`` JSON (``{"rfgsm": {"variant": "tramer"}, "pgd_cw": {"nb_iter": 100}}``)
+    merged with :func:`attack_loss_options` for ``loss``; validated against each attack's keyword
+    arguments. Giving an attack's ``loss`` both ways with different values is an error."""
+    options = attack_loss_options(attacks, loss)
+    if not text:
+        return options
+    try:
+        given = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise EvaluationError(f"--attack_options is not valid JSON ({e}); example: "
+                              f'\'{{"rfgsm": {{"variant": "tramer"}}}}\'.') from None
+    if not isinstance(given, dict) or not all(isinstance(v, dict) for v in given.values()):
+        raise EvaluationError('--attack_options must map attack names to option objects, e.g. '
+                              '{"rfgsm": {"variant": "tramer"}}.')
+    for a, opts in given.items():
+        check_attacks([a])
+        if a not in attacks:
+            raise EvaluationError(f"--attack_options sets {a!r}, which is not among the attacks "
+                                  f"run ({', '.join(attacks)}).")
+        merged = dict(options.get(a, {}))
+        if "loss" in merged and "loss" in opts and opts["loss"] != merged["loss"]:
+            raise EvaluationError(f"{a}: --attack_options gives loss={opts['loss']!r} but "
+                                  f"--attack_loss={loss}; set it one way.")
+        merged.update(opts)
+        try:
+            options[a] = attacks_lib.check_options(a, merged)
+        except ValueError as err:
+            raise EvaluationError(str(err)) from None
+    return options
+
+
 def parse_targets(spec) -> List[Tuple[str, str]]:
     """``"T_Base=runs/base,T_Div=runs/div"`` (or a list of such items) -> [(label, dir), ...]."""
     return labels_lib.parse_label_dirs(spec, "Target", "T_Base=runs/base", EvaluationError,
