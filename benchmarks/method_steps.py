@@ -2,6 +2,7 @@
 
     python benchmarks/method_steps.py [--quick] [--data_dir=DIR] [--precision=auto]
                                       [--modes=baseline,div,adp,trs,dverge] [--reps=N]
+                                      (also ens_adv, ens_adv_div: Ensemble Adversarial Training)
                                       [--out=benchmarks/method_steps.json] [--md=benchmarks/METHOD_STEPS.md]
 
 One ``training.Trainer`` per mode (MNIST Conv-3 x 5, batch 128, the authors' default
@@ -61,16 +62,43 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
+_STATIC = {}
+
+
+def _static_export(input_shape) -> str:
+    """A 1-member Conv-3 SavedModel in a temp dir (once per process): the ens_adv modes' static
+    model. Untrained -- its predicted labels are arbitrary, its cost per step is the real one."""
+    if "dir" not in _STATIC:
+        import atexit
+        import shutil
+        import tempfile
+
+        from tf_divtrain import export, models
+
+        root = tempfile.mkdtemp(prefix="method_steps_static_")
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        path = os.path.join(root, "static")
+        ens = models.build_ensemble("conv3", tuple(input_shape), 10, 1, seed=1)
+        _STATIC["dir"] = export.export_ensemble(
+            ens, path, {"dataset": "mnist", "input_shape": list(input_shape), "num_classes": 10})
+    return _STATIC["dir"]
+
+
 def build(mode: str, members: int, batch: int, data_dir: str, precision: str, n_batches: int):
     """(trainer, batches) for one mode: real MNIST batches of the mode's own sources."""
     from tf_divtrain import data as data_lib
     from tf_divtrain import training
 
     ds = data_lib.load_dataset("mnist", data_dir, train_size=max(batch * n_batches, 1024))
+    static_dir, static = "", None
+    if mode in training.ADV_MODES:  # D_adv needs a static model: an untrained Conv-3, exported
+        static_dir = _static_export(ds.input_shape)  # and loaded the way `train` loads one
+        static = training.load_static_model(static_dir, "mnist", ds.input_shape)
     cfg = training.TrainConfig(dataset="mnist", model="conv3", ensemble_size=members, mode=mode,
-                               batch_size=batch, data_dir=data_dir, precision=precision)
+                               batch_size=batch, data_dir=data_dir, precision=precision,
+                               static_model=static_dir)
     cfg.validate()
-    trainer = training.Trainer(cfg, ds.input_shape, 10)
+    trainer = training.Trainer(cfg, ds.input_shape, 10, static)
     stream = data_lib.train_stream(ds.x_train, ds.y_train, "mnist", batch, training.MODES[mode], None, 0)
     return trainer, [(x, y) for x, y in stream.take(n_batches)]
 

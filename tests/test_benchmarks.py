@@ -284,3 +284,21 @@ def test_method_steps_quick_reports_every_mode(data_dir, tmp_path):
     bad = subprocess.run([sys.executable, script, "--quick", f"--data_dir={data_dir}", "--modes=baseline,nope"],
                          cwd=_REPO, env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "unknown mode(s) ['nope']" in bad.stderr
+
+
+def test_method_steps_builds_the_ens_adv_modes_with_a_static_model(data_dir):
+    """method_steps.py times ens_adv / ens_adv_div too: their Trainer gets an exported static model
+    (loaded as `train` loads one) and a step runs and updates the ensemble."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("method_steps",
+                                                  os.path.join(_REPO, "benchmarks", "method_steps.py"))
+    ms = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ms)
+    trainer, batches = ms.build("ens_adv_div", 2, 16, data_dir, "float32", 1)
+    assert trainer.static_model is not None and trainer.cfg.static_model == ms._static_export((28, 28, 1))
+    assert os.path.isfile(os.path.join(trainer.cfg.static_model, "saved_model.pb"))
+    before = [v.numpy().copy() for v in trainer.ensemble.trainable_variables]
+    out = trainer.train_step(*batches[0])
+    assert all(math.isfinite(float(v)) for v in tf.nest.flatten(out) if tf.size(v) == 1)
+    assert any(not np.array_equal(b, v.numpy()) for b, v in zip(before, trainer.ensemble.trainable_variables))
