@@ -386,3 +386,34 @@ def test_iterative_attacks_at_least_as_strong_as_fgsm(trained_conv3, mnist):
     assert accs["fgsm"] < clean
     for n in ("ifgsm", "mifgsm", "pgd_cw"):
         assert accs[n] <= accs["fgsm"], accs
+
+
+def test_option_values_are_checked_by_a_dry_run_of_the_attack():
+    """check_option_values runs the attack itself on one pixel: valid values pass unchanged, bad
+    ones raise the attack's own message naming the attack, eps and options."""
+    ok = {"variant": "tramer", "alpha": 0.1, "loss": "prediction_ce"}
+    assert attacks.check_option_values("rfgsm", 0.3, ok) == ok
+    assert attacks.check_option_values("pgd_cw", 0.1, {"nb_iter": 5, "confidence": 0.0}) == {
+        "nb_iter": 5, "confidence": 0.0}
+    assert attacks.check_option_values("fgsm", 0.1, {}) == {}
+    for name, eps, opts, msg in (
+            ("rfgsm", 0.3, {"variant": "madry"}, "Unknown R-FGSM variant 'madry'"),
+            ("rfgsm", 0.1, {"variant": "tramer", "alpha": 0.2}, r"'rfgsm' at eps=0.1 .*alpha=0.2 must be in"),
+            ("rfgsm", 0.3, {"rand_eps": 2.0}, r"rand_eps=2.0 must be in \[0, 1\]"),
+            ("ifgsm", 0.3, {"nb_iter": 0}, "nb_iter=0 must be an integer >= 1"),
+            ("mifgsm", 0.3, {"nb_iter": 2.5}, "nb_iter=2.5 must be an integer"),
+            ("pgd_cw", 0.3, {"nb_iter": "ten"}, "nb_iter='ten' is not an integer"),
+            ("pgd_cw", 0.3, {"confidence": "high"}, "'pgd_cw'.*confidence='high'"),
+            ("mifgsm", 0.3, {"loss": "hinge"}, "Unknown loss 'hinge'"),
+            ("fgsm", 0.3, {"nb_iter": 3}, r"Unknown option\(s\) \['nb_iter'\]")):
+        with pytest.raises(ValueError, match=msg):
+            attacks.check_option_values(name, eps, opts)
+
+
+@pytest.mark.parametrize("name", ["ifgsm", "mifgsm", "pgd_cw"])
+def test_iteration_count_must_be_a_positive_integer(name, tiny_ens, batch):
+    x, y = batch
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match=f"nb_iter={bad} must be an integer >= 1"):
+            getattr(attacks, name)(tiny_ens, x, y, 0.1, nb_iter=bad)
+    assert attacks.check_nb_iter(3) == 3 and attacks.check_nb_iter(np.int64(3)) == 3

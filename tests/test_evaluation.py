@@ -127,6 +127,13 @@ def test_attack_loss_options_and_their_validation(exports, tmp_path):
     with pytest.raises(evaluation.EvaluationError, match=r"Unknown option\(s\) \['loss'\].*pgd_cw"):
         evaluation.evaluate(exports["surrogate"], t, "mnist",
                             attack_options={"pgd_cw": {"loss": "prediction_ce"}}, **common)
+    # bad option VALUES fail as early, with the attack's own message (one dry run per eps)
+    for opts, msg in (({"rfgsm": {"variant": "madry"}}, "Unknown R-FGSM variant 'madry'"),
+                      ({"rfgsm": {"variant": "tramer", "alpha": 0.2}}, r"eps=0.1 .*alpha=0.2 must be in"),
+                      ({"pgd_cw": {"nb_iter": 0}}, "nb_iter=0 must be an integer >= 1")):
+        with pytest.raises(evaluation.EvaluationError, match=msg):
+            evaluation.evaluate(exports["surrogate"], t, "mnist", attack_options=opts, eps=[0.3, 0.1],
+                                **common)
     assert not os.path.exists(tmp_path / "c")  # nothing was crafted
 
 

@@ -233,6 +233,17 @@ def _prep(x, y):
     return tf.convert_to_tensor(x, tf.float32), tf.cast(tf.convert_to_tensor(y), tf.int64)
 
 
+def check_nb_iter(nb_iter) -> int:
+    """An iteration count: an integer >= 1."""
+    try:
+        value = int(nb_iter)
+    except (TypeError, ValueError):
+        raise ValueError(f"nb_iter={nb_iter!r} is not an integer; it must be >= 1.") from None
+    if value != nb_iter or value < 1:
+        raise ValueError(f"nb_iter={nb_iter!r} must be an integer >= 1.")
+    return value
+
+
 def _fgm_step(fn, x, y, step, loss_fn):
     """One CleverHans L-inf FGM step: clip(x + step * sign(grad), 0, 1)."""
     return fast_gradient_method(fn, x, step, np.inf, loss_fn=loss_fn, clip_min=CLIP_MIN,
@@ -302,9 +313,7 @@ def pgd(logits_fn, x, y, eps, eps_iter, nb_iter, rand_init: bool = True, seed=0,
     eps_iter = float(eps_iter)
     if not 0.0 <= eps_iter <= eps:
         raise ValueError(f"eps_iter={eps_iter} must be in [0, eps={eps}].")
-    nb_iter = int(nb_iter)
-    if nb_iter < 1:
-        raise ValueError(f"nb_iter={nb_iter} must be >= 1.")
+    nb_iter = check_nb_iter(nb_iter)
     loss_fn = _loss_fn(loss, confidence)
     x, y = _prep(x, y)
     fn = as_logits_fn(logits_fn)
@@ -324,6 +333,7 @@ def ifgsm(logits_fn, x, y, eps, nb_iter: int = NB_ITER, loss: str = "ce"):
     ``loss``: the objective (:data:`LOSSES`; default the §4.1 mean member CE).
     """
     eps = check_eps(eps)
+    nb_iter = check_nb_iter(nb_iter)
     return pgd(logits_fn, x, y, eps, eps / nb_iter, nb_iter, rand_init=False, loss=loss)
 
 
@@ -338,9 +348,7 @@ def mifgsm(logits_fn, x, y, eps, nb_iter: int = NB_ITER, decay: float = MI_DECAY
     of :data:`LOSSES`).
     """
     eps = check_eps(eps)
-    nb_iter = int(nb_iter)
-    if nb_iter < 1:
-        raise ValueError(f"nb_iter={nb_iter} must be >= 1.")
+    nb_iter = check_nb_iter(nb_iter)
     loss_fn = _loss_fn(loss)
     x, y = _prep(x, y)
     fn = as_logits_fn(logits_fn)
@@ -364,8 +372,9 @@ def pgd_cw(logits_fn, x, y, eps, nb_iter: int = PGD_CW_ITER, confidence: float =
     can cross the ball 2.5 times) and a random start uniform in the eps-ball (Madry et al.).
     """
     eps = check_eps(eps)
+    nb_iter = check_nb_iter(nb_iter)
     if eps_iter is None:
-        eps_iter = min(PGD_CW_STEP_FACTOR * eps / int(nb_iter), eps)
+        eps_iter = min(PGD_CW_STEP_FACTOR * eps / nb_iter, eps)
     return pgd(logits_fn, x, y, eps, eps_iter, nb_iter, rand_init=rand_init, seed=seed, loss="cw",
                confidence=confidence)
 
@@ -385,6 +394,33 @@ def check_options(name: str, options: dict) -> dict:
     if "loss" in options:
         _loss_fn(options["loss"])
     return dict(options)
+
+
+def _dry_run_logits(x):
+    """A two-class 'model' of one pixel with a non-zero input gradient (for :func:`check_option_values`)."""
+    s = tf.reduce_sum(x, axis=list(range(1, x.shape.rank)))
+    return tf.stack([s, -s], axis=-1)[:, None, :]
+
+
+def check_option_values(name: str, eps, options: dict) -> dict:
+    """``options`` (names checked by :func:`check_options`) are also valid *values* for attack
+    ``name`` at ``eps``: the attack itself runs once on a one-pixel image of a two-class linear
+    model, so a bad value (an unknown R-FGSM variant, ``alpha > eps``, ``nb_iter < 1``, a string
+    for a number) fails before any real work, with the attack's own message -- no rule is written
+    twice. Returns the options."""
+    options = check_options(name, options)
+    if not options:
+        return options
+    x = tf.fill([1, 1, 1, 1], 0.5)
+    y = tf.zeros([1], tf.int64)
+    kwargs = dict(options, seed=0) if name in _SEEDED else dict(options)
+    try:
+        _IMPLS[name](_dry_run_logits, x, y, eps, **kwargs)
+    except (ValueError, TypeError, tf.errors.InvalidArgumentError) as e:
+        shown = ", ".join(f"{k}={v!r}" for k, v in sorted(options.items()))
+        raise ValueError(f"Invalid option value for attack {name!r} at eps={eps} ({shown}): "
+                         f"{e}") from None
+    return options
 
 
 class Attack:

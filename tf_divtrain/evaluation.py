@@ -394,6 +394,13 @@ def evaluate(surrogate_dir, targets, dataset: Optional[str] = None,
     if dataset is None:
         dataset = data_lib.check_dataset_name(surrogates[0][2].dataset)
     eps = check_eps_list(default_eps(dataset) if eps is None else eps)
+    for a, o in attack_options.items():  # option values too, before targets and data are loaded
+        for e in eps:
+            try:
+                attacks_lib.check_option_values(
+                    a, e, {k: v for k, v in (o or {}).items() if not k.startswith("_")})
+            except ValueError as err:
+                raise EvaluationError(str(err)) from None
     for label, _, sur in surrogates:
         check_compatible(sur, "surrogate" if len(surrogates) == 1 else f"surrogate {label}", dataset)
     target_models = []
