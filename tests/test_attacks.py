@@ -126,7 +126,7 @@ def test_prediction_ce_matches_numpy_and_is_stable():
 
 
 def test_prediction_ce_agrees_with_the_white_box_checks_objective():
-    """analysis' white-box check attacks -log of ensemble_log_prediction: the same objective."""
+    """-log of analysis.ensemble_log_prediction (the ensemble's log prediction) at y: the same CE."""
     from tf_divtrain.analysis.common import ensemble_log_prediction
 
     rng = np.random.default_rng(4)

@@ -160,7 +160,8 @@ def _pgd_fn(logits_fn, eps: float, nb_iter: int, image_shape):
     """Compiled ``(x, y, seed[2], member) -> x_adv``: attacks.pgd with random start and step
     ``2.5 eps / nb_iter``. ``member >= 0`` attacks only that member's CE (logits
     ``[:, member:member+1]``); ``-1`` the whole ensemble's average member CE (the paper's attack
-    objective); ``-2`` the CE of the ensemble's *prediction*, -log mean_i softmax_i(x)_y. One trace.
+    objective); ``-2`` the CE of the ensemble's *prediction*, -log mean_i softmax_i(x)_y
+    (:func:`~tf_divtrain.attacks.prediction_ce`). One trace.
     """
     from tf_divtrain import attacks
 
@@ -183,16 +184,12 @@ def _pgd_fn(logits_fn, eps: float, nb_iter: int, image_shape):
         def member_fn(z):
             return connected(z, tf.gather(logits_fn(z), tf.reshape(member, [1]), axis=1))
 
-        def prediction_fn(z):
-            # log of the averaged softmax, as the logits of one "member": its CE is -log p_bar_y.
-            return connected(z, ensemble_log_prediction(logits_fn(z))[:, None, :])
-
-        def attack(fn):
+        def attack(fn, loss="ce"):
             return attacks.pgd(fn, x, y, eps, eps_iter, nb_iter, rand_init=True, seed=seed,
-                               loss="ce")
+                               loss=loss)
         return tf.cond(member >= 0, lambda: attack(member_fn),
                        lambda: tf.cond(member == -1, lambda: attack(ensemble_fn),
-                                       lambda: attack(prediction_fn)))
+                                       lambda: attack(ensemble_fn, "prediction_ce")))
     return run
 
 
