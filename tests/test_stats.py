@@ -237,6 +237,28 @@ def test_transfer_rates_of_coherence_at_init():
     assert rates == {"fgsm@0.1": pytest.approx(0.75), "fgsm@0.3": pytest.approx(1.0)}
 
 
+def test_report_counts_clean_errors_the_attack_corrects():
+    from tf_divtrain.report import table2
+
+    n = 300
+    clean = np.ones(n, bool)
+    clean[:30] = False  # 30 clean errors
+    fixes = clean.copy()
+    fixes[:12] = True  # 12 of them right under FGSM@0.1 ...
+    fixes[100:140] = False  # ... while 40 correct images are fooled: accuracy stays below clean
+    rows = [_row("T_Ens", clean, {("fgsm", "0.1"): fixes, ("fgsm", "0.3"): clean & (np.arange(n) > 50)}),
+            _row("T_Base", clean, {("fgsm", "0.1"): clean, ("fgsm", "0.3"): clean})]
+    res = {"eps": [0.1, 0.3], "attacks": ["fgsm"], "rows": rows}
+    assert table2.above_clean_check(res)[0].endswith("in no cell of any target.")  # silent here
+    (line,) = table2.corrected_by_attack(res)
+    assert line.endswith(" signature. T_Ens (30 clean errors): FGSM@0.1 12; none in any cell: T_Base.")
+    rows[0] = _row("T_Ens", clean, {("fgsm", "0.1"): clean, ("fgsm", "0.3"): clean})
+    assert table2.corrected_by_attack(dict(res, rows=rows))[0].endswith(" signature. no target, in no cell.")
+    assert table2.corrected_by_attack(None) == []
+    del rows[0]["per_example"]
+    assert table2.corrected_by_attack(dict(res, rows=rows)) == []  # old results: no per-image data
+
+
 def test_holm_adjusted_against_hand_steps():
     # m = 4: sorted 0.01, 0.02, 0.03, 0.5 -> 4*0.01, 3*0.02, max(0.06, 2*0.03), max(.., 1*0.5)
     got = stats.holm_adjusted([0.03, 0.01, 0.5, 0.02])
