@@ -283,6 +283,16 @@ run_row() {
     done
   fi
   evaluate_and_analyze "$row" "$w/surrogate" "$targets" "$eval_extra" "$analyze_extra"
+  # Member by member (experiments/member_accuracy.py): every target's members, clean and under the
+  # evaluation's cached examples, with the fooled / corrected split -- what explains a cell where an
+  # ordering fails (issue 12). Re-runs when the evaluation is newer.
+  if want evaluate; then
+    local done_mem="$RES/$row/eval/member_accuracy.json"
+    if [ -e "$done_mem" ] && [ "$RES/$row/eval/results.json" -nt "$done_mem" ]; then done_mem=""; fi
+    stage "members_${row}" "$done_mem" \
+      "$PY" experiments/member_accuracy.py --eval="$RES/$row/eval/results.json" \
+      --out="$RES/$row/eval/member_accuracy"
+  fi
 }
 
 # One record per line, NAME:FLAGFILE_ROLE:EXTRA_FLAGS:LABEL. Targets share the flagfiles' seed 0;

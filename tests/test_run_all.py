@@ -33,7 +33,8 @@ def test_smoke_preset_end_to_end_and_resume(tmp_path, data_dir):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = tmp_path / "smoke"
     for f in ("mnist_conv3/eval/results.json", "mnist_conv3/eval/table2.md",
-              "mnist_conv3/eval/results.csv", "mnist_conv3/analysis/analysis.json",
+              "mnist_conv3/eval/results.csv", "mnist_conv3/eval/member_accuracy.json",
+              "mnist_conv3/analysis/analysis.json",
               "mnist_conv3/analysis/coherence_hist.png", "mnist_conv3/analysis/gaas.png",
               "REPORT.md", "stage_times.tsv", "logs/train_mnist_conv3_div.log"):
         assert (res / f).exists(), f
@@ -45,7 +46,7 @@ def test_smoke_preset_end_to_end_and_resume(tmp_path, data_dir):
     assert (res / "work" / "mnist_conv3" / "div" / "saved_model" / "saved_model.pb").exists()
     again = _run(["smoke"], tmp_path, data_dir)
     assert again.returncode == 0
-    assert again.stdout.count("done already") == 8  # 6 trainings + evaluate + analyze skipped
+    assert again.stdout.count("done already") == 9  # 6 trainings + evaluate + analyze + members
 
 
 def _results(acc):
@@ -529,3 +530,24 @@ def test_skipped_trainings_are_not_stamped_with_todays_load(tmp_path, data_dir):
         assert (train / name / "metrics.json").is_file() and (train / name / "config.json").is_file()
         assert not (train / name / "loadavg.txt").exists(), name
     assert r.stdout.count("done already") == len(names)
+
+
+def test_member_accuracy_stage_follows_the_evaluation(tmp_path, data_dir):
+    """members_<row> re-scores every target's members on the evaluation's own examples; it runs
+    when its output is missing or older than the evaluation, and is skipped otherwise."""
+    out, cmds = _dry("mnist-paper", tmp_path, data_dir)
+    cmd = cmds["members_mnist_conv3"]
+    assert cmd.split()[1] == "experiments/member_accuracy.py"
+    assert _flag(cmd, "eval") == _flag(cmds["evaluate_mnist_conv3"], "out_dir") + "/results.json"
+    assert _flag(cmd, "targets") is None and _flag(cmd, "cells") is None  # all targets, all cells
+    ev = tmp_path / "cpu" / "mnist_conv3" / "eval"
+    ev.mkdir(parents=True)
+    (ev / "member_accuracy.json").write_text("{}")
+    (ev / "results.json").write_text("{}")
+    old = os.path.getmtime(ev / "results.json") - 100
+    os.utime(ev / "member_accuracy.json", (old, old))  # older than the evaluation: re-run
+    out, cmds = _dry("cpu", tmp_path, data_dir)
+    assert "members_mnist_conv3" in cmds
+    os.utime(ev / "member_accuracy.json", (old + 200, old + 200))
+    out, cmds = _dry("cpu", tmp_path, data_dir)
+    assert "members_mnist_conv3" not in cmds and "members_mnist_conv3: done already" in out

@@ -259,6 +259,24 @@ def test_report_counts_clean_errors_the_attack_corrects():
     assert table2.corrected_by_attack(dict(res, rows=rows)) == []  # old results: no per-image data
 
 
+def test_report_member_table(tmp_path):
+    import json
+
+    from tf_divtrain.report import table2
+
+    assert table2.member_table(str(tmp_path), "mnist_conv3") == []  # stage not run: nothing
+    ev = tmp_path / "mnist_conv3" / "eval"
+    ev.mkdir(parents=True)
+    cell = {"ensemble": 0.986, "mean_member": 0.977, "members": [0.97, 0.984], "fooled": 64, "corrected": 5}
+    (ev / "member_accuracy.json").write_text(json.dumps({"num_examples": 10000, "targets": {
+        "T_Ens+Div": {"clean": {"ensemble": 0.992, "mean_member": 0.986, "members": [0.98, 0.992],
+                                "errors": 82}, "cells": {"fgsm@0.1": cell}}}}))
+    lines = table2.member_table(str(tmp_path), "mnist_conv3")
+    assert "| target | clean | FGSM 0.1 |" in lines
+    assert "| T_Ens+Div | 99.2 / 98.6 | 98.6 / 97.7 |" in lines
+    assert any("10000 images" in l and "member_accuracy.md" in l for l in lines)
+
+
 def test_holm_adjusted_against_hand_steps():
     # m = 4: sorted 0.01, 0.02, 0.03, 0.5 -> 4*0.01, 3*0.02, max(0.06, 2*0.03), max(.., 1*0.5)
     got = stats.holm_adjusted([0.03, 0.01, 0.5, 0.02])

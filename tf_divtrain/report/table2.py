@@ -226,6 +226,30 @@ def corrected_by_attack(results: Optional[dict]) -> List[str]:
             "is the per-image form of the same signature. " + text + "."]
 
 
+def member_table(results_dir: str, row: str) -> List[str]:
+    """``<row>/eval/member_accuracy.json`` (``experiments/member_accuracy.py``, the ``members_<row>``
+    stage): per target and cell, the ensemble's accuracy next to its members' mean. The gap is what
+    averaging the members adds; where an ordering fails it tells weaker members from less
+    diversity. Nothing when the stage has not run."""
+    res = load_json(os.path.join(results_dir, row, "eval", "member_accuracy.json"))
+    if not res or not res.get("targets"):
+        return []
+    cells = list(next(iter(res["targets"].values()))["cells"])
+    head = ["target", "clean"] + [f"{ATTACK_NAMES.get(c.split('@')[0], c)} {c.split('@')[-1]}"
+                                  for c in cells]
+    lines = ["### Member by member", "",
+             f"Accuracy % of the ensemble / the mean of its members, on the evaluation's own "
+             f"{res['num_examples']} images and examples (`experiments/member_accuracy.py`; each "
+             f"member and the fooled / corrected images per cell: "
+             f"[member_accuracy.md]({row}/eval/member_accuracy.md)).", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for t, b in res["targets"].items():
+        vals = [b["clean"]] + [b["cells"][c] for c in cells]
+        lines.append(f"| {t} | " + " | ".join(f"{pct(v['ensemble'])} / {pct(v['mean_member'])}"
+                                             for v in vals) + " |")
+    return lines + [""]
+
+
 def training_table(work: str) -> List[str]:
     lines = ["| model | mode | members | steps | batch | clean acc (ensemble) | members' clean acc | "
              "GAL | coherence | mean cosine | img/s | train s |", "|" + "---|" * 12]
@@ -380,6 +404,7 @@ def build_table2_report(preset: str, results_dir: str) -> str:
         lines += ["### Do the paper's orderings hold?", ""]
         lines += (ordering_checks(results, analysis) + above_clean_check(results)
                   + corrected_by_attack(results) + [""])
+        lines += member_table(results_dir, row)
         if analysis:
             lines += analysis_sections(analysis, f"{row}/analysis")
         else:
