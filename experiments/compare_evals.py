@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tf_divtrain import attacks as attacks_lib  # noqa: E402
 from tf_divtrain import evaluation, stats  # noqa: E402
-from tf_divtrain.io_utils import atomic_write_json  # noqa: E402
+from tf_divtrain.io_utils import write_md_and_json  # noqa: E402
 
 SAME = ("dataset", "num_examples", "seed", "batch_size", "crafting_precision")
 
@@ -158,10 +158,7 @@ def main(argv: List[str] = None) -> int:
     cmp.update(a=os.path.abspath(args.a), b=os.path.abspath(args.b), label_a=args.label_a,
                label_b=args.label_b)
     md = to_markdown(cmp, args.label_a, args.label_b)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".md", "w") as f:
-        f.write(md)
-    atomic_write_json(args.out + ".json", cmp)
+    write_md_and_json(args.out, md, cmp)
     print(md)
     return 0
 

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tf_divtrain import attacks as attacks_lib  # noqa: E402
 from tf_divtrain import batching, evaluation, export  # noqa: E402
 from tf_divtrain import data as data_lib  # noqa: E402
-from tf_divtrain.io_utils import atomic_write_json  # noqa: E402
+from tf_divtrain.io_utils import write_md_and_json  # noqa: E402
 
 
 class MemberAccuracyError(ValueError):
@@ -118,7 +118,7 @@ def run(results: dict, targets: Sequence[str], cells: Sequence[Tuple[str, str]],
 def to_markdown(res: dict) -> str:
     def pct(v):
         return f"{100 * v:.1f}"
-    lines = [f"# Member accuracy, clean and under the evaluation's transfer examples", "",
+    lines = ["# Member accuracy, clean and under the evaluation's transfer examples", "",
              f"{res['dataset']}, first {res['num_examples']} test images (the evaluation's own). "
              "Ensemble: averaged softmax, as in Table 2 (reproduces results.json). Fooled: right "
              "clean, wrong under attack; corrected: wrong clean, right under attack (images). "
@@ -157,10 +157,7 @@ def main(argv: List[str] = None) -> int:
         p.error(str(e))
     res.update(eval=args.eval, cells=args.cells)
     md = to_markdown(res)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".md", "w") as f:
-        f.write(md)
-    atomic_write_json(args.out + ".json", res)
+    write_md_and_json(args.out, md, res)
     print(md)
     return 0
 

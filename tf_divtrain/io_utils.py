@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Tuple
 
 
 def atomic_write_text(path: str, text: str) -> str:
@@ -26,3 +27,10 @@ def atomic_write_text(path: str, text: str) -> str:
 def atomic_write_json(path: str, obj, **dump_kwargs) -> str:
     """``json.dumps(obj, **dump_kwargs)`` written atomically (serialised before the file opens)."""
     return atomic_write_text(path, json.dumps(obj, **dump_kwargs))
+
+
+def write_md_and_json(prefix: str, markdown: str, obj) -> Tuple[str, str]:
+    """``<prefix>.md`` and ``<prefix>.json`` (an experiment script's two outputs), atomically, in a
+    directory created if missing. Returns both paths."""
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    return atomic_write_text(prefix + ".md", markdown), atomic_write_json(prefix + ".json", obj)
