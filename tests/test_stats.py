@@ -274,7 +274,7 @@ def test_report_member_table(tmp_path):
     lines = table2.member_table(str(tmp_path), "mnist_conv3")
     assert "| target | clean | FGSM 0.1 |" in lines
     assert "| T_Ens+Div | 99.2 / 98.6 | 98.6 / 97.7 |" in lines
-    assert any("10000 images" in l and "member_accuracy.md" in l for l in lines)
+    assert any("10,000 images" in l and "member_accuracy.md" in l for l in lines)
 
 
 def test_holm_adjusted_against_hand_steps():

@@ -239,7 +239,7 @@ def member_table(results_dir: str, row: str) -> List[str]:
                                   for c in cells]
     lines = ["### Member by member", "",
              f"Accuracy % of the ensemble / the mean of its members, on the evaluation's own "
-             f"{res['num_examples']} images and examples (`experiments/member_accuracy.py`; each "
+             f"{res['num_examples']:,} images and examples (`experiments/member_accuracy.py`; each "
              f"member and the fooled / corrected images per cell: "
              f"[member_accuracy.md]({row}/eval/member_accuracy.md)).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
