@@ -82,7 +82,9 @@ training command of any preset (default empty), e.g. PRESET_TRAIN_FLAGS="--intra
 PRESET_PRECISION = the training precision (default: auto for cpu, cpu-cifar, cpu-methods and
 mnist-paper -- mixed_bfloat16 where the CPU/GPU runs bfloat16 natively, else float32 -- and
 float32 for paper and the smoke presets; the study behind it: results/precision_study/REPORT.md).
-Evaluation and analysis stay float32.
+Evaluation and analysis stay float32. MEMBERS_STAGE = 1 (default) runs the member-by-member
+breakdown after each row's evaluation (experiments/member_accuracy.py), 0 skips it (the default of
+the smoke presets).
 Weights, checkpoints and cached adversarial arrays go to results/<preset>/work/ (git-ignored).
 TXT
 }
@@ -286,8 +288,9 @@ run_row() {
   evaluate_and_analyze "$row" "$w/surrogate" "$targets" "$eval_extra" "$analyze_extra"
   # Member by member (experiments/member_accuracy.py): every target's members, clean and under the
   # evaluation's cached examples, with the fooled / corrected split -- what explains a cell where an
-  # ordering fails (issue 12). Re-runs when the evaluation is newer.
-  if want evaluate; then
+  # ordering fails (issue 12). Re-runs when the evaluation is newer. MEMBERS_STAGE=0 skips it (the
+  # smoke presets do, to keep the test suite short; tests/test_member_accuracy.py covers the script).
+  if want evaluate && [ "${MEMBERS_STAGE:-1}" = 1 ]; then
     local done_mem="$RES/$row/eval/member_accuracy.json"
     if [ -e "$done_mem" ] && [ "$RES/$row/eval/results.json" -nt "$done_mem" ]; then done_mem=""; fi
     stage "members_${row}" "$done_mem" \
@@ -445,11 +448,13 @@ case "$PRESET" in
       "--dataset=cifar10 --num_examples=500 --analyses=coherence" "$ROW_ROLES"
     ;;
   smoke)
+    MEMBERS_STAGE="${MEMBERS_STAGE:-0}"
     run_row mnist_conv3 "--max_steps=4 --batch_size=32 --ensemble_size=3 --train_examples=2000 --eval_examples=100 --log_every=2" \
       "--dataset=mnist --num_examples=100 --batch_size=50 --attacks=fgsm,rfgsm,ifgsm,mifgsm,pgd_cw" \
       "--dataset=mnist --num_examples=50 --gaas_k=4,16 --gaas_eps=0.3 --batch_size=50 --transfer_iters=3 --whitebox_iters=3"
     ;;
   smoke-cifar)
+    MEMBERS_STAGE="${MEMBERS_STAGE:-0}"
     run_row cifar10_conv4 "--max_steps=2 --batch_size=16 --ensemble_size=3 --train_examples=256 --eval_examples=32 --log_every=2" \
       "--dataset=cifar10 --num_examples=32 --batch_size=32 --attacks=fgsm,pgd_cw" \
       "--dataset=cifar10 --num_examples=32 --analyses=coherence,gaas --gaas_k=4,16 --gaas_eps=0.03 --gaas_num_examples=16 --batch_size=32" \

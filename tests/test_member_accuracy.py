@@ -1,6 +1,7 @@
 """experiments/member_accuracy.py: members clean and under the evaluation's cached examples."""
 
 import importlib.util
+import json
 import os
 
 import keras
@@ -60,6 +61,14 @@ def test_rescores_the_evaluation_member_by_member(tmp_path, mnist, data_dir):
     assert b["cells"]["fgsm@0.3"]["ensemble"] == res["rows"][0]["attacks"]["fgsm"]["0.3"]
     c = b["cells"]["fgsm@0.3"]
     assert c["ensemble"] == pytest.approx(b["clean"]["ensemble"] - (c["fooled"] - c["corrected"]) / 60)
+    # the CLI: results.json on disk -> <out>.md and <out>.json (every target, every cell by default)
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(res))
+    assert member_accuracy.main([f"--eval={path}", f"--root={tmp_path}", f"--data_dir={data_dir}",
+                                 f"--out={tmp_path / 'm' / 'member_accuracy'}"]) == 0
+    written = json.loads((tmp_path / "m" / "member_accuracy.json").read_text())
+    assert written["targets"]["T"]["cells"]["fgsm@0.3"] == c
+    assert "| T | fgsm@0.3 |" in (tmp_path / "m" / "member_accuracy.md").read_text()
     res["rows"][0]["clean"] += 0.05  # not the evaluated images / model -> refuses
     with pytest.raises(member_accuracy.MemberAccuracyError, match="T clean: re-scored"):
         member_accuracy.run(res, ["T"], [("fgsm", "0.3")], root=str(tmp_path), data_dir=data_dir)

@@ -33,8 +33,7 @@ def test_smoke_preset_end_to_end_and_resume(tmp_path, data_dir):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = tmp_path / "smoke"
     for f in ("mnist_conv3/eval/results.json", "mnist_conv3/eval/table2.md",
-              "mnist_conv3/eval/results.csv", "mnist_conv3/eval/member_accuracy.json",
-              "mnist_conv3/analysis/analysis.json",
+              "mnist_conv3/eval/results.csv", "mnist_conv3/analysis/analysis.json",
               "mnist_conv3/analysis/coherence_hist.png", "mnist_conv3/analysis/gaas.png",
               "REPORT.md", "stage_times.tsv", "logs/train_mnist_conv3_div.log"):
         assert (res / f).exists(), f
@@ -46,7 +45,8 @@ def test_smoke_preset_end_to_end_and_resume(tmp_path, data_dir):
     assert (res / "work" / "mnist_conv3" / "div" / "saved_model" / "saved_model.pb").exists()
     again = _run(["smoke"], tmp_path, data_dir)
     assert again.returncode == 0
-    assert again.stdout.count("done already") == 9  # 6 trainings + evaluate + analyze + members
+    assert again.stdout.count("done already") == 8  # 6 trainings + evaluate + analyze skipped
+    assert "members_mnist_conv3" not in r.stdout  # MEMBERS_STAGE=0 in the smoke presets
 
 
 def _results(acc):
@@ -551,3 +551,7 @@ def test_member_accuracy_stage_follows_the_evaluation(tmp_path, data_dir):
     os.utime(ev / "member_accuracy.json", (old + 200, old + 200))
     out, cmds = _dry("cpu", tmp_path, data_dir)
     assert "members_mnist_conv3" not in cmds and "members_mnist_conv3: done already" in out
+    out, cmds = _dry("smoke", tmp_path, data_dir)
+    assert "members_mnist_conv3" not in out  # skipped in the smoke preset ...
+    out, cmds = _dry("smoke", tmp_path, data_dir, MEMBERS_STAGE="1")
+    assert "members_mnist_conv3" in cmds  # ... unless asked for
