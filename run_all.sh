@@ -24,9 +24,9 @@ Presets:
              and half of each batch (the defaults), all five attacks on the full 10,000 MNIST test
              images; analyses on the cpu preset's subsets. 6 x 4,680 = 28,080 training steps.
              Measured on a 2-core Xeon (mixed_bfloat16, host speed varying): 4.1 h of training
-             stage time (including ~40 min of pauses), 49 min evaluation, 12 min analyses, ~10
-             min member breakdown: about 5 hours over several sessions (it resumes); training
-             ~1.7x slower in float32.
+             stage time (including ~40 min of pauses), 49 min evaluation, 12 min analyses, 7 min
+             member breakdown: about 5 hours over several sessions (it resumes); training ~1.7x
+             slower in float32.
   cpu        The MNIST Conv-3 row with the paper's architecture, attacks, eps (0.1/0.3), lambda,
              noise and ensemble size, scaled to finish within ~90 minutes on a 2-core CPU:
              every model trains CPU_STEPS (default 500) steps of batch 128 instead of 10 epochs;
