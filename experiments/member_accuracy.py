@@ -24,14 +24,17 @@ import sys
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
-import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tf_divtrain import attacks as attacks_lib  # noqa: E402
-from tf_divtrain import batching, evaluation, export  # noqa: E402
+from tf_divtrain import evaluation, export  # noqa: E402
 from tf_divtrain import data as data_lib  # noqa: E402
+from tf_divtrain.analysis import _compiled  # noqa: E402
 from tf_divtrain.io_utils import write_md_and_json  # noqa: E402
+
+
+BATCH = 500
 
 
 class MemberAccuracyError(ValueError):
@@ -53,16 +56,6 @@ def parse_cells(text: str, results: dict = None) -> List[Tuple[str, str]]:
                                       f"{', '.join(attacks_lib.ATTACKS)} (e.g. fgsm@0.1).")
         cells.append((attack, evaluation.eps_key(float(eps))))
     return cells
-
-
-def member_predictions(ensemble, x: np.ndarray, batch_size: int = 500) -> Tuple[np.ndarray, np.ndarray]:
-    """(ensemble argmax [B], member argmax [B, N]); the ensemble = argmax of the averaged softmax."""
-    def fn(xb):
-        logits = tf.cast(ensemble.member_logits(tf.cast(xb, tf.float32)), tf.float32)
-        probs = tf.reduce_mean(tf.nn.softmax(logits, axis=-1), axis=1)
-        return tf.concat([tf.argmax(probs, -1)[:, None], tf.argmax(logits, -1)], axis=1)
-    out = batching.map_batches(fn, x, batch_size=batch_size)
-    return out[:, 0], out[:, 1:]
 
 
 def breakdown(y: np.ndarray, clean: Tuple[np.ndarray, np.ndarray],
@@ -102,8 +95,10 @@ def run(results: dict, targets: Sequence[str], cells: Sequence[Tuple[str, str]],
     out = {"dataset": results["dataset"], "num_examples": int(len(y)), "targets": {}}
     for t in targets:
         ens = export.load_ensemble(resolve(rows[t]["path"]))
-        clean = member_predictions(ens, ds.x_test)
-        attacked = {c: member_predictions(ens, x_adv[c]) for c in cells}
+        # (ensemble argmax of the averaged softmax [B], member argmax [B, N]), one compiled forward
+        predict = _compiled(ens).predict
+        clean = predict(ds.x_test, BATCH)
+        attacked = {c: predict(x_adv[c], BATCH) for c in cells}
         b = breakdown(y, clean, attacked)
         checks = [("clean", b["clean"]["ensemble"], rows[t]["clean"])] + [
             (f"{a}@{e}", b["cells"][f"{a}@{e}"]["ensemble"], rows[t]["attacks"][a][e]) for a, e in cells]

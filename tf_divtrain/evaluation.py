@@ -103,6 +103,12 @@ CE_ATTACKS = ("fgsm", "rfgsm", "ifgsm", "mifgsm")  # the attacks whose objective
 ATTACK_LOSSES = ("ce", "prediction_ce")
 
 
+def attack_kwargs(options: Optional[dict]) -> dict:
+    """The keyword arguments of an attack among ``options``: keys starting with ``_`` (e.g.
+    ``_crafting_precision``) are cache-key metadata, not arguments."""
+    return {k: v for k, v in (options or {}).items() if not k.startswith("_")}
+
+
 def attack_loss_options(attacks: Sequence[str], loss: str) -> Dict[str, dict]:
     """``attack_options`` giving the CE attacks among ``attacks`` the objective ``loss``.
 
@@ -235,8 +241,7 @@ def craft_cached(surrogate, surrogate_id: str, dataset: str, attack: str, eps: f
                 return arr, info
         except (OSError, ValueError):
             pass  # unreadable / truncated: recompute and overwrite
-    attack_fn = attacks_lib.make_attack(attack, surrogate, eps,
-                                        **{k: v for k, v in options.items() if not k.startswith("_")})
+    attack_fn = attacks_lib.make_attack(attack, surrogate, eps, **attack_kwargs(options))
     t0 = time.perf_counter()
     x_adv = craft(attack_fn, x, y, batch_size, seed,
                   desc=f"{attacks_lib.DISPLAY_NAMES[attack]} eps={eps:g}", progress=progress)
@@ -369,7 +374,7 @@ def evaluate(surrogate_dir, targets, dataset: Optional[str] = None,
     for a, o in attack_options.items():
         check_attacks([a])
         try:
-            attacks_lib.check_options(a, {k: v for k, v in (o or {}).items() if not k.startswith("_")})
+            attacks_lib.check_options(a, attack_kwargs(o))
         except ValueError as err:
             raise EvaluationError(str(err)) from None
     if eps is not None:
@@ -397,8 +402,7 @@ def evaluate(surrogate_dir, targets, dataset: Optional[str] = None,
     for a, o in attack_options.items():  # option values too, before targets and data are loaded
         for e in eps:
             try:
-                attacks_lib.check_option_values(
-                    a, e, {k: v for k, v in (o or {}).items() if not k.startswith("_")})
+                attacks_lib.check_option_values(a, e, attack_kwargs(o))
             except ValueError as err:
                 raise EvaluationError(str(err)) from None
     for label, _, sur in surrogates:

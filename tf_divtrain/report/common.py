@@ -6,10 +6,11 @@ import datetime
 import json
 import os
 import platform
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from tf_divtrain import attacks as attacks_lib
 from tf_divtrain import paper
+from tf_divtrain.evaluation import eps_key
 
 ROLES = (("surrogate", "S"), ("static", "static"), ("base", "T_Base"), ("div", "T_Div"),
          ("ens", "T_Ens"), ("ensdiv", "T_Ens+Div"))
@@ -44,6 +45,12 @@ def load_json(path: str) -> Optional[dict]:
 
 def pct(v) -> str:
     return "—" if v is None else f"{100.0 * v:.1f}"
+
+
+def result_cells(results: dict) -> List[Tuple[str, str]]:
+    """``(attack, eps key)`` of every cell of an evaluation: attacks in Table 2 order, then eps."""
+    eps = [eps_key(e) for e in results["eps"]]
+    return [(a, e) for a in ATTACK_ORDER if a in results["attacks"] for e in eps]
 
 
 def target_rows(results: dict) -> Dict[str, dict]:

@@ -15,7 +15,8 @@ from tf_divtrain.report.analyses import analysis_sections, gaas_check
 from tf_divtrain.report.common import (ATTACK_NAMES, ATTACK_ORDER, NOT_RUN, PAPER_EPOCHS,
                                        PAPER_GAAS_K, PAPER_TABLE2, PAPER_TEST_EXAMPLES, PRESET_ROWS,
                                        ROLES, ROW_DATASET, ROWS, TARGETS, all_metrics, footer,
-                                       header, load_json, pct, run_metrics, target_rows)
+                                       header, load_json, pct, result_cells, run_metrics,
+                                       target_rows)
 
 
 def table2_side_by_side(row: str, results: Optional[dict]) -> str:
@@ -82,8 +83,6 @@ def ordering_checks(results: Optional[dict], analysis: Optional[dict]) -> List[s
     A pair with a missing target is listed as not checked (never silently dropped)."""
     out = []
     ours = target_rows(results) if results else {}
-    eps = [eps_key(e) for e in results["eps"]] if results else []
-    attacks = [a for a in ATTACK_ORDER if a in results["attacks"]] if results else []
     if not results:
         out.append(f"- **T_Div > T_Base**, **T_Ens+Div ≥ T_Ens** under attack: not checked — "
                    f"transfer evaluation {NOT_RUN}.")
@@ -99,23 +98,22 @@ def ordering_checks(results: Optional[dict], analysis: Optional[dict]) -> List[s
         held = total = 0
         sig_held = sig_failed = tested = 0
         cells, oks, p_values = [], [], []
-        for a in attacks:
-            for e in eps:
-                b, w = ours[better]["attacks"][a][e], ours[worse]["attacks"][a][e]
-                ok = b > w if strict else b >= w
-                held += ok
-                total += 1
-                oks.append(ok)
-                cmp = evaluation.paired_cell(ours[better], ours[worse], a, e)
-                if cmp is not None:
-                    tested += 1
-                    p_values.append(cmp["p_value"])
-                    sig = cmp["p_value"] < stats_lib.ALPHA
-                    sig_held += ok and sig
-                    sig_failed += (not ok) and sig
-                cells.append(f"{ATTACK_NAMES[a]}@{e}: {pct(b)} vs {pct(w)} "
-                             f"{'holds' if ok else '**does not hold**'}"
-                             + (f" ({stats_lib.describe(cmp)})" if cmp is not None else ""))
+        for a, e in result_cells(results):
+            b, w = ours[better]["attacks"][a][e], ours[worse]["attacks"][a][e]
+            ok = b > w if strict else b >= w
+            held += ok
+            total += 1
+            oks.append(ok)
+            cmp = evaluation.paired_cell(ours[better], ours[worse], a, e)
+            if cmp is not None:
+                tested += 1
+                p_values.append(cmp["p_value"])
+                sig = cmp["p_value"] < stats_lib.ALPHA
+                sig_held += ok and sig
+                sig_failed += (not ok) and sig
+            cells.append(f"{ATTACK_NAMES[a]}@{e}: {pct(b)} vs {pct(w)} "
+                         f"{'holds' if ok else '**does not hold**'}"
+                         + (f" ({stats_lib.describe(cmp)})" if cmp is not None else ""))
         if tested == total:
             holm = [q < stats_lib.ALPHA for q in stats_lib.holm_adjusted(p_values)]
             holm_held = sum(ok and q for ok, q in zip(oks, holm))
@@ -162,21 +160,18 @@ def above_clean_check(results: Optional[dict]) -> List[str]:
     images (McNemar), so a 0.1-point excess within noise is told from a real one."""
     if not results:
         return []
-    eps = [eps_key(e) for e in results["eps"]]
-    attacks = [a for a in ATTACK_ORDER if a in results["attacks"]]
     found = []
     for label, r in target_rows(results).items():
-        for a in attacks:
-            for e in eps:
-                acc = r["attacks"][a][e]
-                if acc <= r["clean"]:
-                    continue
-                clean = evaluation.per_example_mask(r)
-                under = evaluation.per_example_mask(r, a, e)
-                cmp = (stats_lib.paired_comparison(under, clean)
-                       if clean is not None and under is not None else None)
-                found.append(f"{label} {ATTACK_NAMES[a]}@{e}: {pct(acc)} vs {pct(r['clean'])} clean"
-                             + (f" ({stats_lib.describe(cmp)})" if cmp is not None else ""))
+        for a, e in result_cells(results):
+            acc = r["attacks"][a][e]
+            if acc <= r["clean"]:
+                continue
+            clean = evaluation.per_example_mask(r)
+            under = evaluation.per_example_mask(r, a, e)
+            cmp = (stats_lib.paired_comparison(under, clean)
+                   if clean is not None and under is not None else None)
+            found.append(f"{label} {ATTACK_NAMES[a]}@{e}: {pct(acc)} vs {pct(r['clean'])} clean"
+                         + (f" ({stats_lib.describe(cmp)})" if cmp is not None else ""))
     head = ("- **Accuracy under attack above clean accuracy** (the label-leaking signature, "
             "Kurakin et al. 2016; issue 12): ")
     if not found:
@@ -195,8 +190,6 @@ def corrected_by_attack(results: Optional[dict]) -> List[str]:
     :func:`above_clean_check` stays silent."""
     if not results:
         return []
-    eps = [eps_key(e) for e in results["eps"]]
-    attacks = [a for a in ATTACK_ORDER if a in results["attacks"]]
     parts, none = [], []
     for label, r in target_rows(results).items():
         clean = evaluation.per_example_mask(r)
@@ -204,14 +197,13 @@ def corrected_by_attack(results: Optional[dict]) -> List[str]:
             return []
         wrong = ~clean
         counts = []
-        for a in attacks:
-            for e in eps:
-                under = evaluation.per_example_mask(r, a, e)
-                if under is None:
-                    return []
-                fixed = int(np.sum(wrong & under))
-                if fixed:
-                    counts.append(f"{ATTACK_NAMES[a]}@{e} {fixed}")
+        for a, e in result_cells(results):
+            under = evaluation.per_example_mask(r, a, e)
+            if under is None:
+                return []
+            fixed = int(np.sum(wrong & under))
+            if fixed:
+                counts.append(f"{ATTACK_NAMES[a]}@{e} {fixed}")
         if counts:
             parts.append(f"{label} ({int(wrong.sum())} clean errors): "
                          + ", ".join(counts))
