@@ -27,6 +27,15 @@ Presets:
              stage time (including ~40 min of pauses), 49 min evaluation, 12 min analyses, 7 min
              member breakdown: about 5 hours over several sessions (it resumes); training ~1.7x
              slower in float32.
+  cifar-paper  The CIFAR-10 Conv-4 row at the paper's length (issue 22): surrogate, static model,
+             T_Base, T_Div, T_Ens, T_Ens+Div, each 20 epochs of batch 128 (7,800 steps;
+             flags/cifar10_conv4_*.cfg: lambda 0.5, D_noise/D_adv eps 0.09, D_adv with the static
+             model's predicted labels and half of each batch), --precision=auto; the five attacks
+             at eps 0.03/0.09 on all 1,000 CIFAR-10 test images held (float32); coherence on all
+             1,000 (Fig. 4); GAAS at eps 0.03/0.06/0.09, k = 4, 16, 36, 64 on 500 (Fig. 5);
+             member transferability and white-box PGD on 500; member breakdown. Estimate from
+             measured step times: ~10 h of training where bfloat16 is native, ~17 h in float32,
+             plus ~1.5 h of evaluation and analysis; it resumes, so run it over several sessions.
   cpu        The MNIST Conv-3 row with the paper's architecture, attacks, eps (0.1/0.3), lambda,
              noise and ensemble size, scaled to finish within ~90 minutes on a 2-core CPU:
              every model trains CPU_STEPS (default 500) steps of batch 128 instead of 10 epochs;
@@ -97,7 +106,7 @@ for arg in "$@"; do
     -h|--help) usage; exit 0 ;;
     --only=*) ONLY="${arg#--only=}" ;;
     --dry-run) DRY_RUN=1 ;;
-    paper|mnist-paper|cpu|cpu-methods|cpu-cifar|smoke|smoke-cifar) PRESET="$arg" ;;
+    paper|mnist-paper|cifar-paper|cpu|cpu-methods|cpu-cifar|smoke|smoke-cifar) PRESET="$arg" ;;
     *) echo "run_all.sh: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -114,7 +123,7 @@ LOGS="$RES/logs"
 # (results/precision_study/REPORT.md) found that no conclusion of the cpu preset changes with it;
 # paper and the smoke presets train in float32. PRESET_PRECISION overrides either.
 case "$PRESET" in
-  cpu|cpu-cifar|cpu-methods|mnist-paper) PRECISION="${PRESET_PRECISION:-auto}" ;;
+  cpu|cpu-cifar|cpu-methods|mnist-paper|cifar-paper) PRECISION="${PRESET_PRECISION:-auto}" ;;
   *) PRECISION="${PRESET_PRECISION:-float32}" ;;
 esac
 case "$PRECISION" in float32|mixed_bfloat16|mixed_float16|auto) ;;
@@ -398,6 +407,10 @@ case "$PRESET" in
   mnist-paper)
     run_row mnist_conv3 "--log_every=50" "--dataset=mnist --num_examples=10000" \
       "--dataset=mnist --num_examples=500 --gaas_num_examples=100 --transfer_num_examples=100 --transfer_iters=10 --whitebox_iters=20"
+    ;;
+  cifar-paper)
+    run_row cifar10_conv4 "--log_every=50" "--dataset=cifar10 --num_examples=1000" \
+      "--dataset=cifar10 --num_examples=1000 --gaas_k=4,16,36,64 --gaas_eps=0.03,0.06,0.09 --gaas_num_examples=500 --transfer_num_examples=500"
     ;;
   cpu)
     STEPS="${CPU_STEPS:-500}"

@@ -23,7 +23,7 @@ ROW_DATASET = {"mnist_conv3": "mnist", "cifar10_conv4": "cifar10", "cifar10_resn
                "cifar10_mix": "cifar10"}
 # Rows each run_all.sh preset is meant to produce: a planned row without outputs is shown as
 # "not run". Other presets show only the rows that have outputs.
-PRESET_ROWS = {"paper": tuple(ROWS), "mnist-paper": ("mnist_conv3",), "cpu": ("mnist_conv3",),
+PRESET_ROWS = {"paper": tuple(ROWS), "mnist-paper": ("mnist_conv3",), "cifar-paper": ("cifar10_conv4",), "cpu": ("mnist_conv3",),
                "smoke": ("mnist_conv3",),
                "cpu-cifar": ("cifar10_conv4", "cifar10_resnet20", "cifar10_mix"),
                "smoke-cifar": ("cifar10_conv4",)}
