@@ -264,11 +264,11 @@ def test_stacked_gal_matches_reference_real_data(data_dir, dataset="mnist"):
 
 
 def test_method_steps_quick_reports_every_mode(data_dir, tmp_path):
-    """benchmarks/method_steps.py: one timed row per mode, ratios against baseline and GAL."""
-    script = os.path.join(_REPO, "benchmarks", "method_steps.py")
+    """tf_divtrain.experiments.method_steps: one timed row per mode, ratios against baseline and GAL."""
+    script = "-m", "tf_divtrain.experiments.method_steps"
     out, md = tmp_path / "ms.json", tmp_path / "ms.md"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, script, "--quick", f"--data_dir={data_dir}", "--precision=float32",
+    proc = subprocess.run([sys.executable, *script, "--quick", f"--data_dir={data_dir}", "--precision=float32",
                            f"--out={out}", f"--md={md}"], cwd=_REPO, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -281,7 +281,7 @@ def test_method_steps_quick_reports_every_mode(data_dir, tmp_path):
     assert res["modes"]["baseline"]["over_baseline"] == 1.0 and res["modes"]["div"]["over_div"] == 1.0
     rows = [l for l in md.read_text().splitlines() if l.startswith("| ") and not l.startswith("| mode")]
     assert [l.split("|")[1].strip() for l in rows] == ["baseline", "div", "adp", "trs", "dverge"]
-    bad = subprocess.run([sys.executable, script, "--quick", f"--data_dir={data_dir}", "--modes=baseline,nope"],
+    bad = subprocess.run([sys.executable, *script, "--quick", f"--data_dir={data_dir}", "--modes=baseline,nope"],
                          cwd=_REPO, env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "unknown mode(s) ['nope']" in bad.stderr
 
@@ -289,12 +289,7 @@ def test_method_steps_quick_reports_every_mode(data_dir, tmp_path):
 def test_method_steps_builds_the_ens_adv_modes_with_a_static_model(data_dir):
     """method_steps.py times ens_adv / ens_adv_div too: their Trainer gets an exported static model
     (loaded as `train` loads one) and a step runs and updates the ensemble."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("method_steps",
-                                                  os.path.join(_REPO, "benchmarks", "method_steps.py"))
-    ms = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ms)
+    from tf_divtrain.experiments import method_steps as ms
     trainer, batches = ms.build("ens_adv_div", 2, 16, data_dir, "float32", 1)
     assert trainer.static_model is not None and trainer.cfg.static_model == ms._static_export((28, 28, 1))
     assert os.path.isfile(os.path.join(trainer.cfg.static_model, "saved_model.pb"))

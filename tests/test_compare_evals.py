@@ -1,6 +1,5 @@
-"""experiments/compare_evals.py: cell-by-cell comparison of two evaluations, against hand counts."""
+"""tf_divtrain.experiments.compare_evals: cell-by-cell comparison of two evaluations, against hand counts."""
 
-import importlib.util
 import json
 import os
 
@@ -9,11 +8,7 @@ import pytest
 
 from tf_divtrain import stats
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location("compare_evals",
-                                              os.path.join(REPO, "experiments", "compare_evals.py"))
-compare_evals = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(compare_evals)
+from tf_divtrain.experiments import compare_evals
 
 
 def row(label, masks, role="target"):

@@ -1,6 +1,5 @@
-"""experiments/member_accuracy.py: members clean and under the evaluation's cached examples."""
+"""tf_divtrain.experiments.member_accuracy: members clean and under the evaluation's cached examples."""
 
-import importlib.util
 import json
 import os
 
@@ -10,11 +9,7 @@ import pytest
 
 from tf_divtrain import evaluation, export, models
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-spec = importlib.util.spec_from_file_location("member_accuracy",
-                                              os.path.join(REPO, "experiments", "member_accuracy.py"))
-member_accuracy = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(member_accuracy)
+from tf_divtrain.experiments import member_accuracy
 META = {"dataset": "mnist", "input_shape": [28, 28, 1], "num_classes": 10}
 
 

@@ -369,7 +369,8 @@ def test_cpu_methods_dry_run_trains_targets_and_four_surrogates(tmp_path, data_d
         "T_Base", "T_Div", "T_ADP", "T_DVERGE", "T_TRS"]
     assert _flag(ev, "num_examples") == "1000" and _flag(ev, "attacks") is None
     bench = cmds["benchmark_mnist_conv3_method_steps"]  # every method's step cost, one load
-    assert bench.split()[1] == "benchmarks/method_steps.py" and _flag(bench, "precision") == "auto"
+    assert bench.split()[1:3] == ["-m", "tf_divtrain.experiments.method_steps"]
+    assert _flag(bench, "precision") == "auto"
     assert _flag(bench, "out").endswith("/cpu-methods/mnist_conv3/method_steps.json")
     assert _flag(bench, "md").endswith("/cpu-methods/mnist_conv3/METHOD_STEPS.md")
     pce = cmds["evaluate_mnist_conv3_prediction_ce"]  # the attack objective, from S5 and S_div
@@ -378,7 +379,7 @@ def test_cpu_methods_dry_run_trains_targets_and_four_surrogates(tmp_path, data_d
     assert _flag(pce, "attack_loss") == "prediction_ce" and _flag(pce, "attacks") == "fgsm,rfgsm,ifgsm,mifgsm"
     assert _flag(pce, "cache_dir") == _flag(ev, "cache_dir")  # the option is part of the cache key
     cmp_cmd = cmds["compare_mnist_conv3_prediction_ce"]
-    assert cmp_cmd.split()[1] == "experiments/compare_evals.py"
+    assert cmp_cmd.split()[1:3] == ["-m", "tf_divtrain.experiments.compare_evals"]
     assert _flag(cmp_cmd, "a") == _flag(pce, "out_dir") + "/results.json"
     assert _flag(cmp_cmd, "b") == _flag(ev, "out_dir") + "/results.json"
     an = cmds["analyze_mnist_conv3"]
@@ -537,7 +538,7 @@ def test_member_accuracy_stage_follows_the_evaluation(tmp_path, data_dir):
     when its output is missing or older than the evaluation, and is skipped otherwise."""
     out, cmds = _dry("mnist-paper", tmp_path, data_dir)
     cmd = cmds["members_mnist_conv3"]
-    assert cmd.split()[1] == "experiments/member_accuracy.py"
+    assert cmd.split()[1:3] == ["-m", "tf_divtrain.experiments.member_accuracy"]
     assert _flag(cmd, "eval") == _flag(cmds["evaluate_mnist_conv3"], "out_dir") + "/results.json"
     assert _flag(cmd, "targets") is None and _flag(cmd, "cells") is None  # all targets, all cells
     ev = tmp_path / "cpu" / "mnist_conv3" / "eval"

@@ -44,11 +44,10 @@ import tensorflow as tf
 from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method
 from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 
-from tf_divtrain import gal
+from tf_divtrain import gal, paper
 
-ATTACKS = ("fgsm", "rfgsm", "ifgsm", "mifgsm", "pgd_cw")
-DISPLAY_NAMES = {"fgsm": "FGSM", "rfgsm": "R-FGSM", "ifgsm": "I-FGSM", "mifgsm": "MI-FGSM",
-                 "pgd_cw": "PGD-CW"}
+ATTACKS = paper.TABLE2_ATTACKS
+DISPLAY_NAMES = paper.ATTACK_NAMES
 NB_ITER = 10  # k for I-FGSM / MI-FGSM (§4.1)
 MI_DECAY = 1.0  # mu for MI-FGSM (§4.1)
 CW_CONFIDENCE = 50.0  # kappa for PGD-CW (§4.1)

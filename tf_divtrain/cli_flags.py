@@ -14,7 +14,6 @@ from typing import NoReturn, Optional, Sequence
 
 from absl import flags
 
-from tf_divtrain import data as data_lib
 from tf_divtrain import precision as precision_lib
 
 USAGE_ERROR = 2
@@ -24,6 +23,8 @@ def define_dataset_flags(fv: flags.FlagValues, default: Optional[str] = "mnist",
                          default_help: str = "") -> None:
     """``--dataset`` (validated against ``data.DATASETS``; ``default=None`` lets the CLI infer it)
     and ``--data_dir`` (default ``$TF_DIVTRAIN_DATA``)."""
+    from tf_divtrain import data as data_lib  # here, not at import: the report CLI loads no TensorFlow
+
     names = ", ".join(sorted(data_lib.DATASETS))
     flags.DEFINE_string("dataset", default, f"One of {names}{default_help}. Every export used must "
                         "have been trained on it.", flag_values=fv)

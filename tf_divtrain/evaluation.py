@@ -53,6 +53,8 @@ from tf_divtrain import labels as labels_lib
 from tf_divtrain import data as data_lib
 from tf_divtrain import export as export_lib
 from tf_divtrain import io_utils, paper, stats
+from tf_divtrain.results import (ROBUST_ALL_KEY, eps_key, paired_cell, per_example_mask,  # noqa: F401
+                                 robust_to_all, surrogate_blocks)
 
 DEFAULT_EPS = paper.TABLE2_EPS
 SURROGATE_LABEL = "S (white-box)"
@@ -266,54 +268,6 @@ def correct_mask(model, x: np.ndarray, y: np.ndarray, batch_size: int = 500) -> 
     return pred == np.asarray(y)
 
 
-def eps_key(eps: float) -> str:
-    return f"{eps:g}"
-
-
-ROBUST_ALL_KEY = "all"
-
-
-def robust_to_all(correct: Dict[Tuple[str, str], np.ndarray]) -> Dict[str, float]:
-    """Robust-to-all accuracy from per-example correctness of every (attack, eps_key) cell.
-
-    ``correct[(attack, eps_key)]`` = bool array over the same examples. Returns
-    ``{eps_key: fraction correct under every attack at that eps, ..., "all": fraction correct
-    under every cell}``; each value is <= the minimum accuracy of the cells it covers.
-    """
-    if not correct:
-        raise EvaluationError("robust_to_all needs at least one (attack, eps) cell.")
-    masks = {k: np.asarray(v, dtype=bool) for k, v in correct.items()}
-    n = {m.shape for m in masks.values()}
-    if len(n) != 1 or len(next(iter(n))) != 1:
-        raise EvaluationError(f"robust_to_all: per-example arrays must be 1-D of one length, got {n}.")
-    out = {}
-    for e in dict.fromkeys(e for _, e in masks):  # eps keys in first-seen order
-        out[e] = float(np.mean(np.logical_and.reduce([m for (_, ee), m in masks.items() if ee == e])))
-    out[ROBUST_ALL_KEY] = float(np.mean(np.logical_and.reduce(list(masks.values()))))
-    return out
-
-
-def per_example_mask(row: dict, attack: Optional[str] = None,
-                     eps: Optional[str] = None) -> Optional[np.ndarray]:
-    """The row's per-example correctness, clean (no ``attack``) or under ``attack`` at ``eps``
-    (an :func:`eps_key`); ``None`` when the results file predates per-example storage."""
-    pe = row.get("per_example")
-    if not pe:
-        return None
-    text = pe["clean"] if attack is None else pe["attacks"].get(attack, {}).get(eps)
-    return None if text is None else stats.decode_mask(text, int(pe["n"]))
-
-
-def paired_cell(row_a: dict, row_b: dict, attack: Optional[str] = None,
-                eps: Optional[str] = None) -> Optional[dict]:
-    """:func:`stats.paired_comparison` of two rows on one cell (clean without ``attack``), or
-    ``None`` when either row lacks per-example results or they cover different images."""
-    ma, mb = per_example_mask(row_a, attack, eps), per_example_mask(row_b, attack, eps)
-    if ma is None or mb is None or ma.shape != mb.shape:
-        return None
-    return stats.paired_comparison(ma, mb)
-
-
 # ----------------------------------------------------------------------------------------------
 # Several surrogates.
 
@@ -330,19 +284,6 @@ def parse_surrogates(spec) -> List[Tuple[str, str]]:
 def surrogate_row_label(label: str) -> str:
     """White-box sanity row of surrogate ``label``; ``S`` keeps the historical SURROGATE_LABEL."""
     return f"{label} (white-box)"
-
-
-def surrogate_blocks(results: dict) -> List[dict]:
-    """One Table 2 block per surrogate, for results.json of either schema version.
-
-    Each block: ``{"label", "surrogate", "rows", "crafting"}``. Version-1 results (no
-    ``by_surrogate``) give a single block labelled ``S`` from the top-level keys.
-    """
-    if results.get("by_surrogate"):
-        return list(results["by_surrogate"])
-    return [{"label": results.get("surrogate", {}).get("label", "S"),
-             "surrogate": results.get("surrogate", {}), "rows": results["rows"],
-             "crafting": results.get("crafting", {})}]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -47,3 +47,7 @@ TEST_EXAMPLES = {"mnist": 10000, "cifar10": 10000}
 
 # Fig. 5's GAAS orders (§4.4); 25 is not a Hadamard order (report.analyses.hadamard_note).
 GAAS_K = (4, 25, 36, 64)
+# Table 2's attacks in its column order (§4.1), and their names in the paper.
+TABLE2_ATTACKS = ("fgsm", "rfgsm", "ifgsm", "mifgsm", "pgd_cw")
+ATTACK_NAMES = {"fgsm": "FGSM", "rfgsm": "R-FGSM", "ifgsm": "I-FGSM", "mifgsm": "MI-FGSM",
+                "pgd_cw": "PGD-CW"}

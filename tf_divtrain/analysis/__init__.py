@@ -49,12 +49,10 @@ from tf_divtrain.analysis.common import (  # noqa: F401
     ensemble_log_prediction,
     member_input_gradients,
     num_members,
+    predictions,
     summarize,
 )
 from tf_divtrain.analysis.gaas import (  # noqa: F401
-    _H4,
-    _latin_square_hadamard,
-    _regular_hadamard_or_none,
     block_assignment,
     check_gaas_k,
     gaas_analysis,

@@ -126,6 +126,12 @@ def _compiled(ensemble) -> _Compiled:
     return c
 
 
+def predictions(ensemble, x, batch_size: int = 500):
+    """(ensemble predictions [B], member predictions [B, N]) as numpy: the package's one inference
+    helper for argmax predictions, compiled once per ensemble."""
+    return _compiled(ensemble).predict(x, batch_size)
+
+
 def summarize(values) -> dict:
     v = np.asarray(values, np.float64)
     if v.size == 0:

@@ -95,5 +95,4 @@ def plot_transfer(matrix, label: str, path: str, eps: Optional[float] = None) ->
     return path
 
 
-def safe_label(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]", "_", label)
+from tf_divtrain.results import safe_label  # noqa: E402,F401  (the PNG names are part of the schema)

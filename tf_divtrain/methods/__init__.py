@@ -23,27 +23,41 @@ method as a training-step objective (``tf_divtrain.step`` protocol) for the Trai
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from typing import Callable, Tuple
 
-from tf_divtrain.methods import adp, dverge, trs
+from tf_divtrain.methods.configs import ADPConfig, DVERGEConfig, TRSConfig
+
+_MATHS = ("adp", "trs", "dverge")  # the modules with each method's TensorFlow maths
+
+
+def __getattr__(name):
+    """``methods.adp`` etc. import the maths on first use: the registry and the configs load no
+    TensorFlow (the report parses a run's method_params through them)."""
+    if name in _MATHS:
+        return importlib.import_module(f"tf_divtrain.methods.{name}")
+    raise AttributeError(f"module 'tf_divtrain.methods' has no attribute {name!r}")
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
     name: str
     defaults: object  # a validated frozen config dataclass instance
-    objective: Callable
     metrics: Tuple[str, ...]  # the method's [B] metrics in the objective's dict
     paper: str
 
+    @property
+    def objective(self) -> Callable:
+        return importlib.import_module(f"tf_divtrain.methods.{self.name}").objective
+
 
 METHODS = {
-    "adp": Method("adp", adp.ADPConfig().validate(), adp.objective, ("adp_entropy", "adp_logdet"),
+    "adp": Method("adp", ADPConfig().validate(), ("adp_entropy", "adp_logdet"),
                   "Pang et al. 2019, Improving Adversarial Robustness via Promoting Ensemble Diversity"),
-    "trs": Method("trs", trs.TRSConfig().validate(), trs.objective, ("trs_cos", "trs_smooth"),
+    "trs": Method("trs", TRSConfig().validate(), ("trs_cos", "trs_smooth"),
                   "Yang et al. 2021, TRS: Transferability Reduced Ensemble via Promoting Gradient "
                   "Diversity and Model Smoothness"),
-    "dverge": Method("dverge", dverge.DVERGEConfig().validate(), dverge.objective, ("dverge_cross_ce",),
+    "dverge": Method("dverge", DVERGEConfig().validate(), ("dverge_cross_ce",),
                      "Yang et al. 2020, DVERGE: Diversifying Vulnerabilities for Enhanced Robust "
                      "Generation of Ensembles"),
 }

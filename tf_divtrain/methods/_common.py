@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Callable, List, Sequence
 
 import tensorflow as tf
@@ -42,30 +40,4 @@ def check_members(members: Sequence, method: str, minimum: int = 2) -> int:
     return n
 
 
-def _range_text(low, high, low_open, high_open) -> str:
-    lo = "-inf" if low is None else f"{low:g}"
-    hi = "inf" if high is None else f"{high:g}"
-    return f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
-
-
-def check_number(owner: str, name: str, value, low=None, high=None, low_open: bool = False,
-                 high_open: bool = False, integer: bool = False) -> None:
-    """Raises ValueError naming ``owner.name`` and the valid range unless ``value`` is a finite real
-    (or integer) number inside it. Tensors/Variables pass unchecked (values that change at run time,
-    e.g. a schedule fed to a compiled step, cannot be checked when tracing)."""
-    if isinstance(value, (tf.Tensor, tf.Variable)):
-        return
-    kind = "an integer" if integer else "a real number"
-    valid = _range_text(low, high, low_open, high_open)
-    ok_type = numbers.Integral if integer else numbers.Real
-    if isinstance(value, bool) or not isinstance(value, ok_type):
-        raise ValueError(f"{owner}: {name} must be {kind} in {valid}, got {value!r}.")
-    v = float(value)
-    if (not math.isfinite(v) or (low is not None and (v < low or (low_open and v == low)))
-            or (high is not None and (v > high or (high_open and v == high)))):
-        raise ValueError(f"{owner}: {name}={value!r} is outside the valid range {valid}.")
-
-
-def check_bool(owner: str, name: str, value) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{owner}: {name} must be True or False, got {value!r}.")
+from tf_divtrain.methods.configs import _range_text, check_bool, check_number  # noqa: E402,F401

@@ -45,29 +45,7 @@ import tensorflow as tf
 from tf_divtrain import gal as gal_lib
 from tf_divtrain.methods import _common
 
-LOG_OFFSET = 1e-20  # authors' utils.py `log_offset`
-DET_OFFSET = 1e-6  # authors' utils.py `det_offset` (delta)
-
-
-@dataclasses.dataclass(frozen=True)
-class ADPConfig:
-    """ADP hyper-parameters (defaults: the paper's ADP_{2,0.5}; offsets as in the authors' code)."""
-
-    alpha: float = 2.0  # weight of the ensemble entropy H(F)
-    beta: float = 0.5  # weight of log(ED + delta)
-    log_offset: float = LOG_OFFSET  # inside log() of the entropy
-    det_offset: float = DET_OFFSET  # delta, added to the Gram matrix diagonal
-
-    def validate(self) -> "ADPConfig":
-        _common.check_number("adp", "alpha", self.alpha, low=0.0)
-        _common.check_number("adp", "beta", self.beta, low=0.0)
-        _common.check_number("adp", "log_offset", self.log_offset, low=0.0, high=1e-3, low_open=True)
-        _common.check_number("adp", "det_offset", self.det_offset, low=0.0, high=1.0, low_open=True)
-        return self
-
-    def objective_kwargs(self, epoch: int = 0, epochs: int = 1) -> dict:
-        """Keyword arguments for ``objective`` (ADP has no schedule; epoch/epochs are ignored)."""
-        return dataclasses.asdict(self)
+from tf_divtrain.methods.configs import DET_OFFSET, LOG_OFFSET, ADPConfig  # noqa: F401
 
 
 def ensemble_entropy(probs, log_offset: float = LOG_OFFSET):

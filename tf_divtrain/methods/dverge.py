@@ -59,50 +59,7 @@ _ACTIVATIONS = (keras.layers.Activation, keras.layers.ReLU, keras.layers.LeakyRe
                 keras.layers.PReLU, keras.layers.Softmax)
 
 
-@dataclasses.dataclass(frozen=True)
-class DVERGEConfig:
-    """DVERGE hyper-parameters (defaults: the authors' CIFAR-10 arguments, see the module docstring)."""
-
-    eps: float = 0.07  # L_inf radius of the distillation around the source image
-    step_size: float = 0.007  # sign-step size
-    steps: int = 10  # distillation steps
-    layer: Optional[int] = None  # fixed 1-based feature layer; None = random each epoch
-    rand_start: bool = False  # uniform random start in the eps-ball
-    momentum: bool = True  # L1-normalised gradient accumulation (their default)
-    mu: float = 1.0  # momentum decay
-    include_clean: bool = False  # their --plus-adv form: coeff * cross + CE on x_clean
-    coeff: float = 1.0  # weight of the cross-training term
-
-    def validate(self) -> "DVERGEConfig":
-        _common.check_number("dverge", "eps", self.eps, low=0.0, high=1.0)
-        _common.check_number("dverge", "step_size", self.step_size, low=0.0, high=1.0, low_open=True)
-        _common.check_number("dverge", "steps", self.steps, low=1, integer=True)
-        if self.layer is not None:
-            _common.check_number("dverge", "layer", self.layer, low=1, integer=True)
-        _common.check_bool("dverge", "rand_start", self.rand_start)
-        _common.check_bool("dverge", "momentum", self.momentum)
-        _common.check_number("dverge", "mu", self.mu, low=0.0)
-        _common.check_bool("dverge", "include_clean", self.include_clean)
-        _common.check_number("dverge", "coeff", self.coeff, low=0.0)
-        return self
-
-    def pick_layer(self, member, epoch: int, seed: int = 0) -> int:
-        """The distillation layer of ``epoch``: ``layer`` if fixed, else a uniform draw from
-        ``distill_layer_choices(member)``, reproducible from (seed, epoch)."""
-        if self.layer is not None:
-            feature_model(member, self.layer)  # range check against this model
-            return self.layer
-        choices = distill_layer_choices(member)
-        return int(np.random.default_rng([int(seed), int(epoch)]).choice(choices))
-
-    def distill_kwargs(self) -> dict:
-        """Keyword arguments for ``distill`` / ``distill_members`` (add ``seed`` if rand_start)."""
-        return {"eps": self.eps, "steps": self.steps, "step_size": self.step_size,
-                "rand_start": self.rand_start, "momentum": self.momentum, "mu": self.mu}
-
-    def objective_kwargs(self, epoch: int = 0, epochs: int = 1) -> dict:
-        """Keyword arguments for ``objective`` (no schedule; epoch/epochs are ignored)."""
-        return {"include_clean": self.include_clean, "coeff": self.coeff}
+from tf_divtrain.methods.configs import DVERGEConfig  # noqa: F401
 
 
 # ----------------------------------------------------------------------------------------------

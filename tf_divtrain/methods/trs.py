@@ -54,42 +54,7 @@ from tf_divtrain import gal as gal_lib
 from tf_divtrain.methods import _common
 
 
-@dataclasses.dataclass(frozen=True)
-class TRSConfig:
-    """TRS hyper-parameters (defaults from the authors' script_train.py, see the module docstring)."""
-
-    coeff: float = 2.0  # weight of the |cosine| term (lambda_a = scale * coeff)
-    lamda: float = 2.0  # weight of the smoothness term (lambda_b = scale * lamda)
-    scale: float = 5.0  # common factor of both terms
-    grad_batch_size: int = 128  # B of their batch-mean input gradients (fixed, see module docstring)
-    plus_adv: bool = True  # smoothness also on PGD-perturbed inputs (second half of the batch)
-    init_eps: float = 0.1  # PGD radius at epoch 0 (L_inf, [0, 1] pixel scale)
-    adv_eps: float = 0.2  # PGD radius reached at the last epoch
-    pgd_steps: int = 6  # PGD steps (step size eps / 3)
-
-    def validate(self) -> "TRSConfig":
-        for name in ("coeff", "lamda", "scale"):
-            _common.check_number("trs", name, getattr(self, name), low=0.0)
-        _common.check_number("trs", "grad_batch_size", self.grad_batch_size, low=1, integer=True)
-        _common.check_bool("trs", "plus_adv", self.plus_adv)
-        _common.check_number("trs", "init_eps", self.init_eps, low=0.0, high=1.0)
-        _common.check_number("trs", "adv_eps", self.adv_eps, low=0.0, high=1.0)
-        _common.check_number("trs", "pgd_steps", self.pgd_steps, low=1, integer=True)
-        return self
-
-    def smooth_eps(self, epoch: int, epochs: int) -> float:
-        """PGD radius of epoch ``epoch`` (0-based) of ``epochs``; 0.0 without ``plus_adv``."""
-        if not self.plus_adv:
-            return 0.0
-        _common.check_number("trs", "epochs", epochs, low=1, integer=True)
-        _common.check_number("trs", "epoch", epoch, low=0, high=epochs - 1, integer=True)
-        return self.init_eps + (self.adv_eps - self.init_eps) * epoch / epochs
-
-    def objective_kwargs(self, epoch: int = 0, epochs: int = 1) -> dict:
-        """Keyword arguments for ``objective`` at epoch ``epoch`` (add ``seed`` when plus_adv)."""
-        return {"coeff": self.coeff, "lamda": self.lamda, "scale": self.scale,
-                "grad_batch_size": self.grad_batch_size, "smooth_eps": self.smooth_eps(epoch, epochs),
-                "pgd_steps": self.pgd_steps}
+from tf_divtrain.methods.configs import TRSConfig  # noqa: F401
 
 
 def abs_pair_cosine(grads):

@@ -58,22 +58,22 @@ def hadamard_note(ks: Sequence[int]) -> str:
     re-checked on tf_divtrain.analysis's own matrices when the report is built."""
     import numpy as np
 
-    from tf_divtrain import analysis as an
+    from tf_divtrain import hadamard
 
     checks = []
     for k in ks:
-        h = an.regular_hadamard(int(k))
+        h = hadamard.regular_hadamard(int(k))
         ok = (set(np.unique(h).tolist()) <= {-1, 1}
               and np.array_equal(h @ h.T, int(k) * np.eye(int(k), dtype=h.dtype))
               and bool(np.all(h.sum(axis=1) == math.isqrt(int(k))))
               and math.isqrt(int(k)) ** 2 == int(k))
         checks.append(f"k = {k} {'passes' if ok else '**FAILS**'}")
-    try:
-        an.check_gaas_k(25)
+    try:  # analysis.check_gaas_k is hadamard.check_order with the analysis' error type
+        hadamard.check_order(25)
         rejected = "**is accepted (unexpected)**"
-    except an.AnalysisError:
+    except hadamard.HadamardError:
         rejected = "raises an error"
-    small = ", ".join(map(str, an.supported_hadamard_orders(100)))
+    small = ", ".join(map(str, hadamard.supported_orders(100)))
     return ("**GAAS orders k and the paper's k = 25.** The paper (§4.4) uses k ∈ {4, 25, 36, 64} "
             "with \"a Regular Hadamard matrix of order k\". No Hadamard matrix of order 25 exists "
             "at all: for n > 2 a Hadamard matrix needs n divisible by 4, and 25 is odd. A *regular* "
@@ -172,6 +172,6 @@ def analysis_sections(analysis: dict, rel: str) -> List[str]:
 
 
 def _safe(label: str) -> str:
-    from tf_divtrain.analysis import safe_label
+    from tf_divtrain.results import safe_label
 
     return safe_label(label)

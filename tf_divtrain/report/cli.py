@@ -7,6 +7,7 @@ import os
 from absl import app, flags, logging
 
 from tf_divtrain import cli_flags, io_utils
+from tf_divtrain import results as results_lib
 from tf_divtrain.report import build_report
 
 FLAGS = flags.FLAGS
@@ -28,7 +29,10 @@ def main(argv, fv: flags.FlagValues = None):
         cli_flags.fail(f"unexpected arguments {argv[1:]}")
     if not os.path.isdir(fv.results_dir):
         cli_flags.fail(f"{fv.results_dir} does not exist; run run_all.sh first.")
-    text = build_report(fv.preset, fv.results_dir)
+    try:
+        text = build_report(fv.preset, fv.results_dir)
+    except results_lib.ResultsError as e:
+        cli_flags.fail(e)
     path = os.path.join(fv.results_dir, "REPORT.md")
     io_utils.atomic_write_text(path, text)
     logging.info("wrote %s", path)

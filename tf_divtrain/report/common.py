@@ -8,15 +8,15 @@ import os
 import platform
 from typing import Dict, List, Optional, Tuple
 
-from tf_divtrain import attacks as attacks_lib
 from tf_divtrain import paper
-from tf_divtrain.evaluation import eps_key
+from tf_divtrain import results as results_lib
+from tf_divtrain.results import eps_key
 
 ROLES = (("surrogate", "S"), ("static", "static"), ("base", "T_Base"), ("div", "T_Div"),
          ("ens", "T_Ens"), ("ensdiv", "T_Ens+Div"))
 TARGETS = ("T_Base", "T_Div", "T_Ens", "T_Ens+Div")
-ATTACK_ORDER = attacks_lib.ATTACKS  # Table 2's column order
-ATTACK_NAMES = attacks_lib.DISPLAY_NAMES
+ATTACK_ORDER = paper.TABLE2_ATTACKS  # Table 2's column order
+ATTACK_NAMES = paper.ATTACK_NAMES
 ROWS = {"mnist_conv3": "CONV-3 (MNIST)", "cifar10_conv4": "CONV-4 (CIFAR-10)",
         "cifar10_resnet20": "RESNET-20 (CIFAR-10)", "cifar10_mix": "MIX (CIFAR-10)"}
 ROW_DATASET = {"mnist_conv3": "mnist", "cifar10_conv4": "cifar10", "cifar10_resnet20": "cifar10",
@@ -37,10 +37,8 @@ PAPER_GAAS_K = paper.GAAS_K
 
 
 def load_json(path: str) -> Optional[dict]:
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    """A run's JSON, ``None`` if the stage did not run; a damaged file raises ResultsError."""
+    return results_lib.load_optional(path)
 
 
 def pct(v) -> str:
@@ -88,17 +86,26 @@ def stage_table(results_dir: str) -> List[str]:
     return out
 
 
-def versions() -> str:
-    import numpy as np
-    import tensorflow as tf
+def _version(mod: str) -> Optional[str]:
+    """``mod.__version__`` without importing TensorFlow: tensorflow and keras (whose import loads
+    it) are read from their installed metadata, the light packages from the module itself."""
+    import importlib.metadata
 
-    parts = [f"Python {platform.python_version()}", f"TensorFlow {tf.__version__}",
-             f"NumPy {np.__version__}"]
+    try:
+        if mod in ("tensorflow", "keras"):
+            return importlib.metadata.version(mod)
+        return __import__(mod).__version__
+    except Exception:  # noqa: BLE001 -- a version string is best effort
+        return None
+
+
+def versions() -> str:
+    parts = [f"Python {platform.python_version()}", f"TensorFlow {_version('tensorflow')}",
+             f"NumPy {_version('numpy')}"]
     for mod in ("keras", "cleverhans", "matplotlib"):
-        try:
-            parts.append(f"{mod} {__import__(mod).__version__}")
-        except Exception:  # noqa: BLE001 -- a version string is best effort
-            pass
+        v = _version(mod)
+        if v is not None:
+            parts.append(f"{mod} {v}")
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:

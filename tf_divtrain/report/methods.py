@@ -8,9 +8,9 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from tf_divtrain import evaluation
+from tf_divtrain import results as evaluation  # the results schema (no TensorFlow)
 from tf_divtrain import stats as stats_lib
-from tf_divtrain.evaluation import eps_key
+from tf_divtrain.results import eps_key
 from tf_divtrain.report.common import (ATTACK_NAMES, ATTACK_ORDER, NOT_RUN, footer, header,
                                        load_json, pct, run_metrics, target_rows)
 
@@ -84,7 +84,8 @@ def methods_table(results_dir: str, row: str = METHODS_ROW) -> List[str]:
     results = load_json(os.path.join(results_dir, row, "eval", "results.json"))
     analysis = load_json(os.path.join(results_dir, row, "analysis", "analysis.json")) or {}
     ens = analysis.get("ensembles", {})
-    from tf_divtrain.evaluation import DEFAULT_EPS, surrogate_blocks
+    from tf_divtrain.paper import TABLE2_EPS as DEFAULT_EPS
+    from tf_divtrain.results import surrogate_blocks
 
     if results:
         eps = [eps_key(e) for e in results["eps"]]
@@ -173,13 +174,13 @@ def paired_table(results_dir: str, row: str = METHODS_ROW) -> List[str]:
     return lines + (["", f"Not compared: {gap}."] if gap else [])
 
 
-# benchmarks/method_steps.py's mode of each target (work dir name -> training mode).
+# tf_divtrain.experiments.method_steps's mode of each target (work dir name -> training mode).
 _BENCH_MODE = {"base": "baseline"}
 
 
 def step_cost_table(results_dir: str, row: str = METHODS_ROW) -> List[str]:
     """Every target's training-step cost from the preset's interleaved benchmark
-    (``<row>/method_steps.json``, written by ``benchmarks/method_steps.py``): median s / step and
+    (``<row>/method_steps.json``, written by ``tf_divtrain.experiments.method_steps``): median s / step and
     the ratios to the baseline and GAL steps, all timed at one load on the same batches."""
     bench = load_json(os.path.join(results_dir, row, "method_steps.json"))
     if not bench:
@@ -187,7 +188,7 @@ def step_cost_table(results_dir: str, row: str = METHODS_ROW) -> List[str]:
     modes = bench.get("modes", {})
     load = lambda k: " / ".join(f"{v:.1f}" for v in bench.get(k, []))  # noqa: E731
     f = lambda v: "—" if v is None else f"{v:.2f}"  # noqa: E731
-    lines = [f"`benchmarks/method_steps.py`, {bench.get('timestamp_utc', '—')} UTC: "
+    lines = [f"`tf_divtrain.experiments.method_steps`, {bench.get('timestamp_utc', '—')} UTC: "
              f"{bench['members']} members, batch {bench['batch_size']}, {bench['precision']}, "
              f"{bench['cores']} cores; the median of {bench['reps']} steps per mode, the modes "
              f"interleaved on the same batches (load average 1 / 5 / 15 min before {load('load_average_before')}, "
@@ -280,7 +281,7 @@ def _methods_setup(results_dir: str, row: str) -> List[str]:
 
 def objective_table(results_dir: str, row: str = METHODS_ROW) -> List[str]:
     """The attacker's objective: ``<row>/adaptive_loss/comparison.json`` (written by
-    ``experiments/compare_evals.py``) summarised per surrogate and row -- robust-to-all accuracy
+    ``tf_divtrain.experiments.compare_evals``) summarised per surrogate and row -- robust-to-all accuracy
     under the prediction-CE attacks next to the paper's mean-member-CE attacks, and the number of
     cells in which either objective fooled the row significantly more."""
     cmp = load_json(os.path.join(results_dir, row, "adaptive_loss", "comparison.json"))

@@ -8,9 +8,9 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from tf_divtrain import evaluation
+from tf_divtrain import results as evaluation  # the results schema (no TensorFlow)
 from tf_divtrain import stats as stats_lib
-from tf_divtrain.evaluation import eps_key
+from tf_divtrain.results import eps_key
 from tf_divtrain.report.analyses import analysis_sections, gaas_check
 from tf_divtrain.report.common import (ATTACK_NAMES, ATTACK_ORDER, NOT_RUN, PAPER_EPOCHS,
                                        PAPER_GAAS_K, PAPER_TABLE2, PAPER_TEST_EXAMPLES, PRESET_ROWS,
@@ -32,7 +32,7 @@ def table2_side_by_side(row: str, results: Optional[dict]) -> str:
         attacks = [a for a in ATTACK_ORDER if a in results["attacks"]]
         blocks = results.get("by_surrogate") or [{"label": "S", "rows": results["rows"]}]
     else:
-        from tf_divtrain.evaluation import DEFAULT_EPS
+        from tf_divtrain.paper import TABLE2_EPS as DEFAULT_EPS
 
         eps = [eps_key(e) for e in DEFAULT_EPS[ROW_DATASET.get(row, "mnist")]]
         attacks = list(ATTACK_ORDER)
@@ -219,7 +219,7 @@ def corrected_by_attack(results: Optional[dict]) -> List[str]:
 
 
 def member_table(results_dir: str, row: str) -> List[str]:
-    """``<row>/eval/member_accuracy.json`` (``experiments/member_accuracy.py``, the ``members_<row>``
+    """``<row>/eval/member_accuracy.json`` (``tf_divtrain.experiments.member_accuracy``, the ``members_<row>``
     stage): per target and cell, the ensemble's accuracy next to its members' mean. The gap is what
     averaging the members adds; where an ordering fails it tells weaker members from less
     diversity. Nothing when the stage has not run."""
@@ -231,7 +231,7 @@ def member_table(results_dir: str, row: str) -> List[str]:
                                   for c in cells]
     lines = ["### Member by member", "",
              f"Accuracy % of the ensemble / the mean of its members, on the evaluation's own "
-             f"{res['num_examples']:,} images and examples (`experiments/member_accuracy.py`; each "
+             f"{res['num_examples']:,} images and examples (`tf_divtrain.experiments.member_accuracy`; each "
              f"member and the fooled / corrected images per cell: "
              f"[member_accuracy.md]({row}/eval/member_accuracy.md)).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

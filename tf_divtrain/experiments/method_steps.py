@@ -1,6 +1,6 @@
 """Training-step cost of every diversity method on the same batches (issue 14): figures, not tests.
 
-    python benchmarks/method_steps.py [--quick] [--data_dir=DIR] [--precision=auto]
+    python -m tf_divtrain.experiments.method_steps [--quick] [--data_dir=DIR] [--precision=auto]
                                       [--modes=baseline,div,adp,trs,dverge] [--reps=N]
                                       (also ens_adv, ens_adv_div: Ensemble Adversarial Training)
                                       [--out=benchmarks/method_steps.json] [--md=benchmarks/METHOD_STEPS.md]
@@ -25,14 +25,11 @@ import statistics
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 DEFAULT_MODES = ("baseline", "div", "adp", "trs", "dverge")
 
 
 def parse_args(argv=None):
-    here = os.path.dirname(os.path.abspath(__file__))
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="2 members, batch 16, 2 reps (CI smoke run)")
     p.add_argument("--data_dir", default=None,
@@ -43,8 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--modes", default=",".join(DEFAULT_MODES))
     p.add_argument("--reps", type=int, default=0, help="timed repetitions (0 = 8, quick: 2)")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--out", default=os.path.join(here, "method_steps.json"))
-    p.add_argument("--md", default=os.path.join(here, "METHOD_STEPS.md"))
+    p.add_argument("--out", default="method_steps.json")
+    p.add_argument("--md", default="METHOD_STEPS.md")
     return p.parse_args(argv)
 
 
@@ -139,7 +136,7 @@ def measure(modes, members: int, batch: int, data_dir: str, precision: str, reps
 
 
 def markdown(res: dict) -> str:
-    lines = ["# Training-step cost per method (`benchmarks/method_steps.py`)", "",
+    lines = ["# Training-step cost per method (`tf_divtrain.experiments.method_steps`)", "",
              f"MNIST Conv-3 x {res['members']}, batch {res['batch_size']}, {res['precision']}, "
              f"{res['cores']} cores; median of {res['reps']} interleaved steps per mode after "
              f"{res['warmup']} warm-up round(s). Load average (1 / 5 / 15 min) before "

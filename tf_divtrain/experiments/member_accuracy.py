@@ -1,6 +1,6 @@
 """Why does an ordering fail in a cell? Each target's members, clean and under the cached examples.
 
-    python experiments/member_accuracy.py --eval=results/mnist-paper/mnist_conv3/eval/results.json \
+    python -m tf_divtrain.experiments.member_accuracy --eval=results/mnist-paper/mnist_conv3/eval/results.json \
         --out=results/mnist-paper/mnist_conv3/eval/member_accuracy [--targets=T_Ens,T_Ens+Div]
         [--cells=fgsm@0.1,mifgsm@0.1] [--root=DIR]
 
@@ -25,13 +25,11 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tf_divtrain import attacks as attacks_lib  # noqa: E402
-from tf_divtrain import evaluation, export  # noqa: E402
-from tf_divtrain import data as data_lib  # noqa: E402
-from tf_divtrain.analysis import _compiled  # noqa: E402
-from tf_divtrain.io_utils import write_md_and_json  # noqa: E402
+from tf_divtrain import attacks as attacks_lib
+from tf_divtrain import evaluation, export
+from tf_divtrain import data as data_lib
+from tf_divtrain.analysis import predictions
+from tf_divtrain.io_utils import write_md_and_json
 
 
 BATCH = 500
@@ -96,7 +94,7 @@ def run(results: dict, targets: Sequence[str], cells: Sequence[Tuple[str, str]],
     for t in targets:
         ens = export.load_ensemble(resolve(rows[t]["path"]))
         # (ensemble argmax of the averaged softmax [B], member argmax [B, N]), one compiled forward
-        predict = _compiled(ens).predict
+        predict = lambda x, batch_size, ens=ens: predictions(ens, x, batch_size)  # noqa: E731
         clean = predict(ds.x_test, BATCH)
         attacked = {c: predict(x_adv[c], BATCH) for c in cells}
         b = breakdown(y, clean, attacked)

@@ -1,6 +1,6 @@
 """Two transfer evaluations of the same models on the same crafted-image setup, cell by cell.
 
-    python experiments/compare_evals.py --a=results/cpu-methods/adaptive_loss/results.json \
+    python -m tf_divtrain.experiments.compare_evals --a=results/cpu-methods/adaptive_loss/results.json \
         --b=results/cpu-methods/mnist_conv3/eval/results.json --label_a=prediction_ce \
         --label_b="mean member CE" --out=results/cpu-methods/adaptive_loss/comparison
 
@@ -27,11 +27,9 @@ from typing import Dict, List
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tf_divtrain import attacks as attacks_lib  # noqa: E402
-from tf_divtrain import evaluation, stats  # noqa: E402
-from tf_divtrain.io_utils import write_md_and_json  # noqa: E402
+from tf_divtrain import attacks as attacks_lib
+from tf_divtrain import evaluation, stats
+from tf_divtrain.io_utils import write_md_and_json
 
 SAME = ("dataset", "num_examples", "seed", "batch_size", "crafting_precision")
 

@@ -1,0 +1,156 @@
+"""The pipeline as data and rules, in-process: presets, the plan's staleness rules, the results
+schema's readers, and the report rendered without TensorFlow."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tf_divtrain import results as results_lib
+from tf_divtrain.pipeline import cli, plan, presets
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _plan(name, tmp_path, **env):
+    p, rows = presets.resolve(name, env)
+    ctx = plan.context(p, dict(env, RESULTS_ROOT=str(tmp_path)), "python")
+    return {s.name: s for s in plan.build(p, rows, ctx)}, ctx
+
+
+def _flag(argv, name):
+    vals = [a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}=")]
+    return vals[-1] if vals else None
+
+
+def _cfg(flagfile):
+    with open(os.path.join(REPO, "flags", f"{flagfile}.cfg")) as f:
+        return dict(l.strip()[2:].split("=", 1) for l in f if l.startswith("--"))
+
+
+def test_cifar_paper_trains_the_conv4_row_at_the_papers_length(tmp_path):
+    stages, ctx = _plan("cifar-paper", tmp_path)
+    roles = ("surrogate", "static", "base", "div", "ens", "ensdiv")
+    assert [n for n in stages if n.startswith("train_")] == [f"train_cifar10_conv4_{r}" for r in roles]
+    modes = {"surrogate": "baseline", "static": "baseline", "base": "baseline", "div": "div",
+             "ens": "ens_adv", "ensdiv": "ens_adv_div"}
+    for r in roles:
+        argv = stages[f"train_cifar10_conv4_{r}"].argv
+        cfg = _cfg(_flag(argv, "flagfile")[len("flags/"):-len(".cfg")])
+        assert _flag(argv, "max_steps") is None and _flag(argv, "epochs") is None  # the flagfile's
+        assert (cfg["epochs"], cfg["batch_size"], cfg["mode"]) == ("20", "128", modes[r])
+        # 50,000 training images / 128 = 390 steps per epoch: 7,800 steps.
+        assert 20 * (50000 // int(cfg["batch_size"])) == 7800
+        assert (cfg["gal_lambda"], cfg["noise_eps"], cfg["adv_eps"]) == ("0.5", "0.09", "0.09")
+        assert _flag(argv, "precision") == "auto"  # never a forced bfloat16
+        assert cfg["ensemble_size"] == ("1" if r == "static" else "5")
+        assert ("--static_model=" in " ".join(argv)) == (r in ("ens", "ensdiv"))
+    ev = stages["evaluate_cifar10_conv4"].argv
+    assert _flag(ev, "num_examples") == "1000" and _flag(ev, "attacks") is None  # the five attacks
+    assert _flag(ev, "targets").count("=") == 4
+    an = stages["analyze_cifar10_conv4"].argv
+    assert _flag(an, "num_examples") == "1000" and _flag(an, "gaas_num_examples") == "500"
+    assert _flag(an, "gaas_k") == "4,16,36,64" and _flag(an, "gaas_eps") == "0.03,0.06,0.09"
+    assert _flag(an, "analyses") is None  # coherence, GAAS, transferability and white-box
+    assert "members_cifar10_conv4" in stages and "report" in stages
+    assert "cifar-paper" in cli.usage()
+
+
+def test_stage_decision_follows_outputs_and_inputs(tmp_path):
+    stages, ctx = _plan("cpu", tmp_path)
+    ev = stages["evaluate_mnist_conv3"]
+    assert ev.decide() == (True, [])  # no output yet
+    os.makedirs(os.path.dirname(ev.done))
+    labels = ["T_Base", "T_Div", "T_Ens", "T_Ens+Div"]
+    rows = [{"label": l, "per_example": {"n": 1}} for l in labels[:3]]
+    with open(ev.done, "w") as f:
+        json.dump({"rows": rows}, f)
+    go, msg = ev.decide()
+    assert go and "lacks some of: T_Base T_Div T_Ens T_Ens+Div" in msg[0]
+    rows.append({"label": "T_Ens+Div", "per_example": {"n": 1}})
+    with open(ev.done, "w") as f:
+        json.dump({"rows": rows}, f)
+    go, msg = ev.decide()
+    assert not go and "done already" in msg[0]
+    m = os.path.join(ctx.work, "mnist_conv3", "surrogate", "metrics.json")
+    os.makedirs(os.path.dirname(m))
+    with open(m, "w") as f:
+        f.write("{}")
+    t = os.path.getmtime(ev.done) + 5
+    os.utime(m, (t, t))  # the surrogate was retrained after the evaluation
+    go, msg = ev.decide()
+    assert go and "a model was retrained after" in msg[0]
+
+
+def test_damaged_results_file_is_named_with_the_stage_to_rerun(tmp_path):
+    stages, ctx = _plan("cpu", tmp_path)
+    ev = stages["evaluate_mnist_conv3"]
+    os.makedirs(os.path.dirname(ev.done))
+    with open(ev.done, "w") as f:
+        f.write('{"rows": [{"label": "T_B')  # cut off mid-file
+    with pytest.raises(results_lib.ResultsError, match=r"results\.json is not a complete evaluation "
+                                                       r"results file .*re-run evaluate"):
+        ev.decide()
+    r = subprocess.run([sys.executable, "-m", "tf_divtrain.pipeline", "--dry-run", "cpu"], cwd=REPO,
+                       env=dict(os.environ, RESULTS_ROOT=str(tmp_path)), capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
+    assert "re-run evaluate" in r.stderr
+
+
+def test_bad_preset_arguments_and_knobs():
+    with pytest.raises(presets.PresetError, match="unknown preset"):
+        presets.resolve("gpu-please", {})
+    with pytest.raises(presets.PresetError, match="CPU_STEPS='ten' must be a whole number"):
+        presets.resolve("cpu", {"CPU_STEPS": "ten"})
+    with pytest.raises(presets.PresetError, match="need the static role"):
+        presets.paper_row("r", roles=("surrogate", "ens"))
+    p, rows = presets.resolve("cpu", {})
+    with pytest.raises(presets.PresetError, match="PRESET_PRECISION"):
+        plan.context(p, {"PRESET_PRECISION": "bf16"}, "python")
+    with pytest.raises(presets.PresetError, match="--only"):
+        plan.build(p, rows, plan.context(p, {}, "python"), only="everything")
+    assert cli.main(["--only=everything", "cpu"], env={}) == 2
+
+
+def test_results_covers_and_masks():
+    pe = {"n": 3, "clean": results_lib.stats.encode_mask([True, False, True]),
+          "attacks": {"fgsm": {"0.1": results_lib.stats.encode_mask([False, False, True])}}}
+    res = {"rows": [{"label": "T_Base", "per_example": pe}],
+           "by_surrogate": [{"label": "S3", "rows": [{"label": "T_Base", "per_example": pe}]}]}
+    assert results_lib.covers(res, ["T_Base", "S3"]) and not results_lib.covers(res, ["T_Div"])
+    assert not results_lib.covers({"rows": [{"label": "T_Base"}]}, ["T_Base"])  # no per-example
+    assert results_lib.per_example_mask(res["rows"][0]).tolist() == [True, False, True]
+    assert results_lib.per_example_mask(res["rows"][0], "fgsm", "0.1").tolist() == [False, False, True]
+    assert results_lib.eps_key(0.30) == "0.3" and results_lib.safe_label("T_Ens+Div") == "T_Ens+Div"
+
+
+def test_report_and_pipeline_load_no_tensorflow():
+    """Rendering every committed report and planning every preset import neither TensorFlow nor
+    Keras nor CleverHans' TF2 code: an import hook makes any such import fail."""
+    code = r"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('tensorflow', 'keras') or name.startswith('cleverhans.tf2'):
+            raise ImportError('blocked: ' + name)
+sys.meta_path.insert(0, Block())
+import tf_divtrain.report as report
+from tf_divtrain.pipeline import cli, plan, presets
+for name in presets.PRESETS:
+    p, rows = presets.resolve(name, {})
+    plan.build(p, rows, plan.context(p, {}, 'python'))
+for name in ('cpu', 'cpu-cifar', 'cpu-methods', 'mnist-paper'):
+    text = report.build_report(name, 'results/' + name)
+    assert '# ' in text
+print('ok')
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
+
+
+def test_run_all_sh_is_a_thin_entry():
+    with open(os.path.join(REPO, "run_all.sh")) as f:
+        lines = f.read().splitlines()
+    assert len(lines) < 60 and any("-m tf_divtrain.pipeline" in l for l in lines)

@@ -1,0 +1,238 @@
+"""A resolved preset as an ordered list of stages, each with the rules that decide whether it runs.
+
+A stage is skipped when its output (``done``) exists, unless one of its rules says the output is
+out of date: it lacks a label the preset now evaluates, lacks per-example results, or is older than
+an input (a model retrained after it, an evaluation newer than the comparison built on it). Rules
+are read when the stage's turn comes, after the stages before it ran, as ``make`` would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple
+
+from tf_divtrain import results as results_lib
+from tf_divtrain.pipeline.presets import Model, Preset, PresetError, Row
+
+KINDS = ("train", "benchmark", "evaluate", "analyze", "report")  # --only values
+
+
+@dataclasses.dataclass(frozen=True)
+class Newer:
+    """Out of date when one of ``inputs`` is newer than the output; ``why`` is said (or nothing)."""
+    inputs: Tuple[str, ...]
+    why: str = ""
+
+    def __call__(self, done: str) -> Optional[str]:
+        t = os.path.getmtime(done)
+        if any(os.path.exists(p) and os.path.getmtime(p) > t for p in self.inputs):
+            return self.why.format(done=done)
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Lacks:
+    """Out of date when the results file does not cover ``labels`` with per-example results."""
+    labels: Tuple[str, ...]
+    why: str
+
+    def __call__(self, done: str) -> Optional[str]:
+        if results_lib.covers(results_lib.read_json(done), self.labels):
+            return None
+        return self.why.format(done=done)
+
+
+@dataclasses.dataclass
+class Stage:
+    name: str
+    kind: str
+    argv: Tuple[str, ...]
+    done: str = ""                                   # output whose presence means done
+    rules: Tuple[Callable[[str], Optional[str]], ...] = ()
+    after: Optional[Callable[[bool], None]] = None   # after(ran): bookkeeping, never on a dry run
+
+    def decide(self) -> Tuple[bool, List[str]]:
+        """(run?, messages): run when the output is missing or a rule finds it out of date."""
+        if not self.done or not os.path.exists(self.done):
+            return True, []
+        for rule in self.rules:
+            why = rule(self.done)
+            if why is not None:
+                return True, [f"== {self.name}: {why}"] if why else []
+        return False, [f"== {self.name}: done already ({self.done} exists), skipped"]
+
+    def command(self) -> str:
+        return " ".join(self.argv)
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """Where a preset runs and with what: paths, interpreter, precision and the user's extra flags."""
+    results: str                 # results/<preset>
+    python: str
+    precision: str
+    extra_train_flags: Tuple[str, ...] = ()
+    members: bool = True
+
+    @property
+    def work(self) -> str:
+        return os.path.join(self.results, "work")
+
+
+def context(preset: Preset, env: Mapping[str, str], python: str) -> Context:
+    precision = env.get("PRESET_PRECISION") or preset.precision
+    from tf_divtrain.pipeline.presets import PRECISIONS
+    if precision not in PRECISIONS:
+        raise PresetError(f"PRESET_PRECISION must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+    members = env.get("MEMBERS_STAGE", "1" if preset.members else "0")
+    if members not in ("0", "1"):
+        raise PresetError(f"MEMBERS_STAGE must be 0 or 1 (got {members!r})")
+    root = env.get("RESULTS_ROOT") or "results"
+    return Context(os.path.join(root, preset.name), python, precision,
+                   tuple(env.get("PRESET_TRAIN_FLAGS", "").split()), members == "1")
+
+
+def _module(ctx: Context, module: str, *args: str) -> Tuple[str, ...]:
+    return (ctx.python, "-m", module) + tuple(args)
+
+
+def _copy_run(work_dir: str, dest: str, stamp_load: bool) -> Callable[[bool], None]:
+    """Keep a run's small JSON with the results (work/ holds weights and is git-ignored); with
+    ``stamp_load``, the load average when a training that ran here finished: was the machine shared?"""
+    def after(ran: bool) -> None:
+        os.makedirs(dest, exist_ok=True)
+        for f in ("metrics.json", "config.json"):
+            results_lib.copy_file(os.path.join(work_dir, f), os.path.join(dest, f))
+        if stamp_load and ran:
+            try:
+                with open("/proc/loadavg") as src:
+                    load = src.read()
+            except OSError:
+                return
+            with open(os.path.join(dest, "loadavg.txt"), "w") as out:
+                out.write(load)
+    return after
+
+
+def train_stages(row: Row, ctx: Context) -> List[Stage]:
+    w = os.path.join(ctx.work, row.name)
+    stages = []
+    for m in row.models:
+        flags = row.train_flags + (f"--precision={ctx.precision}",) + m.flags + ctx.extra_train_flags
+        if m.name == "static":  # the static model stays a single member whatever the preset does
+            flags = tuple(f for f in flags if not f.startswith("--ensemble_size="))
+        static = (f"--static_model={w}/static",) if m.static else ()
+        out = os.path.join(w, m.name)
+        argv = _module(ctx, "tf_divtrain.train", f"--flagfile=flags/{m.flagfile}.cfg",
+                       f"--out_dir={out}", *static, "--progress=true", *flags)
+        stages.append(Stage(f"train_{row.name}_{m.name}", "train", argv, os.path.join(out, "metrics.json"),
+                            after=_copy_run(out, os.path.join(ctx.results, row.name, "train", m.name),
+                                            row.stamp_load)))
+    return stages
+
+
+def _spec(row: Row, ctx: Context, names: Sequence[str], bare: bool = False) -> str:
+    w = os.path.join(ctx.work, row.name)
+    if bare:
+        return ",".join(os.path.join(w, n) for n in names)
+    return ",".join(f"{row.model(n).label}={os.path.join(w, n)}" for n in names)
+
+
+def _metrics(row: Row, ctx: Context, names: Sequence[str]) -> Tuple[str, ...]:
+    return tuple(os.path.join(ctx.work, row.name, n, "metrics.json") for n in names)
+
+
+RETRAINED = "a model was retrained after {done}; re-running"
+CACHED = " (cached attacks are reused)"
+
+
+def evaluate_stage(row: Row, ctx: Context) -> Stage:
+    out = os.path.join(ctx.results, row.name, "eval")
+    labels = [row.model(n).label for n in row.targets]
+    slabels = [] if row.surrogate_bare else [row.model(n).label for n in row.surrogates]
+    argv = _module(ctx, "tf_divtrain.evaluate",
+                   f"--surrogate_dir={_spec(row, ctx, row.surrogates, row.surrogate_bare)}",
+                   f"--targets={_spec(row, ctx, row.targets)}", f"--out_dir={out}",
+                   f"--cache_dir={os.path.join(ctx.work, row.name, 'adv_cache')}", *row.eval_flags)
+    lacks = " ".join(labels + slabels)
+    return Stage(f"evaluate_{row.name}", "evaluate", argv, os.path.join(out, "results.json"),
+                 (Lacks(tuple(labels + slabels),
+                        "{done} lacks some of: " + lacks + ", or per-example results; re-running" + CACHED),
+                  Newer(_metrics(row, ctx, row.targets + row.surrogates), RETRAINED + CACHED)))
+
+
+def analyze_stage(row: Row, ctx: Context) -> Stage:
+    out = os.path.join(ctx.results, row.name, "analysis")
+    labels = tuple(row.model(n).label for n in row.targets)
+    argv = _module(ctx, "tf_divtrain.analyze", f"--ensembles={_spec(row, ctx, row.targets)}",
+                   f"--out_dir={out}", *row.analyze_flags)
+    return Stage(f"analyze_{row.name}", "analyze", argv, os.path.join(out, "analysis.json"),
+                 (Lacks(labels, "{done} lacks some of: " + " ".join(labels) + "; re-running"),
+                  Newer(_metrics(row, ctx, row.targets), RETRAINED)))
+
+
+def members_stage(row: Row, ctx: Context) -> Stage:
+    """Every target's members, clean and under the evaluation's cached examples (issue 12)."""
+    ev = os.path.join(ctx.results, row.name, "eval")
+    argv = _module(ctx, "tf_divtrain.experiments.member_accuracy", f"--eval={ev}/results.json",
+                   f"--out={ev}/member_accuracy")
+    return Stage(f"members_{row.name}", "evaluate", argv, f"{ev}/member_accuracy.json",
+                 (Newer((f"{ev}/results.json",)),))
+
+
+def method_steps_stage(row: Row, ctx: Context) -> List[Stage]:
+    """Every method's step cost timed interleaved on the same batches, so the report compares
+    methods at one load (the training runs' own s / step depend on the load each had)."""
+    res = os.path.join(ctx.results, row.name)
+    argv = _module(ctx, "tf_divtrain.experiments.method_steps", f"--precision={ctx.precision}",
+                   f"--out={res}/method_steps.json", f"--md={res}/METHOD_STEPS.md")
+    return [Stage(f"benchmark_{row.name}_method_steps", "benchmark", argv, f"{res}/method_steps.json")]
+
+
+def prediction_ce_stages(row: Row, ctx: Context) -> List[Stage]:
+    """FGSM, R-FGSM, I-FGSM, MI-FGSM again from S5 and S_div maximising the CE of the ensemble's
+    prediction, compared cell by cell with the paper's objective (McNemar on the same images)."""
+    res = os.path.join(ctx.results, row.name)
+    out = f"{res}/adaptive_loss"
+    sur = ("s5", "sdiv")
+    ev = _module(ctx, "tf_divtrain.evaluate", f"--surrogate_dir={_spec(row, ctx, sur)}",
+                 f"--targets={_spec(row, ctx, row.targets)}", f"--out_dir={out}",
+                 f"--cache_dir={os.path.join(ctx.work, row.name, 'adv_cache')}",
+                 "--attacks=fgsm,rfgsm,ifgsm,mifgsm", "--attack_loss=prediction_ce", *row.eval_flags)
+    cmp_ = _module(ctx, "tf_divtrain.experiments.compare_evals", f"--a={out}/results.json",
+                   f"--b={res}/eval/results.json", "--label_a=prediction_ce", "--label_b=mean_member_ce",
+                   f"--out={out}/comparison")
+    return [Stage(f"evaluate_{row.name}_prediction_ce", "evaluate", ev, f"{out}/results.json",
+                  (Newer(_metrics(row, ctx, row.targets + sur), RETRAINED),)),
+            Stage(f"compare_{row.name}_prediction_ce", "evaluate", cmp_, f"{out}/comparison.md",
+                  (Newer((f"{out}/results.json", f"{res}/eval/results.json")),))]
+
+
+EXTRA_STAGES = {"method_steps": method_steps_stage, "prediction_ce": prediction_ce_stages}
+
+
+def row_stages(row: Row, ctx: Context) -> List[Stage]:
+    stages = train_stages(row, ctx)
+    if "method_steps" in row.extras:
+        stages += method_steps_stage(row, ctx)
+    stages.append(evaluate_stage(row, ctx))
+    if row.analyze_flags is not None:
+        stages.append(analyze_stage(row, ctx))
+    if row.members and ctx.members:
+        stages.append(members_stage(row, ctx))
+    for extra in row.extras:
+        if extra != "method_steps":
+            stages += EXTRA_STAGES[extra](row, ctx)
+    return stages
+
+
+def build(preset: Preset, rows: Sequence[Row], ctx: Context, only: str = "") -> List[Stage]:
+    """Every stage of the preset, in order; ``only`` keeps the stages of one kind."""
+    if only and only not in KINDS:
+        raise PresetError(f"--only must be one of {', '.join(KINDS)} (got {only!r})")
+    stages = [s for row in rows for s in row_stages(row, ctx)]
+    # The report is cheap and always rebuilt from whatever results exist.
+    stages.append(Stage("report", "report", _module(ctx, "tf_divtrain.report", f"--preset={preset.name}",
+                                                    f"--results_dir={ctx.results}")))
+    return [s for s in stages if not only or s.kind == only]
