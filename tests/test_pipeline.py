@@ -17,7 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _plan(name, tmp_path, **env):
     p, rows = presets.resolve(name, env)
     ctx = plan.context(p, dict(env, RESULTS_ROOT=str(tmp_path)), "python")
-    return {s.name: s for s in plan.build(p, rows, ctx)}, ctx
+    return {s.name: s for s in plan.build(p, rows, ctx, knobs=presets.knob_values(p, env))}, ctx
 
 
 def _flag(argv, name):
@@ -154,3 +154,23 @@ def test_run_all_sh_is_a_thin_entry():
     with open(os.path.join(REPO, "run_all.sh")) as f:
         lines = f.read().splitlines()
     assert len(lines) < 60 and any("-m tf_divtrain.pipeline" in l for l in lines)
+
+
+def test_studies_are_entries_of_the_same_runner(tmp_path):
+    """The one-off studies: their stages, where they write, and a study that needs another
+    preset's models says so instead of training them again."""
+    stages, ctx = _plan("precision-study", tmp_path, STUDY_STEPS="7")
+    assert ctx.results == os.path.join(str(tmp_path), "studies", "precision_study")
+    trains = {n: s for n, s in stages.items() if n.startswith("train_")}
+    assert len(trains) == 8 and all(_flag(s.argv, "max_steps") == "7" for s in trains.values())
+    assert _flag(trains["train_div_float32"].argv, "precision") == "float32"
+    assert _flag(trains["train_div_mixed_bfloat16_seed1"].argv, "seed") == "1"
+    ev = stages["evaluate_surrogate_float32"].argv
+    assert _flag(ev, "surrogate_dir").endswith("work/surrogate_float32") and _flag(ev, "targets").count("=") == 6
+    stages, ctx = _plan("ens-ablation", tmp_path)
+    with pytest.raises(presets.PresetError, match="cpu/work/mnist_conv3/surrogate/metrics.json.*run that preset"):
+        stages["train_ens_true_half"].decide()
+    assert _flag(stages["train_ensdiv_true_third"].argv, "adv_share") == "0.333"
+    stages, ctx = _plan("resnet20-length", tmp_path)
+    assert [_flag(s.argv, "max_steps") for s in stages.values()] == ["260", "390", "390"]
+    assert _flag(stages["train_base_260"].argv, "out_dir") == _flag(stages["train_base_390"].argv, "out_dir")

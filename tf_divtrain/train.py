@@ -16,6 +16,7 @@ from absl import app, flags
 from tf_divtrain import cli_flags
 from tf_divtrain import data as data_lib
 from tf_divtrain import models as models_lib
+from tf_divtrain import modes as modes_lib
 from tf_divtrain import precision as precision_lib
 from tf_divtrain import training
 
@@ -31,7 +32,7 @@ def define_flags(fv=FLAGS) -> None:
     flags.DEFINE_string("model", "conv3", f"One of {sorted(models_lib.MODELS)}, 'mix', or a comma list "
                         "of member names (e.g. resnet26,resnet20,conv4,conv3,conv3).", flag_values=fv)
     flags.DEFINE_integer("ensemble_size", 5, "Members when --model is a single name.", flag_values=fv)
-    flags.DEFINE_enum("mode", "baseline", list(training.MODES), "Training mode (see tf_divtrain.training).", flag_values=fv)
+    flags.DEFINE_enum("mode", "baseline", list(modes_lib.MODES), modes_lib.help_text(), flag_values=fv)
     flags.DEFINE_float("gal_lambda", 0.5, "lambda of Eq 9 (GAL weight); >= 0.", flag_values=fv)
     flags.DEFINE_integer("epochs", 10, "Epochs over the (possibly subset) training split.", flag_values=fv)
     flags.DEFINE_integer("max_steps", 0, "Stop after this many steps in total (0 = no cap).", flag_values=fv)

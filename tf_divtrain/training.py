@@ -58,26 +58,15 @@ from tf_divtrain import io_utils
 from tf_divtrain import loop as loop_lib
 from tf_divtrain import methods as methods_lib
 from tf_divtrain import models as models_lib
+from tf_divtrain import modes as modes_lib
 from tf_divtrain import precision as precision_lib
 from tf_divtrain import step as step_lib
-from tf_divtrain.methods.objective import MethodObjective
 
-MODES = {
-    "baseline": ("aug",),
-    "div": ("aug", "noise"),
-    "ens_adv": ("aug", "adv"),
-    "ens_adv_div": ("aug", "noise", "adv"),
-    "adp": ("aug",),
-    "trs": ("aug",),
-    "dverge": ("aug",),
-}
-GAL_MODES = ("div", "ens_adv_div")
-METHOD_MODES = tuple(methods_lib.METHODS)  # adp, trs, dverge: objectives from tf_divtrain.methods
-# Method modes whose inner tapes (input gradients, PGD, feature distillation) are not loss-scaled:
-# under mixed_float16 their small gradients could flush to zero, so that precision is refused.
-FLOAT16_UNSCALED = {"trs": "TRS's input-gradient tapes (|cos| and smoothness terms) and its PGD",
-                    "dverge": "DVERGE's feature-distillation tapes"}
-ADV_MODES = ("ens_adv", "ens_adv_div")
+# Views of the one mode registry (tf_divtrain.modes) under the names the trainer uses.
+MODES = {name: m.sources for name, m in modes_lib.MODES.items()}
+GAL_MODES = tuple(name for name, m in modes_lib.MODES.items() if m.gal)
+METHOD_MODES = tuple(name for name, m in modes_lib.MODES.items() if m.method)
+ADV_MODES = tuple(name for name, m in modes_lib.MODES.items() if m.adv)
 ADV_LABELS = ens_adv_lib.ADV_LABELS
 STRATEGIES = ("default", "mirrored", "multi_worker")
 # mixed_float16: a non-finite loss makes LossScaleOptimizer skip the step and halve its scale; this
@@ -184,10 +173,9 @@ class TrainConfig:
                              f"members of one architecture (as in the authors' code); got "
                              f"{', '.join(names)}. Use --model=<one name> with --ensemble_size.")
         self.method_config()
-        if self.precision == "mixed_float16" and self.mode in FLOAT16_UNSCALED:
-            raise ValueError(f"mode={self.mode} does not support precision=mixed_float16: "
-                             f"{FLOAT16_UNSCALED[self.mode]} are not loss-scaled, so float16 gradients "
-                             f"could flush to zero. Use --precision=mixed_bfloat16 (or float32).")
+        refused = modes_lib.check_precision(self.mode, self.precision)
+        if refused:
+            raise ValueError(refused)
 
     def method_config(self):
         """The validated hyper-parameters of a method mode (defaults + ``method_params``), else None."""
@@ -251,13 +239,7 @@ def objective_for_mode(mode: str, gal_lambda: float = 0.5, method_config=None, *
     """The step objective of a training mode: Eq 9 in GAL modes; a ``MethodObjective`` in the method
     modes (``method_config``: the method's config, default its authors' defaults; ``seed`` and the
     global-step variable ``step`` seed its per-step randomness); mean member CE otherwise."""
-    if mode in GAL_MODES:
-        return step_lib.DiversityObjective(gal_lambda)
-    if mode in METHOD_MODES:
-        return MethodObjective(mode, method_config, seed=seed, step=step)
-    if mode in MODES:
-        return step_lib.CrossEntropyObjective()
-    raise ValueError(f"Unknown mode {mode!r}; valid: {', '.join(MODES)}.")
+    return modes_lib.objective(mode, gal_lambda, method_config, seed=seed, step=step)
 
 
 # D_adv helpers (tf_divtrain.ens_adv), kept under their old names.

@@ -45,6 +45,9 @@ class Method:
     defaults: object  # a validated frozen config dataclass instance
     metrics: Tuple[str, ...]  # the method's [B] metrics in the objective's dict
     paper: str
+    # Inner tapes (input gradients, PGD, feature distillation) that are not loss-scaled: under
+    # mixed_float16 their small gradients could flush to zero, so that precision is refused.
+    float16_unscaled: str = ""
 
     @property
     def objective(self) -> Callable:
@@ -56,10 +59,11 @@ METHODS = {
                   "Pang et al. 2019, Improving Adversarial Robustness via Promoting Ensemble Diversity"),
     "trs": Method("trs", TRSConfig().validate(), ("trs_cos", "trs_smooth"),
                   "Yang et al. 2021, TRS: Transferability Reduced Ensemble via Promoting Gradient "
-                  "Diversity and Model Smoothness"),
+                  "Diversity and Model Smoothness",
+                  "TRS's input-gradient tapes (|cos| and smoothness terms) and its PGD"),
     "dverge": Method("dverge", DVERGEConfig().validate(), ("dverge_cross_ce",),
                      "Yang et al. 2020, DVERGE: Diversifying Vulnerabilities for Enhanced Robust "
-                     "Generation of Ensembles"),
+                     "Generation of Ensembles", "DVERGE's feature-distillation tapes"),
 }
 
 

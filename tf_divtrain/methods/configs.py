@@ -133,6 +133,8 @@ class DVERGEConfig:
     def pick_layer(self, member, epoch: int, seed: int = 0) -> int:
         """The distillation layer of ``epoch``: ``layer`` if fixed, else a uniform draw from
         ``distill_layer_choices(member)``, reproducible from (seed, epoch)."""
+        import numpy as np
+
         from tf_divtrain.methods.dverge import distill_layer_choices, feature_model
 
         if self.layer is not None:

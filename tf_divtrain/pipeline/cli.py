@@ -10,7 +10,7 @@ from typing import List, Optional
 from tf_divtrain import results as results_lib
 from tf_divtrain.pipeline import plan as plan_lib
 from tf_divtrain.pipeline import runner
-from tf_divtrain.pipeline.presets import PRESETS, PresetError, resolve
+from tf_divtrain.pipeline.presets import PRESETS, PresetError, knob_values, resolve
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 USAGE_ERROR = 2
@@ -22,7 +22,7 @@ ENVIRONMENT = (
     "PRESET_TRAIN_FLAGS=\"--intra_op_threads=-1\"; PRESET_PRECISION = the training precision "
     "(default: auto for cpu, cpu-cifar, cpu-methods, mnist-paper and cifar-paper -- mixed_bfloat16 "
     "where the CPU/GPU runs bfloat16 natively, else float32 -- and float32 for paper and the smoke "
-    "presets; the study behind it: results/precision_study/REPORT.md). Evaluation and analysis stay "
+    "presets; the study behind it: results/studies/precision_study/REPORT.md). Evaluation and analysis stay "
     "float32. MEMBERS_STAGE = 1 (default) runs the member-by-member breakdown after each row's "
     "evaluation (tf_divtrain.experiments.member_accuracy), 0 skips it (the default of the smoke "
     "presets). Weights, checkpoints and cached adversarial arrays go to results/<preset>/work/ "
@@ -74,7 +74,7 @@ def main(argv: Optional[List[str]] = None, env=None) -> int:
             raise PresetError(f"name a preset ({', '.join(PRESETS)})")
         p, rows = resolve(preset, env)
         ctx = plan_lib.context(p, env, env.get("PYTHON") or sys.executable)
-        stages = plan_lib.build(p, rows, ctx, only)
+        stages = plan_lib.build(p, rows, ctx, only, knob_values(p, env))
         os.chdir(REPO)  # flagfiles and results/ are relative to the checkout
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         print(f"pipeline: preset={preset} results={ctx.results} training precision={ctx.precision}",

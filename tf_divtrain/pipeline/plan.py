@@ -51,9 +51,14 @@ class Stage:
     done: str = ""                                   # output whose presence means done
     rules: Tuple[Callable[[str], Optional[str]], ...] = ()
     after: Optional[Callable[[bool], None]] = None   # after(ran): bookkeeping, never on a dry run
+    requires: Tuple[str, ...] = ()                   # inputs another preset makes (checked first)
 
     def decide(self) -> Tuple[bool, List[str]]:
         """(run?, messages): run when the output is missing or a rule finds it out of date."""
+        missing = [p for p in self.requires if not os.path.exists(p)]
+        if missing:
+            raise PresetError(f"{self.name} needs {missing[0]}, which another preset trains: run that "
+                              f"preset first (the study's --help says which)")
         if not self.done or not os.path.exists(self.done):
             return True, []
         for rule in self.rules:
@@ -89,7 +94,8 @@ def context(preset: Preset, env: Mapping[str, str], python: str) -> Context:
     if members not in ("0", "1"):
         raise PresetError(f"MEMBERS_STAGE must be 0 or 1 (got {members!r})")
     root = env.get("RESULTS_ROOT") or "results"
-    return Context(os.path.join(root, preset.name), python, precision,
+    where = os.path.join("studies", preset.name.replace("-", "_")) if preset.study else preset.name
+    return Context(os.path.join(root, where), python, precision,
                    tuple(env.get("PRESET_TRAIN_FLAGS", "").split()), members == "1")
 
 
@@ -227,10 +233,18 @@ def row_stages(row: Row, ctx: Context) -> List[Stage]:
     return stages
 
 
-def build(preset: Preset, rows: Sequence[Row], ctx: Context, only: str = "") -> List[Stage]:
+def build(preset: Preset, rows: Sequence[Row], ctx: Context, only: str = "",
+          knobs: Optional[Mapping[str, str]] = None) -> List[Stage]:
     """Every stage of the preset, in order; ``only`` keeps the stages of one kind."""
     if only and only not in KINDS:
         raise PresetError(f"--only must be one of {', '.join(KINDS)} (got {only!r})")
+    if preset.study:
+        from tf_divtrain.pipeline.studies import STUDIES
+
+        from tf_divtrain.pipeline.presets import knob_values
+
+        stages = STUDIES[preset.name](knob_values(preset, {}) if knobs is None else knobs, ctx)
+        return [s for s in stages if not only or s.kind == only]
     stages = [s for row in rows for s in row_stages(row, ctx)]
     # The report is cheap and always rebuilt from whatever results exist.
     stages.append(Stage("report", "report", _module(ctx, "tf_divtrain.report", f"--preset={preset.name}",

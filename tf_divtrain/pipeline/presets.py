@@ -65,10 +65,11 @@ class Knob:
 class Preset:
     name: str
     help: str
-    rows: Callable[[Mapping[str, str]], Tuple[Row, ...]]
+    rows: Optional[Callable[[Mapping[str, str]], Tuple[Row, ...]]]
     precision: str = "float32"      # training precision unless PRESET_PRECISION says otherwise
     members: bool = True            # MEMBERS_STAGE default
     knobs: Tuple[Knob, ...] = ()
+    study: bool = False             # a one-off study: stages from pipeline.studies, results/studies/
 
 
 def _flags(text: str) -> Tuple[str, ...]:
@@ -248,17 +249,33 @@ PRESETS: Dict[str, Preset] = {p.name: p for p in (
            "2 steps of batch 16 on 256 training images; FGSM and PGD-CW at eps 0.03/0.09 on 32 test "
            "images; coherence and GAAS k = 4, 16 at eps 0.03): about two minutes.", _smoke_cifar,
            members=False),
+    Preset("precision-study", "Study (issue 10): surrogate, T_Base and T_Div of the cpu preset trained in "
+           "mixed_bfloat16 and in float32 (and a second bfloat16 seed), STUDY_STEPS steps each, evaluated "
+           "against both surrogates on 1,000 images; results/studies/precision_study/REPORT.md.",
+           None, "auto", members=False, study=True,
+           knobs=_knobs(("STUDY_STEPS", "500", "training steps of every model"))),
+    Preset("ens-ablation", "Study (issue 12): T_Ens / T_Ens+Div with true or predicted D_adv labels and a "
+           "D_adv share of 1/2 or 1/3, CPU_STEPS steps, beside the cpu preset's models (run `cpu` "
+           "first); results/studies/ens_ablation/REPORT.md.", None, "auto", members=False, study=True,
+           knobs=_knobs(CPU_STEPS)),
+    Preset("resnet20-length", "Study (issue 11): ResNet-20 T_Base trained on to 260 and 390 steps (one "
+           "run, resumed) and T_Div to 390, metrics kept at each length: does member alignment grow "
+           "with training? results/studies/resnet20_length/.", None, "auto", members=False, study=True),
 )}
 
 
+def knob_values(p: Preset, env: Mapping[str, str]) -> Dict[str, str]:
+    return {kn.env: env.get(kn.env) or kn.default for kn in p.knobs}
+
+
 def resolve(name: str, env: Mapping[str, str]) -> Tuple[Preset, Tuple[Row, ...]]:
-    """The preset called ``name`` and its rows, with its knobs read from ``env``."""
+    """The preset called ``name`` and its rows (none for a study), with its knobs read from ``env``."""
     if name not in PRESETS:
         raise PresetError(f"unknown preset {name!r} (presets: {', '.join(PRESETS)})")
     p = PRESETS[name]
-    values = {kn.env: env.get(kn.env) or kn.default for kn in p.knobs}
+    values = knob_values(p, env)
     for kn in p.knobs:
         v = values[kn.env]
         if v and not v.isdigit():
             raise PresetError(f"{kn.env}={v!r} must be a whole number ({kn.help})")
-    return p, p.rows(values)
+    return p, () if p.study else p.rows(values)

@@ -291,7 +291,7 @@ def reductions(row: str, work: str, results: Optional[dict], analysis: Optional[
                               for p in dict.fromkeys(precs.values()))
             out.append(f"- Training precision: {which}; the paper trained in float32. Evaluation, "
                        f"attacks and analyses ran in float32. The equivalence study "
-                       f"(results/precision_study/REPORT.md) found no conclusion of the cpu preset "
+                       f"(results/studies/precision_study/REPORT.md) found no conclusion of the cpu preset "
                        f"changed by mixed_bfloat16.")
         if c.get("train_examples"):
             out.append(f"- Training set: first {c['train_examples']} examples instead of all.")

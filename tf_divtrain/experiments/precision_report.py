@@ -1,6 +1,6 @@
-"""Report of the float32 vs mixed_bfloat16 equivalence study (issue 10; ``precision_study.sh``).
+"""Report of the float32 vs mixed_bfloat16 equivalence study (issue 10; ``python -m tf_divtrain.pipeline precision-study``).
 
-    python benchmarks/precision_report.py [--results=results/precision_study]
+    python -m tf_divtrain.experiments.precision_report [--results=results/studies/precision_study]
 
 Reads the per-run ``train/<name>/metrics.json`` and ``eval_surrogate_<precision>/results.json`` and
 writes ``REPORT.md`` beside them. Every number and every verdict is computed from those files:
@@ -28,8 +28,9 @@ VARIANTS = (("float32", "float32", ""), ("mixed_bfloat16", "mixed_bfloat16", "")
 
 
 def _load(path):
-    with open(path) as f:
-        return json.load(f)
+    from tf_divtrain.results import read_json
+
+    return read_json(path)
 
 
 def cells(row, eps):
@@ -40,11 +41,17 @@ def build(res: str) -> str:
     train = {n: _load(os.path.join(res, "train", n, "metrics.json"))
              for n in sorted(os.listdir(os.path.join(res, "train")))}
     secs = {}
-    tsv = os.path.join(res, "train_seconds.tsv")
+    tsv = os.path.join(res, "train_seconds.tsv")  # the study's first run (a bash driver) wrote this
     if os.path.isfile(tsv):
         for line in open(tsv):
             name, s = line.split()
             secs[name] = int(s)
+    times = os.path.join(res, "stage_times.tsv")  # the pipeline's stage log: train_<name> rows
+    if os.path.isfile(times):
+        for line in open(times).readlines()[1:]:
+            stage, s, status = line.split("\t")[:3]
+            if stage.startswith("train_") and status == "ok":
+                secs[stage[len("train_"):]] = int(s)
     evals = {}
     for s in ("float32", "mixed_bfloat16"):
         p = os.path.join(res, f"eval_surrogate_{s}", "results.json")
@@ -55,7 +62,7 @@ def build(res: str) -> str:
            "per model): the surrogate, T_Base and T_Div trained in float32 and in mixed_bfloat16 with the "
            "same seeds, plus T_Base and T_Div with a second seed in mixed_bfloat16 to measure run-to-run "
            "noise. Every target is evaluated (in float32) on the first 1,000 MNIST test images against "
-           "both surrogates; attacks are crafted in float32. Made by `benchmarks/precision_study.sh` and "
+           "both surrogates; attacks are crafted in float32. Made by `python -m tf_divtrain.pipeline precision-study` and "
            "`benchmarks/precision_report.py` from the JSON files beside this report.", "",
            "## Training", "",
            "| run | precision | seed | steps | clean acc. | test coherence | test GAL | train s (wall, this machine) |",
@@ -131,7 +138,7 @@ def build(res: str) -> str:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--results", default="results/precision_study")
+    p.add_argument("--results", default="results/studies/precision_study")
     a = p.parse_args()
     text = build(a.results)
     with open(os.path.join(a.results, "REPORT.md"), "w") as f:

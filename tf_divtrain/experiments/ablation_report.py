@@ -1,6 +1,6 @@
 """REPORT.md of the D_adv ablation (issue 12; ``experiments/ens_adv_ablation.sh``).
 
-    python experiments/ablation_report.py --results=results/cpu/ens_ablation
+    python -m tf_divtrain.experiments.ablation_report --results=results/studies/ens_ablation
 
 Every number and verdict comes from ``eval/results.json`` and ``train/<variant>/metrics.json``:
 per variant the clean accuracy, the ten Table-2 cells, test coherence, and the label-leaking
@@ -26,8 +26,9 @@ RECIPES = (("predicted labels, D_adv = 1/2 of the batch (new default; Kurakin / 
 
 
 def _load(p):
-    with open(p) as f:
-        return json.load(f)
+    from tf_divtrain.results import read_json
+
+    return read_json(p)
 
 
 def build(res: str) -> str:
@@ -104,7 +105,7 @@ def build(res: str) -> str:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--results", default="results/cpu/ens_ablation")
+    p.add_argument("--results", default="results/studies/ens_ablation")
     a = p.parse_args()
     text = build(a.results)
     notes = os.path.join(a.results, "notes.md")
