@@ -56,6 +56,12 @@ def hookable_surrogate(logits_fn):
     """
     model = _model_of(logits_fn)
     if hasattr(model, "keras_ensemble") and not hasattr(model, "members"):
+        names = (getattr(model, "metadata", {}) or {}).get("models") or []
+        if not any(str(n).startswith("resnet") for n in names):  # only ResNets have the hook
+            raise NotResidualError(
+                f"SGM (skip gradient method) needs a residual surrogate, but the export "
+                f"{getattr(model, 'path', '')} has members {names or '(unnamed architectures)'}; "
+                f"use resnet20/resnet26 members or another attack.")
         try:
             rebuilt = _REBUILT.get(model)
         except TypeError:
