@@ -23,11 +23,9 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tf_divtrain import data as data_lib  # noqa: E402
-from tf_divtrain import export  # noqa: E402
-from tf_divtrain.methods import adp  # noqa: E402
+from tf_divtrain import data as data_lib
+from tf_divtrain import export
+from tf_divtrain.methods import adp
 
 TARGETS = (("base", "T_Base"), ("div", "T_Div"), ("adp", "T_ADP"), ("dverge", "T_DVERGE"), ("trs", "T_TRS"))
 

@@ -21,11 +21,9 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tf_divtrain import data as data_lib  # noqa: E402
-from tf_divtrain import evaluation, export, training  # noqa: E402
-from tf_divtrain.analysis import coherence_values  # noqa: E402
+from tf_divtrain import data as data_lib
+from tf_divtrain import evaluation, export, training
+from tf_divtrain.analysis import coherence_values
 
 MODELS = {"cifar10_conv4": "conv4", "cifar10_resnet20": "resnet20", "cifar10_mix": "mix"}
 

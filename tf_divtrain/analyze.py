@@ -45,7 +45,8 @@ def define_flags(fv=FLAGS) -> None:
     flags.DEFINE_list("whitebox_eps", None, "White-box PGD epsilons; default 0.1,0.3 / 0.03,0.09.", flag_values=fv)
     flags.DEFINE_integer("whitebox_iters", 40, "White-box PGD iterations (step 2.5 eps / iters).", flag_values=fv)
     flags.DEFINE_list("analyses", ["coherence", "gaas", "transfer", "whitebox"],
-                      "Subset of coherence,gaas,transfer,whitebox.", flag_values=fv)
+                      "Subset of coherence,gaas,transfer,whitebox, plus autoattack (ART's APGD-CE + "
+                      "APGD-DLR on the white-box subset; needs pip install -e '.[eval]').", flag_values=fv)
     flags.DEFINE_integer("batch_size", 100, "Batch size of every forward/backward pass.", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Seed of the PGD random starts.", flag_values=fv)
     cli_flags.define_precision_flag(fv, "The ensembles compute in it. Default float32: coherence and "

@@ -11,6 +11,12 @@ Several surrogates (e.g. baselines of 3, 5 and 8 members, or a surrogate trained
 itself -- the adaptive transfer attacker of the paper's §6): ``--surrogate_dir=S3=runs/s3,
 S5=runs/s5,S_div=runs/sdiv`` (bare dirs are labelled S, S2...). Each crafts and caches its own
 attacks; the reports hold one Table 2 block per surrogate.
+
+The field's protocol (DVERGE / TRS; issue 23, :mod:`tf_divtrain.field`) instead of the paper's five
+attacks: ``--protocol=field`` (M-PGD x 3 restarts, M-DI²-FGSM, SGM on residual surrogates, TRS's
+PGD-50 x 3 runs; CE and CW; eps 0.01..0.07 on CIFAR-10, 0.1/0.2/0.3 on MNIST). Shrink it for a CPU
+with ``--num_examples``, ``--steps``, ``--restarts``, ``--field_attacks``; table2.md lists every
+reduction.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from tf_divtrain import attacks as attacks_lib
 from tf_divtrain import cli_flags
 from tf_divtrain import data as data_lib
 from tf_divtrain import evaluation
+from tf_divtrain import field as field_lib
 
 FLAGS = flags.FLAGS
 
@@ -90,6 +97,16 @@ def define_flags(fv: flags.FlagValues = FLAGS) -> None:
                         "tf_divtrain.attacks, e.g. '{\"rfgsm\": {\"variant\": \"tramer\"}, "
                         "\"pgd_cw\": {\"nb_iter\": 100}}'; default: the paper's settings. Part of "
                         "the cache key; table2.md names them.", **d)
+    flags.DEFINE_string("protocol", "paper", "paper = the paper's five attacks (§4.1); field = "
+                        "DVERGE/TRS's transfer grid (tf_divtrain.field): --attacks, --attack_loss "
+                        "and --attack_options do not apply to it.", **d)
+    flags.DEFINE_list("field_attacks", None, f"--protocol=field: subset of "
+                      f"{','.join(field_lib.FAMILIES)}; default all (sgm only on residual "
+                      f"surrogates).", **d)
+    flags.DEFINE_integer("steps", None, "--protocol=field: steps of every attack (default 100 "
+                         "DVERGE's, 50 TRS's PGD-50); a reduction the report lists.", **d)
+    flags.DEFINE_integer("restarts", None, f"--protocol=field: M-PGD restarts and PGD-50 runs "
+                         f"(default {field_lib.RESTARTS}), each its own set.", **d)
     cli_flags.define_precision_flag(fv, "The surrogate crafts the attacks in it; targets are always "
                                     "scored in float32. Reduced precision changes the attack itself "
                                     "(signs of small gradient components), so Table 2 numbers use "
@@ -115,15 +132,26 @@ def main(argv, fv: flags.FlagValues = None):
         cli_flags.fail(f"unexpected arguments {argv[1:]}")
     cache_dir = fv.cache_dir or os.path.join(fv.out_dir, "adv_cache")
     eps = None if fv.eps is None else [float(e) for e in fv.eps]
+    field_options = {k: v for k, v in (("families", fv.field_attacks), ("steps", fv.steps),
+                                       ("restarts", fv.restarts)) if v is not None}
     try:
-        attack_options = evaluation.parse_attack_options(fv.attack_options, fv.attacks,
-                                                         fv.attack_loss)
+        field_lib.check_protocol(fv.protocol)
+        if fv.protocol != "field" and field_options:
+            raise field_lib.FieldError("--field_attacks, --steps and --restarts apply to "
+                                       "--protocol=field only.")
+    except field_lib.FieldError as e:
+        cli_flags.fail(e)
+    try:
+        attack_options = ({} if fv.protocol == "field" and not fv.attack_options else
+                          evaluation.parse_attack_options(fv.attack_options, fv.attacks,
+                                                          fv.attack_loss))
         results = evaluation.evaluate(
             fv.surrogate_dir, fv.targets, dataset=fv.dataset, data_dir=fv.data_dir,
             eps=eps, attacks=fv.attacks, num_examples=fv.num_examples,
             batch_size=fv.batch_size, seed=fv.seed, cache_dir=cache_dir,
             progress=fv.progress, precision=fv.precision,
-            attack_options=attack_options)
+            attack_options=attack_options, protocol=fv.protocol,
+            field_options=field_options if fv.protocol == "field" else None)
     except (evaluation.EvaluationError, data_lib.DataError) as e:
         cli_flags.fail(e)
     paths = evaluation.write_reports(results, fv.out_dir)

@@ -243,10 +243,11 @@ def craft_cached(surrogate, surrogate_id: str, dataset: str, attack: str, eps: f
                 return arr, info
         except (OSError, ValueError):
             pass  # unreadable / truncated: recompute and overwrite
-    attack_fn = attacks_lib.make_attack(attack, surrogate, eps, **attack_kwargs(options))
+    name = options.get("_attack", attack)  # a field-protocol set names its attack (issue 23)
+    attack_fn = attacks_lib.make_attack(name, surrogate, eps, **attack_kwargs(options))
     t0 = time.perf_counter()
     x_adv = craft(attack_fn, x, y, batch_size, seed,
-                  desc=f"{attacks_lib.DISPLAY_NAMES[attack]} eps={eps:g}", progress=progress)
+                  desc=f"{attacks_lib.DISPLAY_NAMES[name]} eps={eps:g}", progress=progress)
     seconds = time.perf_counter() - t0  # includes the one-off trace
     info = {"seconds": seconds, "images_per_sec": len(x) / max(seconds, 1e-9),
             "num_examples": len(x), "batch_size": batch_size}
@@ -294,7 +295,8 @@ def evaluate(surrogate_dir, targets, dataset: Optional[str] = None,
              attacks: Sequence[str] = attacks_lib.ATTACKS, num_examples: int = 1000,
              batch_size: int = 250, seed: int = 0, cache_dir: Optional[str] = None,
              progress: bool = True, attack_options: Optional[Dict[str, dict]] = None,
-             precision: str = "float32") -> dict:
+             precision: str = "float32", protocol: str = "paper",
+             field_options: Optional[dict] = None) -> dict:
     """Table-2 evaluation: crafts on the surrogate(s), scores every target. Returns the results dict.
 
     ``surrogate_dir``: one export dir, or several as ``"S5=dir,S_div=dir2"`` / a list of dirs or
@@ -308,16 +310,37 @@ def evaluate(surrogate_dir, targets, dataset: Optional[str] = None,
     ``targets``: [(label, dir)] or a ``"LABEL=DIR,..."`` string. ``dataset`` None -> the (first)
     surrogate's. Everything is validated (names, eps, paths, dataset / input shape of every export)
     before any data is loaded or any attack runs.
+
+    ``protocol="field"``: DVERGE / TRS's grid (:mod:`tf_divtrain.field`) instead of ``attacks``;
+    ``field_options`` = keyword arguments of :func:`tf_divtrain.field.attack_sets` (``families``,
+    ``losses``, ``restarts``, ``steps``, ``cw_confidence``); default eps per dataset from
+    ``field.FIELD_EPS``. Same schema, one "attack" per set, plus ``results["field"]``.
     """
+    from tf_divtrain import field as field_lib
+
     # --- validation, cheapest first ---
-    attacks = check_attacks(attacks)
-    attack_options = attack_options or {}
-    for a, o in attack_options.items():
-        check_attacks([a])
-        try:
-            attacks_lib.check_options(a, attack_kwargs(o))
-        except ValueError as err:
-            raise EvaluationError(str(err)) from None
+    try:
+        field_lib.check_protocol(protocol)
+        if protocol == "field":
+            if attack_options:
+                raise field_lib.FieldError("attack options belong to the paper protocol; the field "
+                                           "protocol takes field_attacks / steps / restarts.")
+            field_options = dict(field_options or {})
+            sets = field_lib.attack_sets(**field_options)
+    except field_lib.FieldError as err:
+        raise EvaluationError(str(err)) from None
+    if protocol == "field":
+        attacks = tuple(sets)
+        attack_options = {k: dict(v["options"], _attack=v["attack"]) for k, v in sets.items()}
+    else:
+        attacks = check_attacks(attacks)
+        attack_options = attack_options or {}
+        for a, o in attack_options.items():
+            check_attacks([a])
+            try:
+                attacks_lib.check_options(a, attack_kwargs(o))
+            except ValueError as err:
+                raise EvaluationError(str(err)) from None
     if eps is not None:
         eps = check_eps_list(eps)
     if dataset is not None:
@@ -339,13 +362,25 @@ def evaluate(surrogate_dir, targets, dataset: Optional[str] = None,
                   for label, sm in sur_sms]
     if dataset is None:
         dataset = data_lib.check_dataset_name(surrogates[0][2].dataset)
-    eps = check_eps_list(default_eps(dataset) if eps is None else eps)
+    if eps is None:
+        eps = field_lib.default_eps(dataset) if protocol == "field" else default_eps(dataset)
+    eps = check_eps_list(eps)
     for a, o in attack_options.items():  # option values too, before targets and data are loaded
         for e in eps:
             try:
-                attacks_lib.check_option_values(a, e, attack_kwargs(o))
+                attacks_lib.check_option_values(o.get("_attack", a), e, attack_kwargs(o))
             except ValueError as err:
                 raise EvaluationError(str(err)) from None
+    omitted = {}
+    if any(o.get("_attack") == "sgm" for o in attack_options.values()):
+        flat = [label for label, _, sur in surrogates if not field_lib.is_residual(sur)]
+        if flat and field_options.get("families") is not None:
+            raise EvaluationError(f"SGM needs residual surrogates; {', '.join(flat)} has no residual "
+                                  f"block (use resnet20/resnet26 members or leave sgm out).")
+        if flat:  # the default grid: SGM applies only where every surrogate is residual
+            omitted["sgm"] = f"surrogate {', '.join(flat)} has no residual blocks"
+            attack_options = {k: o for k, o in attack_options.items() if o.get("_attack") != "sgm"}
+            attacks = tuple(attack_options)
     for label, _, sur in surrogates:
         check_compatible(sur, "surrogate" if len(surrogates) == 1 else f"surrogate {label}", dataset)
     target_models = []
@@ -370,7 +405,7 @@ def evaluate(surrogate_dir, targets, dataset: Optional[str] = None,
             cache_dir, batch_size, seed, progress, attack_options, precision))
     first = blocks[0]
 
-    return {
+    results = {
         "schema_version": 2,
         "dataset": dataset, "data_path": ds.path, "num_examples": int(len(x)), "seed": int(seed),
         "batch_size": int(batch_size), "eps": list(eps), "attacks": list(attacks),
@@ -382,6 +417,14 @@ def evaluate(surrogate_dir, targets, dataset: Optional[str] = None,
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": {"tensorflow": tf.__version__, "numpy": np.__version__},
     }
+    if protocol == "field":
+        fams = [f for f in field_lib.check_families(field_options.get("families")) if f not in omitted]
+        settings = {"families": fams, "losses": list(field_options.get("losses", field_lib.LOSSES)),
+                    "restarts": int(field_options.get("restarts", field_lib.RESTARTS)),
+                    "steps": field_options.get("steps"), "omitted": omitted,
+                    "sets": {k: sets[k] for k in attacks}}
+        field_lib.annotate(results, settings)
+    return results
 
 
 def _surrogate_block(label, surrogate, sur_id, target_models, target_clean, x, y, dataset,
@@ -434,6 +477,12 @@ def _pct(v: float) -> str:
 ROBUST_HEADERS = ("ROBUST TO ALL", "ALL EPS")
 
 
+def display_name(results: dict, attack: str) -> str:
+    """Column name of an attack, or of a field-protocol set (``results["field"]["sets"]``)."""
+    sets = (results.get("field") or {}).get("sets") or {}
+    return sets[attack]["display"] if attack in sets else attacks_lib.DISPLAY_NAMES[attack]
+
+
 def _has_robust(rows) -> bool:
     return any("robust_to_all" in r for r in rows)
 
@@ -442,7 +491,7 @@ def _table2_lines(results: dict, rows: List[dict]) -> List[str]:
     """The Markdown table of one surrogate block (robust-to-all columns when the rows have them)."""
     attacks, eps = results["attacks"], [eps_key(e) for e in results["eps"]]
     robust = _has_robust(rows)
-    head = (["TARGET", "CLEAN"] + [attacks_lib.DISPLAY_NAMES[a].upper() for a in attacks]
+    head = (["TARGET", "CLEAN"] + [display_name(results, a).upper() for a in attacks]
             + (list(ROBUST_HEADERS) if robust else []))
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for row in rows:
@@ -485,7 +534,8 @@ def format_table2(results: dict) -> str:
         lines += _table2_lines(results, b["rows"]) + [""]
     sanity = ", ".join(f"*{r['label']}*" for b in blocks for r in b["rows"] if r["role"] != "target")
     lines.append(f"{sanity}: the surrogate attacked white-box (sanity row, not a target).")
-    options = {a: o for a, o in (results.get("attack_options") or {}).items() if o}
+    options = {a: o for a, o in (results.get("attack_options") or {}).items()
+               if o and not results.get("field")}
     if options:
         lines.append("Attack options (not the paper's defaults): " + "; ".join(
             f"{attacks_lib.DISPLAY_NAMES[a]} " + ", ".join(f"{k}={v}" for k, v in sorted(o.items()))
@@ -494,6 +544,10 @@ def format_table2(results: dict) -> str:
         lines.append(f"{ROBUST_HEADERS[0]}: fraction of the test images classified correctly under "
                      f"every attack at that eps; {ROBUST_HEADERS[1]}: under every attack at every "
                      f"eps (same crafted examples, per example).")
+    if results.get("field"):
+        from tf_divtrain import field as field_lib
+
+        lines += [""] + field_lib.format_lines(results)
     return "\n".join(lines) + "\n"
 
 
@@ -533,7 +587,7 @@ def plot(results: dict, path: str) -> str:
     import matplotlib.pyplot as plt
 
     eps = [eps_key(e) for e in results["eps"]]
-    names = ["CLEAN"] + [attacks_lib.DISPLAY_NAMES[a] for a in results["attacks"]]
+    names = ["CLEAN"] + [display_name(results, a) for a in results["attacks"]]
     blocks = surrogate_blocks(results)
     fig, axes = plt.subplots(len(blocks), len(eps), figsize=(5.5 * len(eps), 4 * len(blocks)),
                              squeeze=False)

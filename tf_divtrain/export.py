@@ -109,6 +109,25 @@ class LoadedEnsemble:
     def __call__(self, x, training: bool = False):
         return self.member_logits(x)
 
+    def keras_ensemble(self, precision: str = "float32") -> models_lib.Ensemble:
+        """The members rebuilt as Keras models (registry names in the metadata) under
+        ``precision`` with the exported weights copied in: a ``models.Ensemble`` with the same
+        ``member_logits`` / ``probabilities`` / ``metadata`` / ``path``. Needed for another
+        precision, and for attacks that hook into the layers (SGM)."""
+        sm, module, meta = self.path, self._module, self.metadata
+        if not hasattr(module, "member_weights"):
+            raise ValueError(f"{sm} predates per-member weight lists, so it can only be served in "
+                             f"float32; re-export it (re-run its training command) or use float32.")
+        if not meta.get("models"):
+            raise ValueError(f"{sm} does not name its members' architectures (metadata 'models'), "
+                             f"so it cannot be rebuilt in {precision}; serve it in float32.")
+        built = models_lib.build_ensemble(list(meta["models"]), meta["input_shape"],
+                                          meta["num_classes"], precision=precision)
+        for member, weights in zip(built.members, module.member_weights):
+            member.set_weights([w.numpy() for w in weights])
+        built.path, built.metadata = sm, meta  # dataset / input_shape come from the metadata
+        return built
+
 
 def find_export(path: str) -> str:
     """Accepts a training out_dir or the saved_model dir itself; returns the saved_model dir."""
@@ -153,16 +172,4 @@ def load_ensemble(path: str, expect_dataset: Optional[str] = None, precision: st
         raise ValueError(f"{sm} was trained on {ens.dataset!r}, not {expect_dataset!r}.")
     if precision == "float32":
         return ens
-    if not hasattr(module, "member_weights"):
-        raise ValueError(f"{sm} predates per-member weight lists, so it can only be served in "
-                         f"float32; re-export it (re-run its training command) or use float32.")
-    meta = ens.metadata
-    if not meta.get("models"):
-        raise ValueError(f"{sm} does not name its members' architectures (metadata 'models'), so it "
-                         f"cannot be rebuilt in {precision}; serve it in float32.")
-    built = models_lib.build_ensemble(list(meta["models"]), meta["input_shape"],
-                                      meta["num_classes"], precision=precision)
-    for member, weights in zip(built.members, module.member_weights):
-        member.set_weights([w.numpy() for w in weights])
-    built.path, built.metadata = sm, meta  # dataset / input_shape come from the metadata
-    return built
+    return ens.keras_ensemble(precision)

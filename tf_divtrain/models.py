@@ -100,6 +100,46 @@ class ShortcutA(keras.layers.Layer):
         return {**super().get_config(), "out_channels": self.out_channels, "stride": self.stride}
 
 
+def scale_gradient(x, gamma: float):
+    """Identity forward; the gradient flowing back through it is multiplied by ``gamma``."""
+    @tf.custom_gradient
+    def _scaled(v):
+        def grad(dy):
+            return dy * tf.cast(gamma, dy.dtype)
+        return tf.identity(v), grad
+    return _scaled(x)
+
+
+@keras.saving.register_keras_serializable(package="tf_divtrain")
+class ResidualAdd(keras.layers.Add):
+    """``branch + shortcut`` closing a residual block (inputs in that order); forward = ``Add``.
+
+    The hook of the skip-gradient method (SGM, Wu et al. 2020, Eq 7): with
+    ``branch_gradient_scale = gamma`` the backward pass through the block is
+    ``d shortcut / dx + gamma * d branch / dx``; the default 1.0 is plain backprop, so training
+    and inference never see it. Parameter-free: weights and exports are unchanged.
+    """
+
+    branch_gradient_scale = 1.0
+
+    def call(self, inputs):
+        gamma = self.branch_gradient_scale
+        if gamma != 1.0:
+            inputs = [scale_gradient(inputs[0], gamma)] + list(inputs[1:])
+        return super().call(inputs)
+
+
+def residual_adds(model) -> list:
+    """Every :class:`ResidualAdd` in ``model`` (nested models included)."""
+    found = []
+    for layer in getattr(model, "layers", []):
+        if isinstance(layer, ResidualAdd):
+            found.append(layer)
+        elif hasattr(layer, "layers"):
+            found.extend(residual_adds(layer))
+    return found
+
+
 def _resnet(n: int, name: str, input_shape, num_classes: int, seed: int):
     s = _Seeds(seed)
 
@@ -116,7 +156,7 @@ def _resnet(n: int, name: str, input_shape, num_classes: int, seed: int):
             shortcut = x if (stride == 1 and x.shape[-1] == filters) else ShortcutA(filters, stride)(x)
             h = _act(conv_bn(x, filters, stride))
             h = conv_bn(h, filters, 1)
-            x = _act(keras.layers.Add()([h, shortcut]))
+            x = _act(ResidualAdd()([h, shortcut]))  # branch first (SGM's hook)
     x = keras.layers.GlobalAveragePooling2D()(x)
     out = keras.layers.Dense(num_classes, kernel_initializer=s.kernel(), name="logits")(x)
     return keras.Model(inp, out, name=name)

@@ -30,12 +30,23 @@ def parse_ensembles(spec) -> Dict[str, str]:
                                             AnalysisError))
 
 
+OPTIONAL_ANALYSES = ("autoattack",)  # not in the default list: needs the '.[eval]' extra (ART)
+
+
 def check_analyses(analyses) -> list:
     if isinstance(analyses, str):
         analyses = [a.strip() for a in analyses.split(",") if a.strip()]
-    bad = [a for a in analyses if a not in ANALYSES]
+    valid = ANALYSES + OPTIONAL_ANALYSES
+    bad = [a for a in analyses if a not in valid]
     if bad or not analyses:
-        raise AnalysisError(f"Unknown analysis {bad}; valid: {', '.join(ANALYSES)}.")
+        raise AnalysisError(f"Unknown analysis {bad}; valid: {', '.join(valid)}.")
+    if "autoattack" in analyses:
+        from tf_divtrain.analysis import autoattack
+
+        try:
+            autoattack.require_art()
+        except autoattack.AutoAttackUnavailable as e:
+            raise AnalysisError(str(e)) from None
     return list(dict.fromkeys(analyses))
 
 
@@ -191,6 +202,14 @@ def run_analysis(ensembles: Mapping[str, object], dataset: str, out_dir: str,
                 if key in wb:
                     report["warnings"].append(f"[{label}] {wb[key]}")
                     log(f"[{label}] {wb[key]}")
+        if "autoattack" in analyses:  # ART's APGD-CE + APGD-DLR on the white-box subset and eps
+            from tf_divtrain.analysis.autoattack import autoattack_check
+
+            m = n_sub["whitebox"]
+            entry["autoattack"] = aa = autoattack_check(ens, x[:m], y[:m], whitebox_eps,
+                                                        batch_size=batch_size, seed=seed)
+            log(f"[{label}] AutoAttack (ART APGD-CE, APGD-DLR): " + ", ".join(
+                f"eps={e}: {a:.3f}" for e, a in aa["robust_accuracy"].items()))
         report["ensembles"][label] = entry
     if coh_values:
         path = plot_coherence_hist(coh_values, os.path.join(out_dir, "coherence_hist.png"),
