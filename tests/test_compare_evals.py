@@ -1,7 +1,6 @@
 """tf_divtrain.experiments.compare_evals: cell-by-cell comparison of two evaluations, against hand counts."""
 
 import json
-import os
 
 import numpy as np
 import pytest

@@ -1,7 +1,6 @@
 """tf_divtrain.experiments.member_accuracy: members clean and under the evaluation's cached examples."""
 
 import json
-import os
 
 import keras
 import numpy as np

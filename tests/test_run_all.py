@@ -1,16 +1,15 @@
-"""run_all.sh end to end on the smoke preset (every stage, tiny settings), plus the report logic."""
+"""run_all.sh / the pipeline end to end on the smoke preset (every stage, tiny settings), and every
+preset's commands and staleness rules by dry run (the report itself: test_report.py)."""
 
 import json
 import os
 import subprocess
 import sys
 
-import pytest
 
-from tf_divtrain import report
+from fakes import PE, _mnist_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PE = {"n": 1, "clean": "gA=="}  # stands in for a row's per-example results (only presence is read)
 
 
 def _run(args, tmp_path, data_dir):
@@ -47,29 +46,6 @@ def test_smoke_preset_end_to_end_and_resume(tmp_path, data_dir):
     assert again.returncode == 0
     assert again.stdout.count("done already") == 8  # 6 trainings + evaluate + analyze skipped
     assert "members_mnist_conv3" not in r.stdout  # MEMBERS_STAGE=0 in the smoke presets
-
-
-def _results(acc):
-    """A results dict in evaluation's schema; acc: label -> (clean, {attack: (a1, a2)})."""
-    rows = [{"label": k, "role": "target", "clean": c,
-             "attacks": {a: {"0.1": v[0], "0.3": v[1]} for a, v in att.items()}}
-            for k, (c, att) in acc.items()]
-    return {"eps": [0.1, 0.3], "attacks": ["fgsm", "ifgsm"], "rows": rows, "dataset": "mnist",
-            "num_examples": 10, "seed": 0}
-
-
-def test_ordering_checks_state_each_cell():
-    res = _results({"T_Base": (0.99, {"fgsm": (0.9, 0.1), "ifgsm": (0.8, 0.05)}),
-                    "T_Div": (0.98, {"fgsm": (0.95, 0.3), "ifgsm": (0.7, 0.2)}),
-                    "T_Ens": (0.99, {"fgsm": (0.97, 0.5), "ifgsm": (0.97, 0.4)}),
-                    "T_Ens+Div": (0.99, {"fgsm": (0.97, 0.6), "ifgsm": (0.96, 0.5)})})
-    lines = report.ordering_checks(res, {"ensembles": {"T_Base": {"coherence": {"mean": 0.8}},
-                                                       "T_Div": {"coherence": {"mean": 0.3}}}})
-    div = next(l for l in lines if l.startswith("- **T_Div > T_Base**"))
-    assert "holds in 3 of 4 cells" in div and "I-FGSM@0.1: 70.0 vs 80.0 **does not hold**" in div
-    ens = next(l for l in lines if l.startswith("- **T_Ens+Div ≥ T_Ens**"))
-    assert "holds in 3 of 4 cells" in ens  # equal counts as holding for the >= ordering
-    assert any("Lower coherence for T_Div than T_Base" in l and "holds" in l for l in lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,116 +195,6 @@ def test_paper_preset_keeps_the_paper_settings(tmp_path, data_dir):
         assert _flag(cmds[f"evaluate_{row}"], "num_examples") == "1000"
 
 
-def _metrics(mode, steps, members=5, acc=0.5, model="conv4"):
-    return {"config": {"dataset": "cifar10", "mode": mode, "batch_size": 128, "max_steps": steps,
-                       "train_examples": 0, "model": model},
-            "steps": steps, "ensemble_accuracy": acc, "member_accuracy": [acc] * members,
-            "test_gradient_stats": {"gal": 1.0, "coherence": 0.5, "mean_cosine": 0.3},
-            "images_per_sec_this_session": 100.0, "train_seconds_this_session": 10.0}
-
-
-def _cifar_results(labels):
-    att = {a: {"0.03": 0.4, "0.09": 0.1} for a in ("fgsm", "rfgsm", "ifgsm", "mifgsm", "pgd_cw")}
-    rows = [{"label": "S", "role": "surrogate", "clean": 0.6, "attacks": att}]
-    for i, lbl in enumerate(labels):
-        a = {k: {"0.03": v["0.03"] + 0.05 * i, "0.09": v["0.09"] + 0.02 * i} for k, v in att.items()}
-        rows.append({"label": lbl, "role": "target", "clean": 0.55, "attacks": a})
-    return {"eps": [0.03, 0.09], "attacks": ["fgsm", "rfgsm", "ifgsm", "mifgsm", "pgd_cw"],
-            "rows": rows, "dataset": "cifar10", "num_examples": 1000, "seed": 0}
-
-
-def _gaas(p):
-    return {"definition": "d", "num_examples": 100, "num_correct": 50,
-            "results": {e: {k: {"p_all": p, "mean_num_adversarial": 10 * p} for k in ("4", "16", "36", "64")}
-                        for e in ("0.03", "0.06", "0.09")}}
-
-
-def test_report_renders_cifar_rows_missing_targets_and_k25_note(tmp_path):
-    res = tmp_path / "cpu-cifar"
-    w = res / "work"
-    for role, mode in (("surrogate", "baseline"), ("static", "baseline"), ("base", "baseline"),
-                       ("div", "div"), ("ens", "ens_adv"), ("ensdiv", "ens_adv_div")):
-        d = w / "cifar10_conv4" / role
-        d.mkdir(parents=True)
-        (d / "metrics.json").write_text(json.dumps(_metrics(mode, 120, 1 if role == "static" else 5)))
-    for role, mode in (("surrogate", "baseline"), ("base", "baseline"), ("div", "div")):
-        d = w / "cifar10_resnet20" / role
-        d.mkdir(parents=True)
-        (d / "metrics.json").write_text(json.dumps(_metrics(mode, 60, model="resnet20")))
-    for row, labels in (("cifar10_conv4", ["T_Base", "T_Div", "T_Ens", "T_Ens+Div"]),
-                        ("cifar10_resnet20", ["T_Base", "T_Div"])):
-        (res / row / "eval").mkdir(parents=True)
-        (res / row / "eval" / "results.json").write_text(json.dumps(_cifar_results(labels)))
-    coh = {"n": 500, "mean": 0.5, "median": 0.5, "q25": 0.4, "q75": 0.6}
-    an = {"analyses": ["coherence", "gaas", "transfer"],
-          "subset_sizes": {"coherence": 500, "gaas": 100, "transfer": 100},
-          "settings": {"gaas_k": [4, 16, 36, 64], "gaas_eps": [0.03, 0.06, 0.09]},
-          "ensembles": {"T_Base": {"coherence": dict(coh, mean=0.8), "gaas": _gaas(0.2),
-                                   # short CIFAR runs: no example two members both get right
-                                   "transfer": {"definition": "d", "eps": 0.09, "nb_iter": 10,
-                                                "mean_off_diagonal": None,
-                                                "matrix": [[None, None], [None, 1.0]]}},
-                        "T_Div": {"coherence": dict(coh, mean=0.1), "gaas": _gaas(0.0)},
-                        "T_Ens": {"coherence": coh, "gaas": _gaas(0.1)},
-                        "T_Ens+Div": {"coherence": coh, "gaas": _gaas(0.1)}}}
-    (res / "cifar10_conv4" / "analysis").mkdir(parents=True)
-    (res / "cifar10_conv4" / "analysis" / "analysis.json").write_text(json.dumps(an))
-    text = report.build_report("cpu-cifar", str(res))
-    # Every planned row is present; MIX (no outputs at all) renders as not run with the paper's row.
-    for needle in ("## CONV-4 (CIFAR-10)", "## RESNET-20 (CIFAR-10)", "## MIX (CIFAR-10)", "## Coverage"):
-        assert needle in text, needle
-    mix = text[text.index("## MIX (CIFAR-10)"):]
-    assert "**Not run**" in mix and "| T_Base | paper | 89.7 |" in mix and "| T_Div | paper | 88.2 |" in mix
-    assert "| MIX (CIFAR-10) | not run | not run | not run | not run | not run | not run | not run | not run |" in text
-    resnet = text[text.index("## RESNET-20 (CIFAR-10)"):text.index("## MIX (CIFAR-10)")]
-    for needle in ("| T_Ens | ours | not run |", "| T_Ens+Div | ours | not run |",
-                   "| T_Base | paper | 88.9 |", "| T_Div | paper | 84.0 |",
-                   "Targets not run: T_Ens, T_Ens+Div and the static model",
-                   "**T_Ens+Div ≥ T_Ens** under attack: not checked — T_Ens+Div, T_Ens not run",
-                   "**T_Div > T_Base** under attack: holds in 10 of 10 cells",
-                   "60 steps of batch 128 = 0.15 epochs per model instead of the paper's 40 epochs",
-                   "Analyses (coherence, GAAS, transferability, white-box): not run"):
-        assert needle in resnet, needle
-    conv4 = text[text.index("## CONV-4 (CIFAR-10)"):text.index("## RESNET-20 (CIFAR-10)")]
-    for needle in ("| T_Base | paper | 85.1 |", "| T_Div | paper | 82.4 |",
-                   "120 steps of batch 128 = 0.31 epochs per model instead of the paper's 20 epochs",
-                   "GAAS orders k = 4, 16, 36, 64 instead of the paper's 4, 25, 36, 64",
-                   "No Hadamard matrix of order 25 exists", "k = 36 passes", "k = 64 passes",
-                   "`analysis.check_gaas_k(25)` raises an error", "up to order 100 it constructs exactly 4, 16, 36, 64",
-                   "holds in 12 of 12 cells (0 of them ties)", "**T_Ens+Div ≥ T_Ens** under attack: holds",
-                   "Lower coherence for T_Div than T_Base** (Fig. 4): mean 0.100 vs 0.800 — holds",
-                   "| T_Base | 50 / 100 | 0.03 |", "transferability on 100 test images",
-                   "not run: white-box", "mean off-diagonal n/a: no example that two members"):
-        assert needle in conv4, needle
-    # T_Ens vs T_Ens+Div GAAS: equal everywhere -> every cell is a tie, reported as such.
-    assert "Fewer GAAS directions for T_Ens+Div than T_Ens" in conv4 and "(12 of them ties)" in conv4
-
-
-def test_report_flags_targets_of_different_lengths(tmp_path):
-    w = tmp_path / "r" / "work" / "cifar10_conv4"
-    for role, steps in (("surrogate", 100), ("base", 100), ("div", 80)):
-        (w / role).mkdir(parents=True)
-        (w / role / "metrics.json").write_text(json.dumps(_metrics("baseline", steps)))
-    text = report.build_report("cpu-cifar", str(tmp_path / "r"))
-    assert "The targets trained different lengths" in text
-
-
-def test_report_states_the_training_precision(tmp_path):
-    w = tmp_path / "r" / "work" / "cifar10_conv4"
-    for role, prec in (("surrogate", "float32"), ("base", "mixed_bfloat16"), ("div", "mixed_bfloat16")):
-        (w / role).mkdir(parents=True)
-        m = _metrics("baseline", 100)
-        m["config"]["precision"] = prec
-        (w / role / "metrics.json").write_text(json.dumps(m))
-    text = report.build_report("cpu-cifar", str(tmp_path / "r"))
-    assert "- Training precision: float32 (S), mixed_bfloat16 (T_Base, T_Div)" in text
-    for role in ("base", "div"):
-        m = json.loads((w / role / "metrics.json").read_text())
-        m["config"]["precision"] = "float32"
-        (w / role / "metrics.json").write_text(json.dumps(m))
-    assert "Training precision" not in report.build_report("cpu-cifar", str(tmp_path / "r"))
-
-
 def test_mnist_paper_dry_run_trains_full_epochs_and_evaluates_all_test_images(tmp_path, data_dir):
     out, cmds = _dry("mnist-paper", tmp_path, data_dir, PRESET_TRAIN_FLAGS="--precision=auto")
     roles = ("surrogate", "static", "base", "div", "ens", "ensdiv")
@@ -411,109 +277,6 @@ def test_cpu_methods_dry_run_trains_targets_and_four_surrogates(tmp_path, data_d
     os.utime(ev_dir / "results.json", (old + 100, old + 100))
     out, cmds = _dry("cpu-methods", tmp_path, data_dir)
     assert "evaluate_mnist_conv3_prediction_ce" not in cmds and "compare_mnist_conv3_prediction_ce" in cmds
-
-
-def _mnist_metrics(mode, steps=500, members=5, acc=0.98, ips=64.0, seconds=1000.0, params="", seed=0):
-    return {"config": {"dataset": "mnist", "mode": mode, "batch_size": 128, "max_steps": steps,
-                       "train_examples": 0, "model": "conv3", "epochs": 10, "learning_rate": 0.001,
-                       "seed": seed, "method_params": params, "gal_lambda": 0.5, "noise_eps": 0.3},
-            "steps": steps, "ensemble_accuracy": acc, "member_accuracy": [acc] * members,
-            "test_gradient_stats": {"gal": 1.0, "coherence": 0.5, "mean_cosine": 0.3},
-            "images_per_sec_this_session": ips, "train_seconds_this_session": seconds}
-
-
-def _block(label, targets, base=0.5):
-    att = ("fgsm", "rfgsm", "ifgsm", "mifgsm", "pgd_cw")
-    rows = [{"label": t, "role": "target", "clean": 0.99,
-             "attacks": {a: {"0.1": base + 0.01 * i, "0.3": base / 10 + 0.01 * i} for a in att},
-             "robust_to_all": {"0.1": 0.4 + 0.01 * i, "0.3": 0.02, "all": 0.01 * i}}
-            for i, t in enumerate(targets)]
-    rows.append({"label": f"{label} (white-box)", "role": "surrogate", "clean": 0.98,
-                 "attacks": {a: {"0.1": 0.1, "0.3": 0.0} for a in att}})
-    return {"label": label, "rows": rows}
-
-
-def _comparison(text):
-    section = text[text.index("## Comparison"):text.index("## Training cost per step")]
-    return [l for l in section.splitlines() if l.startswith("| T_")]
-
-
-def test_methods_report_one_table_with_not_run_cells(tmp_path):
-    res = tmp_path / "cpu-methods"
-    w = res / "work" / "mnist_conv3"
-    runs = {"base": _mnist_metrics("baseline", ips=160.0), "div": _mnist_metrics("div", ips=48.0),
-            "adp": _mnist_metrics("adp", params="alpha=2,beta=0.5"),
-            "trs": _mnist_metrics("trs", ips=16.0, seconds=4000.0, params="init_eps=0.1,adv_eps=0.2"),
-            "s3": _mnist_metrics("baseline", members=3, seed=13), "s5": _mnist_metrics("baseline", seed=10)}
-    for name, m in runs.items():  # DVERGE, S8 and S_div were not trained
-        (w / name).mkdir(parents=True)
-        (w / name / "metrics.json").write_text(json.dumps(m))
-    train = res / "mnist_conv3" / "train"
-    for name, load in (("base", "0.9 1.1 1.8 2/300 1"), ("trs", "4.1 4.0 3.9 3/300 1")):
-        (train / name).mkdir(parents=True)
-        (train / name / "loadavg.txt").write_text(load)
-    (res / "mnist_conv3" / "eval").mkdir(parents=True)
-    blocks = [_block("S3", ["T_Base", "T_Div", "T_ADP", "T_TRS"]), _block("S5", ["T_Base", "T_Div", "T_ADP", "T_TRS"], 0.6)]
-    results = {"eps": [0.1, 0.3], "attacks": ["fgsm", "rfgsm", "ifgsm", "mifgsm", "pgd_cw"],
-               "rows": blocks[0]["rows"], "by_surrogate": blocks, "dataset": "mnist", "num_examples": 1000, "seed": 0}
-    (res / "mnist_conv3" / "eval" / "results.json").write_text(json.dumps(results))
-    an = {"analyses": ["coherence", "transfer", "whitebox"],
-          "subset_sizes": {"coherence": 500, "transfer": 100, "whitebox": 100},
-          "settings": {"transfer_eps": 0.3, "transfer_iters": 10, "whitebox_eps": [0.1, 0.3], "whitebox_iters": 20},
-          "ensembles": {"T_Base": {"coherence": {"mean": 0.807}, "transfer": {"mean_off_diagonal": 0.995},
-                                   "whitebox": {"worst_case_accuracy": {"0.1": 0.3, "0.3": 0.0}}},
-                        "T_Div": {"coherence": {"mean": 0.041}, "transfer": {"mean_off_diagonal": 0.51},
-                                  "whitebox": {"worst_case_accuracy": {"0.1": 0.78, "0.3": 0.01}}}}}
-    (res / "mnist_conv3" / "analysis").mkdir(parents=True)
-    (res / "mnist_conv3" / "analysis" / "analysis.json").write_text(json.dumps(an))
-    bench = {"members": 5, "batch_size": 128, "precision": "mixed_bfloat16", "cores": 2, "reps": 8,
-             "load_average_before": [1.0, 1.1, 1.2], "load_average_after": [2.0, 1.5, 1.3],
-             "timestamp_utc": "2026-01-01 00:00:00",
-             "modes": {m: {"median_step_s": s_, "images_per_s": 128 / s_, "over_baseline": s_ / 0.25,
-                           "over_div": s_ / 0.5} for m, s_ in (("baseline", 0.25), ("div", 0.5), ("trs", 2.0))}}
-    (res / "mnist_conv3" / "method_steps.json").write_text(json.dumps(bench))
-    text = report.build_report("cpu-methods", str(res))
-    cost = text[text.index("## Training cost per step"):text.index("## Paired comparisons")]
-    for needle in ("| T_Base | baseline | 0.25 | 512 | 1.00 | 0.50 |", "| T_Div | div | 0.50 | 256 | 2.00 | 1.00 |",
-                   "| T_TRS | trs | 2.00 | 64 | 8.00 | 4.00 |", "| T_ADP | adp | not run |",
-                   "before 1.0 / 1.1 / 1.2, after 2.0 / 1.5 / 1.3"):
-        assert needle in cost, (needle, cost)
-    table = _comparison(text)
-    line = lambda t, s: next(l for l in table if l.startswith(f"| {t} |") and f"| {s} |" in l)  # noqa: E731
-    assert len([l for l in table if "| S3 |" in l]) == 5 and len(table) == 5 * 4  # 5 targets x 4 surrogates
-    base = line("T_Base", "S3")
-    for needle in ("| 99.0 |", "| 50.0 / 5.0 |", "| 40.0 / 2.0 (0.0) |", "| 0.807 | 0.995 | 30.0 / 0.0 |",
-                   "| 0.80 (load 1.8) |"):
-        assert needle in base, (needle, base)
-    assert "| 60.0 / 6.0 |" in line("T_Base", "S5")
-    trs_line = line("T_TRS", "S3")  # 4th target of the block: +0.03
-    assert "| 53.0 / 8.0 |" in trs_line and "| 43.0 / 2.0 (3.0) |" in trs_line
-    # Analyses not run for TRS; its cost: 128 / 16 img/s = 8 s/step, 500 steps in 4000 s, load 3.9 on
-    # this machine's cores (shared if > 1.5 x cores).
-    assert "| not run | not run | not run / not run |" not in trs_line
-    assert trs_line.count("not run") == 3 and "| 8.00 (load 3.9" in trs_line
-    shared = 3.9 > 1.5 * (os.cpu_count() or 1)
-    assert ("shared)" in trs_line) == shared
-    # DVERGE: nothing at all; S8 / S_div: no evaluation blocks -> every cell "not run".
-    dv = line("T_DVERGE", "S5")
-    assert dv.count("not run") == 1 + 5 + 1 + 3 + 1, dv
-    s8 = line("T_Div", "S8")
-    assert "| 99.0 |" in s8 and s8.count("not run") == 6  # clean: the evaluation's (same for every block)
-    for needle in ("# GAL next to ADP, DVERGE and TRS", "500 steps of batch 128 (1.07 epochs)",
-                   "radius was 0.1, 0.11 (of 0.1 → 0.2)", "same seed-0 initial weights", "first 1000 test images",
-                   "coherence on 500 test images", "| S8 | surrogate: baseline, 8 members | not run |",
-                   "alpha = 2.0, beta = 0.5", "init_eps = 0.1, adv_eps = 0.2", "trains from scratch",
-                   "λ = 0.5, D_noise ε = 0.3", "| S3 | surrogate: baseline, 3 members | baseline | 3 | 13 |"):
-        assert needle in text, needle
-
-
-def test_methods_report_with_nothing_run(tmp_path):
-    (tmp_path / "r").mkdir()
-    text = report.build_report("cpu-methods", str(tmp_path / "r"))
-    table = _comparison(text)
-    assert len(table) == 20 and all(l.count("not run") == 11 for l in table), table[0]
-    assert "Transfer evaluation: not run" in text and "Training: not run" in text
-    assert "Step cost benchmark: not run" in text
 
 
 def test_skipped_trainings_are_not_stamped_with_todays_load(tmp_path, data_dir):

@@ -11,7 +11,6 @@ for each D_adv recipe, compared like with like (same label source and D_adv per 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 from tf_divtrain import evaluation, stats

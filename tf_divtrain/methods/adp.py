@@ -38,7 +38,6 @@ Deviations from the authors' code (same value in exact arithmetic):
 
 from __future__ import annotations
 
-import dataclasses
 
 import tensorflow as tf
 

@@ -44,9 +44,8 @@ Deviations from their code:
 
 from __future__ import annotations
 
-import dataclasses
 import weakref
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import keras
 import numpy as np

@@ -46,7 +46,6 @@ Deviations from their code:
 
 from __future__ import annotations
 
-import dataclasses
 
 import tensorflow as tf
 

@@ -13,7 +13,7 @@ import os
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
 from tf_divtrain import results as results_lib
-from tf_divtrain.pipeline.presets import Model, Preset, PresetError, Row
+from tf_divtrain.pipeline.presets import Preset, PresetError, Row
 
 KINDS = ("train", "benchmark", "evaluate", "analyze", "report")  # --only values
 

@@ -1,0 +1,62 @@
+"""Fake run outputs in the results schema (results.json, analysis.json, metrics.json) for the
+report and pipeline tests: small, hand-made, so every rendered number can be checked."""
+
+PE = {"n": 1, "clean": "gA=="}  # stands in for a row's per-example results (only presence is read)
+
+
+def _results(acc):
+    """A results dict in evaluation's schema; acc: label -> (clean, {attack: (a1, a2)})."""
+    rows = [{"label": k, "role": "target", "clean": c,
+             "attacks": {a: {"0.1": v[0], "0.3": v[1]} for a, v in att.items()}}
+            for k, (c, att) in acc.items()]
+    return {"eps": [0.1, 0.3], "attacks": ["fgsm", "ifgsm"], "rows": rows, "dataset": "mnist",
+            "num_examples": 10, "seed": 0}
+
+
+def _metrics(mode, steps, members=5, acc=0.5, model="conv4"):
+    return {"config": {"dataset": "cifar10", "mode": mode, "batch_size": 128, "max_steps": steps,
+                       "train_examples": 0, "model": model},
+            "steps": steps, "ensemble_accuracy": acc, "member_accuracy": [acc] * members,
+            "test_gradient_stats": {"gal": 1.0, "coherence": 0.5, "mean_cosine": 0.3},
+            "images_per_sec_this_session": 100.0, "train_seconds_this_session": 10.0}
+
+
+def _cifar_results(labels):
+    att = {a: {"0.03": 0.4, "0.09": 0.1} for a in ("fgsm", "rfgsm", "ifgsm", "mifgsm", "pgd_cw")}
+    rows = [{"label": "S", "role": "surrogate", "clean": 0.6, "attacks": att}]
+    for i, lbl in enumerate(labels):
+        a = {k: {"0.03": v["0.03"] + 0.05 * i, "0.09": v["0.09"] + 0.02 * i} for k, v in att.items()}
+        rows.append({"label": lbl, "role": "target", "clean": 0.55, "attacks": a})
+    return {"eps": [0.03, 0.09], "attacks": ["fgsm", "rfgsm", "ifgsm", "mifgsm", "pgd_cw"],
+            "rows": rows, "dataset": "cifar10", "num_examples": 1000, "seed": 0}
+
+
+def _gaas(p):
+    return {"definition": "d", "num_examples": 100, "num_correct": 50,
+            "results": {e: {k: {"p_all": p, "mean_num_adversarial": 10 * p} for k in ("4", "16", "36", "64")}
+                        for e in ("0.03", "0.06", "0.09")}}
+
+
+def _mnist_metrics(mode, steps=500, members=5, acc=0.98, ips=64.0, seconds=1000.0, params="", seed=0):
+    return {"config": {"dataset": "mnist", "mode": mode, "batch_size": 128, "max_steps": steps,
+                       "train_examples": 0, "model": "conv3", "epochs": 10, "learning_rate": 0.001,
+                       "seed": seed, "method_params": params, "gal_lambda": 0.5, "noise_eps": 0.3},
+            "steps": steps, "ensemble_accuracy": acc, "member_accuracy": [acc] * members,
+            "test_gradient_stats": {"gal": 1.0, "coherence": 0.5, "mean_cosine": 0.3},
+            "images_per_sec_this_session": ips, "train_seconds_this_session": seconds}
+
+
+def _block(label, targets, base=0.5):
+    att = ("fgsm", "rfgsm", "ifgsm", "mifgsm", "pgd_cw")
+    rows = [{"label": t, "role": "target", "clean": 0.99,
+             "attacks": {a: {"0.1": base + 0.01 * i, "0.3": base / 10 + 0.01 * i} for a in att},
+             "robust_to_all": {"0.1": 0.4 + 0.01 * i, "0.3": 0.02, "all": 0.01 * i}}
+            for i, t in enumerate(targets)]
+    rows.append({"label": f"{label} (white-box)", "role": "surrogate", "clean": 0.98,
+                 "attacks": {a: {"0.1": 0.1, "0.3": 0.0} for a in att}})
+    return {"label": label, "rows": rows}
+
+
+def _comparison(text):
+    section = text[text.index("## Comparison"):text.index("## Training cost per step")]
+    return [l for l in section.splitlines() if l.startswith("| T_")]
