@@ -1147,6 +1147,11 @@ def main(args) -> dict:
                                           if isinstance(tk, dict) else tk))
         else:
             res["torch_kernels"] = "skipped (no --torch precision)"
+        if isinstance(res["torch_kernels"], dict):  # the TF section's layer names, same order
+            for d in dtypes:
+                for a, b in zip(res["kernels"].get(d, {}).get("layers", []),
+                                res["torch_kernels"].get(d, {}).get("layers", [])):
+                    b["layer"] = a["layer"]
         res["kernel_ceiling"] = kernel_ceiling(res["kernels"], res["torch_kernels"], dtypes)
     if not skipped("train_conv3"):
         res["train_conv3"] = bench_train("mnist", "conv3", members, batch, args.data_dir, reps,
