@@ -106,7 +106,7 @@ def profile_tf(mode: str, x, y, shape):
                 if ":" not in name:
                     continue
                 _, op_type = name.rsplit(":", 1)
-                if op_type in ("Process", "Run") or op_type.startswith("__inference"):
+                if op_type in ("Process", "Run") or "__inference" in name:
                     continue
                 totals[op_type] += ev.duration_ps / 1e12 / args.steps
                 counts[op_type] += 1
