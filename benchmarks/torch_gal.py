@@ -39,16 +39,20 @@ LEAKY_SLOPE = float(np.float32(0.2))
 PRECISIONS = ("fp32", "bf16")
 
 
-def conv3(input_shape, num_classes: int = 10) -> nn.Sequential:
-    """Conv-3 for NHWC ``input_shape`` = (H, W, C); the module itself takes NCHW tensors."""
+def conv_net(filters_and_pools, input_shape, num_classes: int = 10) -> nn.Sequential:
+    """``tf_divtrain.models._conv_net`` in PyTorch: 3x3 'valid' convs (+ LeakyReLU), "M" = 2x2
+    max-pool, then FC1024 + LeakyReLU, FC ``num_classes``. NHWC ``input_shape``; NCHW module."""
     h, w, c = input_shape
-    h5, w5 = ((h - 4) // 2 - 2) // 2, ((w - 4) // 2 - 2) // 2
-    model = nn.Sequential(
-        nn.Conv2d(c, 32, 3), nn.LeakyReLU(LEAKY_SLOPE),
-        nn.Conv2d(32, 64, 3), nn.LeakyReLU(LEAKY_SLOPE), nn.MaxPool2d(2),
-        nn.Conv2d(64, 128, 3), nn.LeakyReLU(LEAKY_SLOPE), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(128 * h5 * w5, 1024), nn.LeakyReLU(LEAKY_SLOPE),
-        nn.Linear(1024, num_classes))
+    layers = []
+    for item in filters_and_pools:
+        if item == "M":
+            layers.append(nn.MaxPool2d(2))
+            h, w = h // 2, w // 2
+        else:
+            layers += [nn.Conv2d(c, item, 3), nn.LeakyReLU(LEAKY_SLOPE)]
+            h, w, c = h - 2, w - 2, item
+    model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * h * w, 1024),
+                          nn.LeakyReLU(LEAKY_SLOPE), nn.Linear(1024, num_classes))
     for m in model:
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.xavier_uniform_(m.weight)  # = Keras GlorotUniform (same fans for convs)
@@ -56,10 +60,23 @@ def conv3(input_shape, num_classes: int = 10) -> nn.Sequential:
     return model
 
 
+def conv3(input_shape, num_classes: int = 10) -> nn.Sequential:
+    """Conv-3 (C32-C64-M-C128-M-FC1024) for NHWC ``input_shape`` = (H, W, C); NCHW module."""
+    return conv_net([32, 64, "M", 128, "M"], input_shape, num_classes)
+
+
+def conv4(input_shape, num_classes: int = 10) -> nn.Sequential:
+    """Conv-4 (C32-C64-C128-M-C128-M-FC1024), as ``tf_divtrain.models.conv4``."""
+    return conv_net([32, 64, 128, "M", 128, "M"], input_shape, num_classes)
+
+
+MODELS = {"conv3": conv3, "conv4": conv4}
+
+
 def build_ensemble(n: int, input_shape, num_classes: int = 10, seed: int = 0,
-                   memory_format: str = "contiguous"):
+                   memory_format: str = "contiguous", model: str = "conv3"):
     torch.manual_seed(seed)
-    members = [conv3(input_shape, num_classes) for _ in range(n)]
+    members = [MODELS[model](input_shape, num_classes) for _ in range(n)]
     if memory_format == "channels_last":
         members = [m.to(memory_format=torch.channels_last) for m in members]
     elif memory_format != "contiguous":
