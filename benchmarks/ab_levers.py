@@ -3,9 +3,9 @@ pools, which must be set before TensorFlow initialises, so each variant runs in 
 and the processes alternate A, B, A, B, ... (``--rounds``), each timing plain and GAL steps
 interleaved. Ratios are per round (adjacent processes), then the median over rounds.
 
-    python benchmarks/ab_levers.py --variants='default=;noonednn=TF_ENABLE_ONEDNN_OPTS=0' --rounds=3
-    python benchmarks/ab_levers.py --variants='default=;t12=--intra=1 --inter=2' --reps=4
-    ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/ab_levers.py ...    # emulated AVX2-only oneDNN kernels
+    python -m benchmarks.ab_levers --variants='default=;noonednn=TF_ENABLE_ONEDNN_OPTS=0' --rounds=3
+    python -m benchmarks.ab_levers --variants='default=;t12=--intra=1 --inter=2' --reps=4
+    ONEDNN_MAX_CPU_ISA=AVX2 python -m benchmarks.ab_levers ...    # emulated AVX2-only oneDNN kernels
 
 A variant is ``name=SPEC``; SPEC is space-separated ``KEY=VALUE`` env settings and ``--intra=N`` /
 ``--inter=N`` flags. The load average is printed with every figure. Figures, not a test.
@@ -29,8 +29,7 @@ def child(args):
 
         tf.config.threading.set_intra_op_parallelism_threads(args.intra)
         tf.config.threading.set_inter_op_parallelism_threads(args.inter)
-    sys.path.insert(0, HERE)
-    import bench
+    from benchmarks import bench
 
     out = {}
     batches = {}
@@ -81,12 +80,12 @@ def driver(args):
     for r in range(args.rounds):
         order = variants if r % 2 == 0 else variants[::-1]
         for name, env, flags in order:
-            cmd = [sys.executable, os.path.abspath(__file__), "--child", f"--reps={args.reps}",
+            cmd = [sys.executable, "-m", "benchmarks.ab_levers", "--child", f"--reps={args.reps}",
                    f"--warmup={args.warmup}", f"--batch={args.batch}", f"--members={args.members}",
                    f"--data_dir={args.data_dir}", *flags]
             t = time.time()
             p = subprocess.run(cmd, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **env),
-                               capture_output=True, text=True)
+                               capture_output=True, text=True, cwd=os.path.dirname(HERE))
             line = [l for l in p.stdout.splitlines() if l.startswith("RESULT ")]
             if not line:
                 print(p.stdout[-2000:], p.stderr[-3000:])

@@ -1,6 +1,6 @@
 """Attack crafting side by side, ours vs PyTorch (issue 26): prints figures, writes JSON + Markdown.
 
-    python benchmarks/attack_bench.py [--quick] [--attacks=ifgsm,pgd_cw]
+    python -m benchmarks.attack_bench [--quick] [--attacks=ifgsm,pgd_cw]
         [--surrogates=conv3_mnist,conv4_cifar10] [--members=5] [--batches=64,128,256]
         [--torch_batches=64,128,256] [--torch_threads=1,2] [--ours=keras,export] [--rounds=3]
         [--out=benchmarks/attack_results.json] [--md=benchmarks/ATTACKS.md]
@@ -76,8 +76,7 @@ from tf_divtrain import data as data_lib  # noqa: E402
 from tf_divtrain import export as export_lib  # noqa: E402
 from tf_divtrain import models as models_lib  # noqa: E402
 
-sys.path.insert(0, HERE)
-import bench  # noqa: E402  (cpu_isa, quiet_check, model FLOPs)
+from benchmarks import bench  # noqa: E402  (cpu_isa, quiet_check, model FLOPs)
 
 
 def _ints(s, default):
@@ -90,8 +89,7 @@ def torch_side(ens, model_name, shape, threads):
         import torch  # noqa: F401
     except ImportError as e:
         return None, f"unavailable (torch not installed: {e})"
-    import torch_attacks
-    import torch_gal
+    from benchmarks import torch_attacks, torch_gal
 
     members = torch_gal.build_ensemble(len(ens.members), shape, 10, seed=0, model=model_name)
     for tm, km in zip(members, ens.members):

@@ -1,6 +1,6 @@
 """tf_divtrain benchmark (issues 7, 10): prints figures, writes JSON + a Markdown table. Not a test.
 
-    python benchmarks/bench.py [--quick] [--data_dir=DIR] [--out=benchmarks/results.json]
+    python -m benchmarks.bench [--quick] [--data_dir=DIR] [--out=benchmarks/results.json]
                                [--md=benchmarks/RESULTS.md] [--reps=N] [--intra=N --inter=N] [--xla]
                                [--precisions=float32,mixed_bfloat16] [--torch=fp32,bf16]
                                [--torch_layout=contiguous|channels_last] [--torch_threads=N,...]
@@ -191,10 +191,7 @@ def import_torch_gal():
         import torch  # noqa: F401
     except ImportError as e:
         return None, f"torch not installed ({e}; {TORCH_INSTALL_HINT})"
-    here = os.path.dirname(os.path.abspath(__file__))
-    if here not in sys.path:
-        sys.path.insert(0, here)
-    import torch_gal
+    from benchmarks import torch_gal
 
     return torch_gal, None
 
@@ -1080,7 +1077,7 @@ def targets(r: dict, kernels, scope: str, validity=None, ceiling=None) -> dict:
     g = r["gal_over_plain"].get("ours_float32")
     items.append(_item("issue 7: GAL / plain step time, ours float32", g["time_ratio"] if g else None,
                        "<=", 1.6, None if g else "ours float32 not measured",
-                       note="FLOP floor of exact double backprop is 2.0x (FINDINGS.md)"))
+                       note="FLOP floor of exact double backprop is 2.0x (history/FINDINGS.md)"))
     return {"scope": scope, "items": items}
 
 

@@ -2,8 +2,8 @@
 stacked into patches and one MatMul (im2col by slicing; every op linear, so double backprop stays
 cheap), interleaved in one process. Figures, not a test.
 
-    python benchmarks/first_conv_ab.py [--reps=5] [--kernels_only] [--step_only]
-    ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/first_conv_ab.py ...
+    python -m benchmarks.first_conv_ab [--reps=5] [--kernels_only] [--step_only]
+    ONEDNN_MAX_CPU_ISA=AVX2 python -m benchmarks.first_conv_ab ...
 
 1. kernels: conv1 at the step's shape (B = 128, 5 members) forward + dX + dW, both ways.
 2. step: the float32 Conv-3 x 5 plain and GAL train steps with the members' first layer as is (A)
@@ -33,8 +33,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import bench  # noqa: E402
+from benchmarks import bench  # noqa: E402
 
 
 def conv_by_slices(x, kernel):

@@ -1,8 +1,8 @@
 """Op-by-op profile of the Conv-3 x N plain and GAL train steps, ours (TF) and PyTorch's (issue 26).
 
-    python benchmarks/profile_ops.py [--frameworks=tf,torch] [--modes=plain,gal] [--batch=128]
+    python -m benchmarks.profile_ops [--frameworks=tf,torch] [--modes=plain,gal] [--batch=128]
                                      [--members=5] [--steps=2] [--torch_threads=1] [--out=FILE.json]
-    ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/profile_ops.py ...   # emulate an AVX2-only CPU's kernels
+    ONEDNN_MAX_CPU_ISA=AVX2 python -m benchmarks.profile_ops ...   # emulate an AVX2-only CPU's kernels
 
 Figures, not a test. TF: the profiler's host XPlane (``tf.profiler.experimental``), self time per
 op type summed over the executor threads (so the total can exceed wall time), per step. PyTorch:
@@ -117,8 +117,7 @@ def profile_torch(mode: str, x, y, shape):
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    sys.path.insert(0, HERE)
-    import torch_gal as tg
+    from benchmarks import torch_gal as tg
 
     torch.set_num_threads(args.torch_threads)
     members = tg.build_ensemble(args.members, shape, 10, seed=0)

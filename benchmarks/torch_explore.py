@@ -1,12 +1,12 @@
 """Interleaved A/B of PyTorch reference steps (``torch_gal.py``) in ONE process.
 
-    python benchmarks/torch_explore.py [--batch=128] [--members=5] [--reps=5] [--threads=0,1]
+    python -m benchmarks.torch_explore [--batch=128] [--members=5] [--reps=5] [--threads=0,1]
         [--variants=contiguous:fp32:gal,channels_last:fp32:gal,...]
 
 Each variant is layout:precision:mode (layout contiguous|channels_last, precision fp32|bf16,
 mode gal|plain), run once per thread count in ``--threads`` (0 = PyTorch default); every
 repetition runs one step of each (variant, threads) in turn, order rotated. Prints medians. Used
-for the layout choice in FINDINGS.md (issue 10).
+for the layout choice in history/FINDINGS.md (issue 10).
 """
 import argparse
 import os
@@ -17,8 +17,7 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import torch_gal as tg  # noqa: E402
+from benchmarks import torch_gal as tg  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--batch", type=int, default=128)

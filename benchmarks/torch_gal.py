@@ -9,7 +9,7 @@ gradient against ``tf_divtrain.gal`` / ``training.per_example_objective``):
   C32-C64-M-C128-M, FC1024, FC10, LeakyReLU(0.2) after every conv and the hidden dense layer,
   2x2 max-pooling, Glorot-uniform weights and zero biases. Layout: PyTorch's default contiguous
   **NCHW** (what the peers' GAL baselines use); ``memory_format="channels_last"`` is an option
-  (``bench.py --torch_layout``), measured in ``benchmarks/FINDINGS.md``.
+  (``bench.py --torch_layout``), measured in ``benchmarks/history/FINDINGS.md``.
 * One step, the way the DVERGE / TRS repositories' GAL baselines train, with the per-member
   gradients fused into ONE autograd call (as our ``gal.member_input_gradients`` does): every member
   gets its own leaf view of ``x``; the summed per-example member cross-entropies are differentiated

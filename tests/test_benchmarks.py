@@ -15,7 +15,6 @@ import pytest
 import tensorflow as tf
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_BENCH = os.path.join(_REPO, "benchmarks", "bench.py")
 
 
 def _positive_finite(v):
@@ -25,7 +24,7 @@ def _positive_finite(v):
 def _run_bench(data_dir, tmp_path, *flags):
     out, md = tmp_path / "results.json", tmp_path / "RESULTS.md"
     env = dict(os.environ, TF_DIVTRAIN_DATA=data_dir, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, _BENCH, "--quick", f"--out={out}", f"--md={md}", *flags],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--quick", f"--out={out}", f"--md={md}", *flags],
                           cwd=_REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(out.read_text()), md.read_text()
@@ -171,11 +170,8 @@ def test_bench_reports_missing_precision_field_as_unavailable(monkeypatch):
 
 
 def _bench():
-    sys.path.insert(0, os.path.join(_REPO, "benchmarks"))
-    try:
-        import bench
-    finally:
-        sys.path.pop(0)
+    from benchmarks import bench
+
     return bench
 
 
@@ -191,11 +187,8 @@ def test_conv3_flop_model():
 
 
 def _fast_gal():
-    sys.path.insert(0, os.path.join(_REPO, "benchmarks", "prototypes"))
-    try:
-        import fast_gal
-    finally:
-        sys.path.pop(0)
+    from benchmarks.prototypes import fast_gal
+
     return fast_gal
 
 
@@ -243,7 +236,7 @@ def _compare_stacked(x, y, members, strict):
         assert err < (1e-4 if strict else 1e-2), (v.path, err)
 
 
-@pytest.mark.slow  # a rejected prototype (benchmarks/FINDINGS.md): kept runnable, out of CI
+@pytest.mark.slow  # a rejected prototype (benchmarks/history/FINDINGS.md): kept runnable, out of CI
 @pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3)])
 def test_stacked_gal_matches_reference_strict(shape):
     """benchmarks/fast_gal.py (the members as one grouped-conv network) == gal.py's path, element

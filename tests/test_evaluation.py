@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import pytest
 
+from tf_divtrain import results as results_lib
 from tf_divtrain import attacks, evaluation, export, models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -354,7 +355,7 @@ def test_robust_to_all_from_per_example_correctness():
         for e in ("0.1", "0.3"):
             assert r[e] <= min(v.mean() for (a, ee), v in m.items() if ee == e)
         assert r["all"] <= min(r["0.1"], r["0.3"])
-    with pytest.raises(evaluation.EvaluationError, match="one length"):
+    with pytest.raises(results_lib.ResultsError, match="one length"):  # the results schema's own check
         evaluation.robust_to_all({("fgsm", "0.1"): np.ones(3, bool), ("ifgsm", "0.1"): np.ones(4, bool)})
 
 

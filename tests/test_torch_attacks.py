@@ -22,12 +22,8 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _mods():
-    sys.path.insert(0, os.path.join(_REPO, "benchmarks"))
-    try:
-        import torch_attacks
-        import torch_gal
-    finally:
-        sys.path.pop(0)
+    from benchmarks import torch_attacks, torch_gal
+
     return torch_gal, torch_attacks
 
 

@@ -36,11 +36,8 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _torch_gal():
-    sys.path.insert(0, os.path.join(_REPO, "benchmarks"))
-    try:
-        import torch_gal
-    finally:
-        sys.path.pop(0)
+    from benchmarks import torch_gal
+
     return torch_gal
 
 

@@ -1,6 +1,6 @@
 """Interleaved A/B timing of train-step variants in ONE process (robust to background load).
 
-    python benchmarks/prototypes/explore.py --variants=plain,gal,gal_stacked [--xla_variants=...] \
+    python -m benchmarks.prototypes.explore --variants=plain,gal,gal_stacked [--xla_variants=...] \
         [--batch=128] [--members=5] [--reps=6] [--dataset=mnist --model=conv3]
 
 Variants: plain (baseline mode), gal (div mode, gal.member_input_gradients), gal_stacked (div mode,
@@ -34,8 +34,7 @@ if args.intra or args.inter:
     tf.config.threading.set_inter_op_parallelism_threads(args.inter)
 if args.no_remap:
     tf.config.optimizer.set_experimental_options({"remapping": False})
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import fast_gal  # noqa: E402
+from benchmarks.prototypes import fast_gal  # noqa: E402
 from tf_divtrain import data as data_lib  # noqa: E402
 from tf_divtrain import training  # noqa: E402
 

@@ -3,7 +3,7 @@
     python -m tf_divtrain.experiments.method_steps [--quick] [--data_dir=DIR] [--precision=auto]
                                       [--modes=baseline,div,adp,trs,dverge] [--reps=N]
                                       (also ens_adv, ens_adv_div: Ensemble Adversarial Training)
-                                      [--out=benchmarks/method_steps.json] [--md=benchmarks/METHOD_STEPS.md]
+                                      [--out=method_steps.json] [--md=METHOD_STEPS.md]
 
 One ``training.Trainer`` per mode (MNIST Conv-3 x 5, batch 128, the authors' default
 hyper-parameters of ``tf_divtrain.methods``), each fed real batches of its own data sources
