@@ -172,18 +172,24 @@ want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
 # holds every LABEL, so a stage whose target list grew (e.g. CIFAR_FULL_ROWS=1 after a short run)
 # is re-run instead of skipped.
 covers() {
-  local f="$1"; shift
+  local f="$1" rc; shift
   [ -e "$f" ] || return 1
-  "$PY" - "$f" "$@" <<'PY'
-import json, sys
-with open(sys.argv[1]) as fh:
-    d = json.load(fh)
+  "$PY" - "$f" "$@" <<'PY' && return 0 || rc=$?
+import sys
+from tf_divtrain.io_utils import IncompleteFileError, read_json
+try:
+    d = read_json(sys.argv[1])
+except IncompleteFileError as e:  # a damaged output: say so and stop, never overwrite it silently
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
 have = ({r.get("label") for r in d.get("rows", [])} | set(d.get("ensembles", {}))
         | {b.get("label") for b in d.get("by_surrogate", [])})
 # An evaluation also needs per-example correctness in every row (the reports' paired tests).
 rows = d.get("rows", []) + [r for b in d.get("by_surrogate", []) for r in b.get("rows", [])]
 sys.exit(0 if set(sys.argv[2:]) <= have and all(r.get("per_example") for r in rows) else 1)
 PY
+  [ "$rc" = 2 ] && exit 2
+  return "$rc"
 }
 
 # spec_part SPEC 1|2: the labels (1) or directories (2) of a "LABEL=DIR,..." spec, space-separated;

@@ -15,6 +15,7 @@ import json
 import os
 
 from tf_divtrain import evaluation, stats
+from tf_divtrain.io_utils import read_json
 
 ATTACKS = ("fgsm", "rfgsm", "ifgsm", "mifgsm", "pgd_cw")
 NAMES = {"fgsm": "FGSM", "rfgsm": "R-FGSM", "ifgsm": "I-FGSM", "mifgsm": "MI-FGSM", "pgd_cw": "PGD-CW"}
@@ -26,8 +27,7 @@ RECIPES = (("predicted labels, D_adv = 1/2 of the batch (new default; Kurakin / 
 
 
 def _load(p):
-    with open(p) as f:
-        return json.load(f)
+    return read_json(p)
 
 
 def build(res: str) -> str:

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tf_divtrain import attacks as attacks_lib  # noqa: E402
 from tf_divtrain import evaluation, stats  # noqa: E402
-from tf_divtrain.io_utils import write_md_and_json  # noqa: E402
+from tf_divtrain.io_utils import IncompleteFileError, read_json, write_md_and_json  # noqa: E402
 
 SAME = ("dataset", "num_examples", "seed", "batch_size", "crafting_precision")
 
@@ -149,8 +149,11 @@ def main(argv: List[str] = None) -> int:
     for path in (args.a, args.b):
         if not os.path.isfile(path):
             p.error(f"{path} does not exist; pass a results.json written by tf_divtrain.evaluate.")
-        with open(path) as f:
-            loaded.append(json.load(f))
+        try:
+            loaded.append(read_json(path))
+        except IncompleteFileError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     try:
         cmp = compare(*loaded)
     except CompareError as e:

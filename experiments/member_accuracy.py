@@ -31,7 +31,7 @@ from tf_divtrain import attacks as attacks_lib  # noqa: E402
 from tf_divtrain import evaluation, export  # noqa: E402
 from tf_divtrain import data as data_lib  # noqa: E402
 from tf_divtrain.analysis import _compiled  # noqa: E402
-from tf_divtrain.io_utils import write_md_and_json  # noqa: E402
+from tf_divtrain.io_utils import IncompleteFileError, read_json, write_md_and_json  # noqa: E402
 
 
 BATCH = 500
@@ -143,8 +143,11 @@ def main(argv: List[str] = None) -> int:
     args = p.parse_args(argv)
     if not os.path.isfile(args.eval):
         p.error(f"{args.eval} does not exist; pass a results.json written by tf_divtrain.evaluate.")
-    with open(args.eval) as f:
-        results = json.load(f)
+    try:
+        results = read_json(args.eval)
+    except IncompleteFileError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         res = run(results, [t for t in args.targets.split(",") if t],
                   parse_cells(args.cells, results), args.root, args.data_dir)

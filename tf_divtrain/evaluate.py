@@ -23,6 +23,7 @@ from tf_divtrain import attacks as attacks_lib
 from tf_divtrain import cli_flags
 from tf_divtrain import data as data_lib
 from tf_divtrain import evaluation
+from tf_divtrain import precision as precision_lib
 
 FLAGS = flags.FLAGS
 
@@ -113,6 +114,7 @@ def main(argv, fv: flags.FlagValues = None):
     fv = fv if fv is not None else FLAGS
     if len(argv) > 1:
         cli_flags.fail(f"unexpected arguments {argv[1:]}")
+    precision_lib.resolve(fv.precision)  # warns if this machine emulates it
     cache_dir = fv.cache_dir or os.path.join(fv.out_dir, "adv_cache")
     eps = None if fv.eps is None else [float(e) for e in fv.eps]
     try:
@@ -144,7 +146,7 @@ def main(argv, fv: flags.FlagValues = None):
 def run():
     """Console script ``tf_divtrain-evaluate``."""
     define_flags()
-    app.run(main)
+    cli_flags.run_app(main)
 
 
 if __name__ == "__main__":

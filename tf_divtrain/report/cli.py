@@ -37,4 +37,4 @@ def main(argv, fv: flags.FlagValues = None):
 
 def run():
     define_flags()
-    app.run(main)
+    cli_flags.run_app(main)

@@ -9,6 +9,7 @@ import platform
 from typing import Dict, List, Optional, Tuple
 
 from tf_divtrain import attacks as attacks_lib
+from tf_divtrain import io_utils
 from tf_divtrain import paper
 from tf_divtrain.evaluation import eps_key
 
@@ -37,10 +38,9 @@ PAPER_GAAS_K = paper.GAAS_K
 
 
 def load_json(path: str) -> Optional[dict]:
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    """A run output's JSON, None if absent; cut off or damaged -> ``io_utils.IncompleteFileError``
+    (``error: <file> is not a complete <kind> (...); re-run <stage>``)."""
+    return io_utils.read_json(path, missing_ok=True)
 
 
 def pct(v) -> str:
