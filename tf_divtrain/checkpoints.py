@@ -107,6 +107,10 @@ def save(manager: tf.train.CheckpointManager, step: int, metrics: Optional[dict]
     raises ``io_utils.OutputError`` naming the directory."""
     directory = manager.directory
     if metrics is not None:
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as e:
+            raise io_utils.output_error(directory, e) from e
         io_utils.atomic_write_json(os.path.join(directory, LAST_STEP_FILE), {
             "step": int(step), "metrics": {k: np.asarray(v).tolist() for k, v in metrics.items()}})
 
