@@ -27,7 +27,7 @@ from tf_divtrain import cli_flags, io_utils, locking
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUTCOMES = []  # (fault, survived, data_lost) of every injected fault
-TIMING_KEYS = {"train_seconds_this_session", "images_per_sec_this_session",
+TIMING_KEYS = {"created_utc", "train_seconds_this_session", "images_per_sec_this_session",
                "wall_seconds_this_session", "seconds", "images_per_sec", "cached", "path", "cache_dir"}
 
 

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import re
@@ -106,9 +107,13 @@ def save(manager: tf.train.CheckpointManager, step: int, metrics: Optional[dict]
     """``manager.save(step)`` (after writing ``metrics`` to ``last_step.json``); a failed write
     raises ``io_utils.OutputError`` naming the directory."""
     directory = manager.directory
-    if metrics is not None:
+    if not os.path.isdir(directory):
+        # Created once, by the first save; vanished later (the out_dir was deleted under a running
+        # job) is an error, not a reason to start a headless run in a recreated directory.
         try:
-            os.makedirs(directory, exist_ok=True)
+            if manager.latest_checkpoint:
+                raise FileNotFoundError(errno.ENOENT, "the directory vanished during the run")
+            os.mkdir(directory)
         except OSError as e:
             raise io_utils.output_error(directory, e) from e
         io_utils.atomic_write_json(os.path.join(directory, LAST_STEP_FILE), {

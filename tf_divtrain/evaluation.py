@@ -250,10 +250,10 @@ def craft_cached(surrogate, surrogate_id: str, dataset: str, attack: str, eps: f
             if arr.shape == x.shape and arr.dtype == np.float32:
                 info.update(cached=True, path=path)
                 return arr, info
-            logging.warning("cache entry %s holds %s %s, expected %s float32; recomputing it",
+            log.warning("cache entry %s holds %s %s, expected %s float32; recomputing it",
                             path, arr.shape, arr.dtype, x.shape)
         except (OSError, ValueError) as e:  # unreadable / truncated / no sidecar: recompute
-            logging.warning("cache entry %s is incomplete (%s); recomputing it", path,
+            log.warning("cache entry %s is incomplete (%s); recomputing it", path,
                             str(e).splitlines()[0][:300])
     attack_fn = attacks_lib.make_attack(attack, surrogate, eps, **attack_kwargs(options))
     t0 = time.perf_counter()
