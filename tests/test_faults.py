@@ -344,6 +344,30 @@ def test_restore_falls_back_past_a_damaged_checkpoint(tmp_path):
     record("every checkpoint damaged (restore)", True)
 
 
+def test_non_chief_restore_skips_without_moving(tmp_path):
+    """A non-chief worker of a multi-worker run reads the chief's checkpoints: it skips a damaged
+    one like the chief does, but never moves the chief's files (only the chief does)."""
+    import tensorflow as tf
+
+    from tf_divtrain import checkpoints
+
+    d = str(tmp_path / "checkpoints")
+    v = tf.Variable(0.0)
+    ckpt = tf.train.Checkpoint(v=v)
+    manager = tf.train.CheckpointManager(ckpt, d, max_to_keep=3)
+    for step in (1, 2):
+        v.assign(float(step))
+        manager.save(checkpoint_number=step)
+    for f in glob.glob(d + "/ckpt-2.data-*"):
+        with open(f, "r+b") as fh:
+            fh.truncate(0)
+    warnings = []
+    assert checkpoints.restore_latest(ckpt, d, warnings.append, chief=False) == d + "/ckpt-1"
+    assert float(v) == 1.0 and warnings == [] and os.path.exists(d + "/ckpt-2.index")
+    assert not os.path.exists(d + "/damaged")
+    record("damaged checkpoint seen by a non-chief worker", True)
+
+
 # ----------------------------------------------------------------------------------------------
 # Training runs: a reference, then the same command interrupted at every write point.
 
@@ -727,3 +751,48 @@ def test_sigkill_evaluate_at_every_write_point(reference, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert _normalise(json.loads((tmp_path / "eval" / "results.json").read_text()), [tmp_path / "eval"]) == \
         _normalise(json.loads((tmp_path / "ref" / "results.json").read_text()), [tmp_path / "ref"])
+
+
+@pytest.mark.slow
+def test_multi_worker_job_killed_mid_run_resumes_from_the_chiefs_checkpoint(tmp_path):
+    """Worker 1 of a two-worker job is SIGKILLed at its second checkpoint; the chief, stuck in
+    the next all-reduce, is killed too (a scheduler tears down the job); the relaunched job resumes
+    from the chief's last checkpoint and ends on the weights of an uninterrupted two-worker job.
+    (The non-chief side of restore -- skip a damaged checkpoint, never move the chief's files --
+    is covered fast by test_non_chief_restore_skips_without_moving.)"""
+    import socket
+
+    import tensorflow as tf
+
+    def launch(out_dir, fault_for_worker1=""):
+        socks = [socket.socket() for _ in range(2)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        ports = [s.getsockname()[1] for s in socks]
+        for s in socks:
+            s.close()
+        cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+        procs = []
+        for i in range(2):
+            env = _env(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
+            if i == 1 and fault_for_worker1:
+                env[io_utils.FAULT_ENV] = fault_for_worker1
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "tf_divtrain.train", f"--out_dir={out_dir}", *TRAIN_ARGS,
+                 "--strategy=multi_worker"], env=env, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, text=True, cwd=REPO))
+        return procs
+
+    straight = launch(tmp_path / "straight")
+    assert [p.wait(timeout=900) for p in straight] == [0, 0]
+    run = tmp_path / "run"
+    chief, worker = launch(run, "checkpoint:saved@2=kill")
+    assert worker.wait(timeout=900) == -9
+    chief.kill()  # the rest of the job, as a scheduler would tear it down
+    chief.wait()
+    record("multi-worker: worker SIGKILLed mid-run, job relaunched", True)
+    assert not (run / "metrics.json").exists()
+    relaunched = launch(run)
+    assert [p.wait(timeout=900) for p in relaunched] == [0, 0]
+    _assert_same_weights(tf.train.latest_checkpoint(str(tmp_path / "straight" / "checkpoints")),
+                         tf.train.latest_checkpoint(str(run / "checkpoints")))
