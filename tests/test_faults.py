@@ -780,11 +780,11 @@ def test_multi_worker_job_killed_mid_run_resumes_from_the_chiefs_checkpoint(tmp_
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "tf_divtrain.train", f"--out_dir={out_dir}", *TRAIN_ARGS,
                  "--strategy=multi_worker"], env=env, stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE, text=True, cwd=REPO))
+                stderr=open(tmp_path / f"worker{i}.log", "a"), cwd=REPO))
         return procs
 
     straight = launch(tmp_path / "straight")
-    assert [p.wait(timeout=900) for p in straight] == [0, 0]
+    assert [p.wait(timeout=900) for p in straight] == [0, 0], (tmp_path / "worker1.log").read_text()[-3000:]
     run = tmp_path / "run"
     chief, worker = launch(run, "checkpoint:saved@2=kill")
     assert worker.wait(timeout=900) == -9

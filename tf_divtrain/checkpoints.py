@@ -103,19 +103,22 @@ def restore_latest(checkpoint: tf.train.Checkpoint, ckpt_dir: str,
     return None
 
 
-def save(manager: tf.train.CheckpointManager, step: int, metrics: Optional[dict] = None) -> str:
+def save(manager: tf.train.CheckpointManager, step: int, metrics: Optional[dict] = None,
+         scratch: bool = False) -> str:
     """``manager.save(step)`` (after writing ``metrics`` to ``last_step.json``); a failed write
-    raises ``io_utils.OutputError`` naming the directory."""
+    raises ``io_utils.OutputError`` naming the directory. ``scratch``: the directory is a non-chief
+    worker's, deleted after every save and re-created here."""
     directory = manager.directory
     if not os.path.isdir(directory):
         # Created once, by the first save; vanished later (the out_dir was deleted under a running
         # job) is an error, not a reason to start a headless run in a recreated directory.
         try:
-            if manager.latest_checkpoint:
+            if manager.latest_checkpoint and not scratch:
                 raise FileNotFoundError(errno.ENOENT, "the directory vanished during the run")
-            os.mkdir(directory)
+            os.makedirs(directory) if scratch else os.mkdir(directory)
         except OSError as e:
             raise io_utils.output_error(directory, e) from e
+    if metrics is not None:
         io_utils.atomic_write_json(os.path.join(directory, LAST_STEP_FILE), {
             "step": int(step), "metrics": {k: np.asarray(v).tolist() for k, v in metrics.items()}})
 

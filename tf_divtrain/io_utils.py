@@ -142,6 +142,22 @@ def atomic_write_json(path: str, obj, **dump_kwargs) -> str:
     return atomic_write_text(path, json.dumps(obj, **dump_kwargs))
 
 
+def atomic_savefig(fig, path: str, **savefig_kwargs) -> str:
+    """``fig.savefig(path)`` through a temp file renamed into place (no half PNG under ``path``)."""
+    root, ext = os.path.splitext(path)
+    tmp = f"{root}.tmp{os.getpid()}{ext}"
+    try:
+        fig.savefig(tmp, **savefig_kwargs)
+        fault_point("write:" + os.path.basename(path), tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise output_error(path, e) from e
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
 def write_md_and_json(prefix: str, markdown: str, obj) -> Tuple[str, str]:
     """``<prefix>.md`` and ``<prefix>.json`` (an experiment script's two outputs), atomically, in a
     directory created if missing. Returns both paths."""
@@ -194,5 +210,6 @@ def read_json(path: str, kind: Optional[str] = None, stage: Optional[str] = None
     return obj
 
 
-__all__ = ["FAULT_ENV", "KINDS", "InjectedCrash", "reset_fault_counts", "FileProblem", "IncompleteFileError", "OutputError", "fault_point",
-           "output_error", "atomic_write_text", "atomic_write_json", "write_md_and_json", "read_json"]
+__all__ = ["FAULT_ENV", "KINDS", "InjectedCrash", "reset_fault_counts", "FileProblem",
+           "IncompleteFileError", "OutputError", "fault_point", "output_error", "atomic_write_text",
+           "atomic_write_json", "atomic_savefig", "write_md_and_json", "read_json"]

@@ -165,7 +165,8 @@ class Checkpointer(Hook):
     def _save(self, step: int, metrics: Optional[dict] = None) -> None:
         from tf_divtrain import checkpoints  # save errors -> OutputError; fault points (tests)
 
-        checkpoints.save(self.manager, step, None if self.scratch_dir else metrics)
+        checkpoints.save(self.manager, step, None if self.scratch_dir else metrics,
+                         scratch=bool(self.scratch_dir))
         self.saved = step
         if self.scratch_dir:
             shutil.rmtree(self.scratch_dir, ignore_errors=True)
