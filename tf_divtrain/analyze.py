@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from tf_divtrain import cli_flags
 
@@ -64,9 +64,11 @@ def main(argv, fv=None):
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from tf_divtrain import analysis
+    from tf_divtrain import precision as precision_lib
 
+    precision_lib.resolve(FLAGS.precision)  # warns if this machine emulates it
     if not FLAGS.ensembles:
-        raise app.UsageError("--ensembles is required, e.g. --ensembles=T_Base=runs/base,T_Div=runs/div")
+        cli_flags.fail("--ensembles is required, e.g. --ensembles=T_Base=runs/base,T_Div=runs/div")
     try:
         report = analysis.run_analysis(
             analysis.parse_ensembles(FLAGS.ensembles), FLAGS.dataset, FLAGS.out_dir,
@@ -100,7 +102,7 @@ def main(argv, fv=None):
 def run():
     """Console-script entry point (tf_divtrain-analyze)."""
     define_flags()
-    app.run(main)
+    cli_flags.run_app(main)
 
 
 if __name__ == "__main__":

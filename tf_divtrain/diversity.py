@@ -209,8 +209,18 @@ class DiversityEnsemble(keras.Model):
             raise ValueError("DiversityEnsemble does not support sample weights.")
         return x, y
 
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """``keras.Model.fit``; array images must be finite (one NaN/Inf pixel turns every weight
+        NaN), so such input is refused up front, naming how many values and the first example."""
+        _check_finite_images(x, "x")
+        return super().fit(x, y, *args, **kwargs)
+
     def train_step(self, data):
         x, y = self._unpack(data)
+        if self.check_finite:  # datasets / generators: checked per batch, in the graph
+            x = tf.debugging.assert_all_finite(
+                x, "DiversityEnsemble.fit: a training batch holds NaN or Inf pixels; clean the "
+                "input data (e.g. np.nan_to_num) or drop those images")
         scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
         out = step_lib.apply_step(self.members, self.trainable_variables, self.optimizer,
                                   self.objective, x, y, step_lib.global_batch_size(x),
@@ -249,6 +259,21 @@ class DiversityEnsemble(keras.Model):
             config["objective"] = keras.saving.deserialize_keras_object(
                 config["objective"], custom_objects=custom_objects)
         return cls(**config)
+
+
+def _check_finite_images(x, name: str) -> None:
+    """ValueError if the array-like ``x`` holds NaN or Inf (datasets are checked per batch)."""
+    if x is None or isinstance(x, (tf.data.Dataset, dict)) or not hasattr(x, "shape"):
+        return
+    arr = np.asarray(x)
+    if not np.issubdtype(arr.dtype, np.floating):
+        return
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        first = int(np.argmax(bad.reshape(len(arr), -1).any(-1))) if arr.ndim else 0
+        raise ValueError(f"DiversityEnsemble.fit: {name} holds {int(bad.sum())} NaN/Inf pixel "
+                         f"value(s) (first in example {first}); clean them (e.g. np.nan_to_num) or "
+                         f"drop those images.")
 
 
 def trained_like(ensemble) -> models_lib.Ensemble:

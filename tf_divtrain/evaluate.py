@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from tf_divtrain import attacks as attacks_lib
 from tf_divtrain import cli_flags
 from tf_divtrain import data as data_lib
 from tf_divtrain import evaluation
 from tf_divtrain import field as field_lib
+from tf_divtrain import precision as precision_lib
 
 FLAGS = flags.FLAGS
 
@@ -130,6 +131,7 @@ def main(argv, fv: flags.FlagValues = None):
     fv = fv if fv is not None else FLAGS
     if len(argv) > 1:
         cli_flags.fail(f"unexpected arguments {argv[1:]}")
+    precision_lib.resolve(fv.precision)  # warns if this machine emulates it
     cache_dir = fv.cache_dir or os.path.join(fv.out_dir, "adv_cache")
     eps = None if fv.eps is None else [float(e) for e in fv.eps]
     field_options = {k: v for k, v in (("families", fv.field_attacks), ("steps", fv.steps),
@@ -172,7 +174,7 @@ def main(argv, fv: flags.FlagValues = None):
 def run():
     """Console script ``tf_divtrain-evaluate``."""
     define_flags()
-    app.run(main)
+    cli_flags.run_app(main)
 
 
 if __name__ == "__main__":

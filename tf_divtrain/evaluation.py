@@ -204,10 +204,20 @@ def cache_path(cache_dir: str, surrogate_id: str, dataset: str, attack: str, eps
 
 
 def _atomic_save(path: str, array: np.ndarray) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}.npy"
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+            f.flush()
+            io_utils.fault_point("write:" + os.path.basename(path), tmp)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise io_utils.output_error(path, e) from e
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def craft(attack_fn, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int,
@@ -232,17 +242,21 @@ def craft_cached(surrogate, surrogate_id: str, dataset: str, attack: str, eps: f
     path = cache_path(cache_dir, surrogate_id, dataset, attack, eps, len(x), seed, batch_size, options)
     meta_path = path[:-4] + ".json"
     if os.path.isfile(path):
+        # An entry is complete when both the array and its sidecar (written last) read back;
+        # anything less (a kill between the two, a damaged file) is recomputed -- crafting is
+        # seeded, so the array comes out the same.
         try:
             arr = np.load(path, allow_pickle=False)
+            info = io_utils.read_json(meta_path, "adversarial-cache entry", "evaluate (the entry "
+                                      "is recomputed)", required=("seconds",))
             if arr.shape == x.shape and arr.dtype == np.float32:
-                info = {}
-                if os.path.isfile(meta_path):
-                    with open(meta_path) as f:
-                        info = json.load(f)
                 info.update(cached=True, path=path)
                 return arr, info
-        except (OSError, ValueError):
-            pass  # unreadable / truncated: recompute and overwrite
+            log.warning("cache entry %s holds %s %s, expected %s float32; recomputing it",
+                            path, arr.shape, arr.dtype, x.shape)
+        except (OSError, ValueError) as e:  # unreadable / truncated / no sidecar: recompute
+            log.warning("cache entry %s is incomplete (%s); recomputing it", path,
+                            str(e).splitlines()[0][:300])
     name = options.get("_attack", attack)  # a field-protocol set names its attack (issue 23)
     attack_fn = attacks_lib.make_attack(name, surrogate, eps, **attack_kwargs(options))
     t0 = time.perf_counter()
@@ -624,5 +638,8 @@ def write_reports(results: dict, out_dir: str) -> Dict[str, str]:
     _write_text(paths["json"], json.dumps(results, indent=2, sort_keys=True) + "\n")
     _write_text(paths["csv"], _csv_text(results))
     _write_text(paths["table"], format_table2(results))
-    plot(results, paths["plot"])
+    try:
+        plot(results, paths["plot"])
+    except OSError as e:
+        raise io_utils.output_error(paths["plot"], e) from e
     return paths

@@ -26,6 +26,7 @@ from typing import Optional
 import tensorflow as tf
 
 from tf_divtrain import data as data_lib
+from tf_divtrain import io_utils
 from tf_divtrain import models as models_lib
 from tf_divtrain import precision as precision_lib
 
@@ -65,12 +66,20 @@ def export_ensemble(ensemble: models_lib.Ensemble, export_dir: str, metadata: di
     if os.path.exists(export_dir) and not overwrite:
         raise FileExistsError(f"{export_dir} already exists; pass overwrite=True to replace it.")
     module = _ServingModule(ensemble, metadata)
-    tmp = export_dir.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
-    if os.path.exists(export_dir):
-        shutil.rmtree(export_dir)
-    os.replace(tmp, export_dir)
+    tmp, old = export_dir.rstrip("/") + ".tmp", export_dir.rstrip("/") + ".old"
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+        # The previous export is renamed, not deleted, until the new one is in place: a kill
+        # between the two renames leaves both on disk and neither half-written.
+        shutil.rmtree(old, ignore_errors=True)
+        if os.path.exists(export_dir):
+            os.replace(export_dir, old)
+        io_utils.fault_point("export:swap", tmp)
+        os.replace(tmp, export_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    except (OSError, tf.errors.OpError) as e:
+        raise io_utils.output_error(export_dir, e) from e
     return export_dir
 
 

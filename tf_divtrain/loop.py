@@ -162,8 +162,11 @@ class Checkpointer(Hook):
         self.manager, self.every, self.scratch_dir = manager, every, scratch_dir
         self.saved = None
 
-    def _save(self, step: int) -> None:
-        self.manager.save(checkpoint_number=step)
+    def _save(self, step: int, metrics: Optional[dict] = None) -> None:
+        from tf_divtrain import checkpoints  # save errors -> OutputError; fault points (tests)
+
+        checkpoints.save(self.manager, step, None if self.scratch_dir else metrics,
+                         scratch=bool(self.scratch_dir))
         self.saved = step
         if self.scratch_dir:
             shutil.rmtree(self.scratch_dir, ignore_errors=True)
@@ -171,11 +174,11 @@ class Checkpointer(Hook):
     def on_step_end(self, state: LoopState) -> None:
         s = state.step
         if s % self.every == 0 or s == state.total or s % state.steps_per_epoch == 0:
-            self._save(s)
+            self._save(s, state.metrics)
 
     def on_loop_end(self, state) -> None:
         if state is not None and self.saved != state.step:  # a hook stopped the run early
-            self._save(state.step)
+            self._save(state.step, state.metrics)
 
 
 class EpochCallback(Hook):

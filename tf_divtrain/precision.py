@@ -46,9 +46,12 @@ def compute_dtype(precision: str) -> str:
             "mixed_float16": "float16"}[check_precision(precision)]
 
 
+CPUINFO_ENV = "TF_DIVTRAIN_CPUINFO"  # tests: a fake /proc/cpuinfo (this file's path)
+
+
 def _cpu_flags() -> set:
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(os.environ.get(CPUINFO_ENV) or "/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
                     return set(line.split(":", 1)[1].split())
@@ -71,10 +74,36 @@ def native_bfloat16() -> Optional[str]:
     return None
 
 
+def _gpus() -> list:
+    import tensorflow as tf
+
+    return tf.config.list_physical_devices("GPU")
+
+
+def emulation_warning(precision: str) -> Optional[str]:
+    """One line if this machine would emulate ``precision`` (no GPU, and a CPU without the
+    instructions for its dtype), naming the missing CPU feature and suggesting ``auto``; else None.
+    A CPU emulating bfloat16 ran a GAL run more than 5x slower than float32 (issue 25)."""
+    if precision not in ("mixed_bfloat16", "mixed_float16") or _gpus():
+        return None
+    need = ({"avx512_bf16", "amx_bf16"} if precision == "mixed_bfloat16"
+            else {"avx512_fp16", "amx_fp16"})
+    if _cpu_flags() & need:
+        return None
+    names = " or ".join(n.upper().replace("AMX_", "AMX-") for n in sorted(need))
+    return (f"warning: --precision={precision} is emulated on this CPU (no {names} in its flags), "
+            f"typically several times slower than float32; use --precision=auto "
+            f"({'mixed_bfloat16' if native_bfloat16() else 'float32'} here)")
+
+
 def resolve(precision: str, log: Optional[logging.Logger] = None) -> str:
-    """``auto`` -> mixed_bfloat16 on native-bfloat16 hardware, else float32 (says which, why)."""
+    """``auto`` -> mixed_bfloat16 on native-bfloat16 hardware, else float32 (says which, why).
+    An explicit reduced precision this hardware emulates gets :func:`emulation_warning`."""
     check_precision(precision, allow_auto=True)
     if precision != "auto":
+        warning = emulation_warning(precision)
+        if warning:
+            (log.warning if log else _stderr)(warning)
         return precision
     why = native_bfloat16()
     chosen = "mixed_bfloat16" if why else "float32"
@@ -83,6 +112,12 @@ def resolve(precision: str, log: Optional[logging.Logger] = None) -> str:
               "compute capability >= 8.0; bfloat16 would be emulated and slower)"))
     (log.info if log else print)(msg)
     return chosen
+
+
+def _stderr(msg: str) -> None:
+    import sys
+
+    print(msg, file=sys.stderr)
 
 
 @contextlib.contextmanager

@@ -13,7 +13,6 @@ through here, so rendering a report or planning a preset never loads TensorFlow.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -21,7 +20,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 
-from tf_divtrain import stats
+from tf_divtrain import io_utils, stats
 
 ROBUST_ALL_KEY = "all"
 
@@ -39,39 +38,16 @@ def safe_label(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", label)
 
 
-# What each file of a run is, and the stage that writes it (for the error that names the fix).
-FILE_KINDS = {"results.json": ("evaluation results file", "evaluate"),
-              "analysis.json": ("analysis file", "analyze"),
-              "metrics.json": ("training metrics file", "train (the run resumes from its checkpoint)"),
-              "config.json": ("training config file", "train"),
-              "member_accuracy.json": ("member breakdown", "the members stage"),
-              "comparison.json": ("comparison", "the compare stage"),
-              "method_steps.json": ("step benchmark", "the benchmark stage")}
-
-
 def read_json(path: str, kind: str = "", stage: str = "") -> dict:
-    """The JSON object in ``path``; a damaged or truncated file raises :class:`ResultsError` that
-    names the file and what to re-run, instead of a decoder traceback."""
-    default_kind, default_stage = FILE_KINDS.get(os.path.basename(path), ("results file", ""))
-    kind, stage = kind or default_kind, stage or default_stage
-    fix = f"re-run {stage}" if stage else "re-run the stage that writes it"
-    try:
-        with open(path) as f:
-            obj = json.load(f)
-    except FileNotFoundError:
-        raise ResultsError(f"{path} does not exist; {fix}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ResultsError(f"{path} is not a complete {kind} ({e.__class__.__name__}: {e}); "
-                           f"move it aside and {fix}") from None
-    if not isinstance(obj, dict):
-        raise ResultsError(f"{path} is not a complete {kind} (a JSON {type(obj).__name__}, not an "
-                           f"object); move it aside and {fix}")
-    return obj
+    """The JSON object in ``path`` (the package's one reader, :func:`io_utils.read_json`): a
+    missing, cut-off or damaged file raises ``io_utils.IncompleteFileError`` naming the file and
+    the stage to re-run, never a decoder traceback."""
+    return io_utils.read_json(path, kind or None, stage or None)
 
 
 def load_optional(path: str, kind: str = "", stage: str = "") -> Optional[dict]:
     """:func:`read_json`, or ``None`` when the file does not exist (a stage that did not run)."""
-    return read_json(path, kind, stage) if os.path.isfile(path) else None
+    return io_utils.read_json(path, kind or None, stage or None, missing_ok=True)
 
 
 def copy_file(src: str, dst: str) -> None:

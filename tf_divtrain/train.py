@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from absl import app, flags
+from absl import flags
 
 from tf_divtrain import cli_flags
 from tf_divtrain import data as data_lib
@@ -115,7 +115,7 @@ def config_from_flags(fv=FLAGS) -> training.TrainConfig:
 def main(argv, fv=None):
     fv = fv if fv is not None else FLAGS
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        cli_flags.fail(f"unexpected arguments {argv[1:]}")
     cfg = config_from_flags(fv)
     cfg.precision = precision_lib.resolve(cfg.precision)
     configure_threads(fv.intra_op_threads, fv.inter_op_threads, len(cfg.members))
@@ -130,7 +130,7 @@ def main(argv, fv=None):
 
 def run():
     define_flags()
-    app.run(main)
+    cli_flags.run_app(main)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ Losses are per-example sums divided by the *global* batch size, so N replicas of
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Callable, Optional, Sequence
@@ -50,11 +49,13 @@ import numpy as np
 import tensorflow as tf
 
 from tf_divtrain import batching
+from tf_divtrain import checkpoints as checkpoints_lib
 from tf_divtrain import data as data_lib
 from tf_divtrain import ens_adv as ens_adv_lib
 from tf_divtrain import export as export_lib
 from tf_divtrain import gal as gal_lib
 from tf_divtrain import io_utils
+from tf_divtrain import locking
 from tf_divtrain import loop as loop_lib
 from tf_divtrain import methods as methods_lib
 from tf_divtrain import models as models_lib
@@ -456,8 +457,12 @@ def prepare_out_dir(cfg: TrainConfig) -> None:
     """
     cfg_path = os.path.join(cfg.out_dir, "config.json")
     if os.path.isfile(cfg_path):
-        with open(cfg_path) as f:
-            old = json.load(f)
+        try:
+            old = io_utils.read_json(cfg_path)
+        except io_utils.IncompleteFileError:
+            if not cfg.fresh:
+                raise
+            old = {}  # damaged: --fresh moves the whole run aside below
         diff = _config_diff(old, cfg.to_json())
         if diff and not cfg.fresh:
             lines = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
@@ -512,10 +517,11 @@ def checkpoint_manager(cfg: TrainConfig, trainer: Trainer) -> tuple:
     ckpt_dir = os.path.join(cfg.out_dir, "checkpoints")
     scratch = "" if trainer.is_chief else os.path.join(
         cfg.out_dir, ".worker_tmp", f"task_{trainer.strategy.cluster_resolver.task_id}")
+    # The newest readable checkpoint; a damaged one is moved aside (tf_divtrain.checkpoints).
+    latest = checkpoints_lib.restore_latest(trainer.checkpoint, ckpt_dir, logging.warning,
+                                            chief=trainer.is_chief)
     manager = tf.train.CheckpointManager(trainer.checkpoint, scratch or ckpt_dir, max_to_keep=3)
-    latest = tf.train.latest_checkpoint(ckpt_dir)
     if latest:
-        trainer.checkpoint.restore(latest).assert_existing_objects_matched()
         logging.info("Resumed from %s (step %d)", latest, int(trainer.step.numpy()))
     return manager, scratch
 
@@ -591,8 +597,14 @@ def train(cfg: TrainConfig, hooks: Optional[Sequence[loop_lib.Hook]] = None) -> 
     """Runs (or resumes) a training run; returns the metrics written to metrics.json.
 
     ``hooks``: extra :class:`tf_divtrain.loop.Hook` objects, run after the built-in ones
-    (:func:`default_hooks`) after every step.
+    (:func:`default_hooks`) after every step. The chief holds ``<out_dir>/.lock`` throughout
+    (:mod:`tf_divtrain.locking`): a second run on the same out_dir refuses to start.
     """
+    with locking.RunLock() as run_lock:
+        return _train(cfg, hooks, run_lock)
+
+
+def _train(cfg: TrainConfig, hooks, run_lock) -> dict:
     cfg.validate()
     extra_hooks = loop_lib.as_hooks(hooks)
     t_start = time.time()
@@ -604,7 +616,9 @@ def train(cfg: TrainConfig, hooks: Optional[Sequence[loop_lib.Hook]] = None) -> 
     seed_everything(cfg)
     trainer = Trainer(cfg, ds.input_shape, ds.num_classes, static)
     if trainer.is_chief:
+        run_lock.acquire(cfg.out_dir)
         prepare_out_dir(cfg)
+        run_lock.acquire(cfg.out_dir)  # again if --fresh moved the locked directory aside
     manager, scratch = checkpoint_manager(cfg, trainer)
     steps_per_epoch, total = step_budget(cfg, len(ds.x_train))
     start = int(trainer.step.numpy())
@@ -617,6 +631,9 @@ def train(cfg: TrainConfig, hooks: Optional[Sequence[loop_lib.Hook]] = None) -> 
                                  hook_list, cfg.batch_size, steps_per_epoch)
     if not trainer.is_chief:
         return {"steps": int(trainer.step.numpy()), "chief": False}
+    if not loop_out["last"]:  # resumed after the last step: that step's metrics, as recorded
+        loop_out["last"] = checkpoints_lib.last_metrics(os.path.join(cfg.out_dir, "checkpoints"),
+                                                        int(trainer.step.numpy()))
     final = float32_ensemble(cfg, trainer, ds)
     metrics_out = final_metrics(cfg, trainer, final, ds, loop_out)
     export_run(cfg, final, ds, metrics_out["steps"])

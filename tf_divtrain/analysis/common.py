@@ -142,15 +142,14 @@ def summarize(values) -> dict:
 
 
 def check_eps(eps, what: str = "eps") -> float:
+    """The package's one ε check (``attacks.check_eps``: a number in [0, 1], the pixel scale), with
+    the analysis' error type and the flag's name."""
+    from tf_divtrain.attacks.core import check_eps as attack_check_eps
+
     try:
-        e = float(eps)
-    except (TypeError, ValueError):
-        raise AnalysisError(f"{what}={eps!r} is not a number; epsilons are on the [0, 1] pixel "
-                            f"scale.") from None
-    if not np.isfinite(e) or e <= 0.0 or e > 1.0:
-        raise AnalysisError(f"{what}={eps!r} is outside (0, 1]; images are on the [0, 1] pixel "
-                            f"scale (e.g. 0.1,0.2,0.3 for MNIST, 0.03,0.06,0.09 for CIFAR-10).")
-    return e
+        return attack_check_eps(eps)
+    except ValueError as e:
+        raise AnalysisError(f"{what}: {e}") from None
 
 
 # ----------------------------------------------------------------------------------------------

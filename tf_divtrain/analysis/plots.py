@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from typing import Mapping, Optional
 
 import numpy as np
 
+from tf_divtrain import io_utils
 
 
 # ----------------------------------------------------------------------------------------------
@@ -33,7 +33,7 @@ def plot_coherence_hist(values: Mapping[str, np.ndarray], path: str, title: str 
     ax.set_title(title or "Distribution of coherence values")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    io_utils.atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -65,7 +65,7 @@ def plot_gaas(gaas: Mapping[str, dict], path: str, title: str = "") -> str:
     fig.suptitle("\n".join(textwrap.wrap(title or "Gradient aligned adversarial subspace (GAAS)",
                                          width=int(16 * max(4 * n, 7)))))
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    io_utils.atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -90,7 +90,7 @@ def plot_transfer(matrix, label: str, path: str, eps: Optional[float] = None) ->
                  (f" (PGD, eps={eps:g})" if eps is not None else ""), fontsize=10)
     fig.colorbar(im, ax=ax, label="success rate")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    io_utils.atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
     return path
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import os
 
-from tf_divtrain import evaluation, stats
+from tf_divtrain import evaluation, paper, stats
+from tf_divtrain.io_utils import read_json
 
-ATTACKS = ("fgsm", "rfgsm", "ifgsm", "mifgsm", "pgd_cw")
-NAMES = {"fgsm": "FGSM", "rfgsm": "R-FGSM", "ifgsm": "I-FGSM", "mifgsm": "MI-FGSM", "pgd_cw": "PGD-CW"}
+ATTACKS = paper.TABLE2_ATTACKS
+NAMES = paper.ATTACK_NAMES
 ONE_STEP = ("fgsm", "rfgsm")
 RECIPES = (("predicted labels, D_adv = 1/2 of the batch (new default; Kurakin / Tramer)", "pred_half"),
            ("true labels, D_adv = 1/2", "true_half"),
@@ -25,8 +26,6 @@ RECIPES = (("predicted labels, D_adv = 1/2 of the batch (new default; Kurakin / 
 
 
 def _load(p):
-    from tf_divtrain.results import read_json
-
     return read_json(p)
 
 

@@ -20,7 +20,6 @@ Writes ``<out>.md`` and ``<out>.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Dict, List
@@ -29,7 +28,7 @@ import numpy as np
 
 from tf_divtrain import attacks as attacks_lib
 from tf_divtrain import evaluation, stats
-from tf_divtrain.io_utils import write_md_and_json
+from tf_divtrain.io_utils import IncompleteFileError, read_json, write_md_and_json
 
 SAME = ("dataset", "num_examples", "seed", "batch_size", "crafting_precision")
 
@@ -147,8 +146,11 @@ def main(argv: List[str] = None) -> int:
     for path in (args.a, args.b):
         if not os.path.isfile(path):
             p.error(f"{path} does not exist; pass a results.json written by tf_divtrain.evaluate.")
-        with open(path) as f:
-            loaded.append(json.load(f))
+        try:
+            loaded.append(read_json(path))
+        except IncompleteFileError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     try:
         cmp = compare(*loaded)
     except CompareError as e:

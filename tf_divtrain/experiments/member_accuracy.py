@@ -18,7 +18,6 @@ Writes ``<out>.json`` and ``<out>.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Dict, List, Sequence, Tuple
@@ -29,7 +28,7 @@ from tf_divtrain import attacks as attacks_lib
 from tf_divtrain import evaluation, export
 from tf_divtrain import data as data_lib
 from tf_divtrain.analysis import predictions
-from tf_divtrain.io_utils import write_md_and_json
+from tf_divtrain.io_utils import IncompleteFileError, read_json, write_md_and_json
 
 
 BATCH = 500
@@ -141,8 +140,11 @@ def main(argv: List[str] = None) -> int:
     args = p.parse_args(argv)
     if not os.path.isfile(args.eval):
         p.error(f"{args.eval} does not exist; pass a results.json written by tf_divtrain.evaluate.")
-    with open(args.eval) as f:
-        results = json.load(f)
+    try:
+        results = read_json(args.eval)
+    except IncompleteFileError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         res = run(results, [t for t in args.targets.split(",") if t],
                   parse_cells(args.cells, results), args.root, args.data_dir)

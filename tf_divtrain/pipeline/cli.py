@@ -7,7 +7,7 @@ import sys
 import textwrap
 from typing import List, Optional
 
-from tf_divtrain import results as results_lib
+from tf_divtrain import io_utils
 from tf_divtrain.pipeline import plan as plan_lib
 from tf_divtrain.pipeline import runner
 from tf_divtrain.pipeline.presets import PRESETS, PresetError, knob_values, resolve
@@ -80,7 +80,7 @@ def main(argv: Optional[List[str]] = None, env=None) -> int:
         print(f"pipeline: preset={preset} results={ctx.results} training precision={ctx.precision}",
               flush=True)
         runner.run(stages, ctx, dry_run=dry, env=env)
-    except (PresetError, results_lib.ResultsError) as e:
+    except (PresetError, io_utils.FileProblem) as e:
         print(f"error: {e}", file=sys.stderr)
         return USAGE_ERROR
     except runner.StageFailed as e:

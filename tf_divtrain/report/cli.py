@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from tf_divtrain import cli_flags, io_utils
 from tf_divtrain import results as results_lib
@@ -41,4 +41,4 @@ def main(argv, fv: flags.FlagValues = None):
 
 def run():
     define_flags()
-    app.run(main)
+    cli_flags.run_app(main)
