@@ -239,7 +239,7 @@ evaluate_and_analyze() {
     # shellcheck disable=SC2086
     stage "analyze_${row}" "$done_an" \
       "$PY" -m tf_divtrain.analyze --ensembles="$targets" \
-      --out_dir="$RES/$row/analysis" $analyze_extra
+      --out_dir="$RES/$row/analysis" --coherence_margin=true $analyze_extra
   fi
 }
 
