@@ -223,34 +223,30 @@ def test_cut_off_results_json_in_report(tmp_path, capsys):
 
 
 def test_cut_off_json_in_every_other_reader(tmp_path, capsys):
-    """member_accuracy.py, compare_evals.py, run_all.sh's covers, a run's config.json and
+    """member_accuracy, compare_evals, the pipeline's staleness check, a run's config.json and
     report's metrics/analysis reads: the same one-line error, exit 2."""
-    import importlib.util
+    import importlib
 
     from tf_divtrain import training
+    from tf_divtrain.pipeline import plan
     from tf_divtrain.report import common
 
     bad = str(tmp_path / "eval" / "results.json")
     _cut(bad, RESULTS)
     for script, argv in (("member_accuracy", [f"--eval={bad}", "--out", str(tmp_path / "m")]),
                          ("compare_evals", [f"--a={bad}", f"--b={bad}", "--out", str(tmp_path / "c")])):
-        spec = importlib.util.spec_from_file_location(script, os.path.join(REPO, "experiments", script + ".py"))
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
+        mod = importlib.import_module(f"tf_divtrain.experiments.{script}")
         argv = argv if script == "compare_evals" else argv[:1] + ["--targets=T_Base"] + argv[1:]
         assert mod.main(argv) == 2, script
         _one_error_line(capsys.readouterr().err, f"{bad} is not a complete evaluation results file",
                         "re-run evaluate")
         record(f"cut-off results.json ({script})", True)
 
-    # run_all.sh's covers(): exits the script with status 2 instead of re-running over the file.
-    src = open(os.path.join(REPO, "run_all.sh")).read()
-    covers = src[src.index("covers() {"):src.index("\n}\n", src.index("covers() {")) + 3]
-    r = subprocess.run(["bash", "-c", f'PY={sys.executable}\n{covers}\ncovers "$1" T_Base; echo "after $?"',
-                        "covers", bad], capture_output=True, text=True, env=_env(), cwd=REPO)
-    assert r.returncode == 2 and "after" not in r.stdout, (r.stdout, r.stderr)
-    _one_error_line(r.stderr, f"{bad} is not a complete evaluation results file")
-    record("cut-off results.json (run_all.sh covers)", True)
+    # The pipeline's staleness check: an error naming the file instead of re-running over it
+    # (tests/test_pipeline.py runs the same through the CLI: one error line, status 2).
+    with pytest.raises(io_utils.IncompleteFileError, match=f"{bad} is not a complete evaluation results file"):
+        plan.Lacks(("T_Base",), "{done} lacks T_Base")(bad)
+    record("cut-off results.json (pipeline staleness check)", True)
 
     for name, kind, stage in (("metrics.json", "training metrics file", "re-run train"),
                               ("analysis.json", "analysis file", "re-run analyze")):

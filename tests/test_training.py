@@ -112,7 +112,8 @@ def test_train_writes_outputs_and_export_roundtrip(tmp_path, data_dir, mnist):
     for name in ("config.json", "metrics.json", "saved_model/saved_model.pb", "logs"):
         assert os.path.exists(tmp_path / "run" / name), name
     assert metrics["steps"] == 2 and len(metrics["member_accuracy"]) == 2
-    assert set(metrics["test_gradient_stats"]) == {"gal", "coherence", "mean_cosine"}
+    assert set(metrics["test_gradient_stats"]) == {"gal", "coherence", "mean_cosine", "examples",
+                                                   "vanishing_examples", "member_gradients_without_direction"}
     assert glob.glob(str(tmp_path / "run" / "logs" / "events.out.tfevents.*"))
     # Rebuild the ensemble from the checkpoint and compare with the exported SavedModel.
     tr = training.Trainer(cfg, mnist.input_shape, 10)

@@ -47,6 +47,9 @@ def define_flags(fv=FLAGS) -> None:
     flags.DEFINE_list("analyses", ["coherence", "gaas", "transfer", "whitebox"],
                       "Subset of coherence,gaas,transfer,whitebox, plus autoattack (ART's APGD-CE + "
                       "APGD-DLR on the white-box subset; needs pip install -e '.[eval]').", flag_values=fv)
+    flags.DEFINE_bool("coherence_margin", False, "Also the coherence of the gradients of each "
+                      "member's logit margin z_y - max_{j!=y} z_j (robustness check of Fig 4: it "
+                      "does not vanish for confident members).", flag_values=fv)
     flags.DEFINE_integer("batch_size", 100, "Batch size of every forward/backward pass.", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Seed of the PGD random starts.", flag_values=fv)
     cli_flags.define_precision_flag(fv, "The ensembles compute in it. Default float32: coherence and "
@@ -78,15 +81,17 @@ def main(argv, fv=None):
             whitebox_iters=FLAGS.whitebox_iters, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
             gaas_blocks=FLAGS.gaas_blocks, gaas_num_examples=FLAGS.gaas_num_examples,
             transfer_num_examples=FLAGS.transfer_num_examples,
-            whitebox_num_examples=FLAGS.whitebox_num_examples, precision=FLAGS.precision)
+            whitebox_num_examples=FLAGS.whitebox_num_examples, precision=FLAGS.precision,
+            coherence_margin=FLAGS.coherence_margin)
     except (analysis.AnalysisError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print("\n== summary ==")
     for label, e in report["ensembles"].items():
         line = f"{label}: {e['num_members']} members, clean acc {e['clean_accuracy']:.3f}"
-        if "coherence" in e:
-            line += f", coherence median {e['coherence']['median']:.3f}"
+        if e.get("coherence", {}).get("median") is not None:
+            line += (f", coherence median {e['coherence']['median']:.3f} "
+                     f"({analysis.vanishing_text(e['coherence'])})")
         if "transfer" in e and e["transfer"]["mean_off_diagonal"] is not None:
             line += f", member transfer {e['transfer']['mean_off_diagonal']:.3f}"
         if "whitebox" in e:

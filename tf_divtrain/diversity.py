@@ -193,9 +193,11 @@ class DiversityEnsemble(keras.Model):
         self._trackers["loss"].update_state(out["loss"])
         self._trackers["ce"].update_state(tf.reduce_mean(out["ce"], -1))
         self._trackers["accuracy"].update_state(step_lib.correct_predictions(out["logits"], y))
-        for k in ("gal", "coherence"):
-            if k in out:
-                self._trackers[k].update_state(out[k])
+        if "gal" in out:
+            self._trackers["gal"].update_state(out["gal"])
+        if "coherence" in out:  # over the examples with a defined member pair (step.DiversityObjective)
+            w = 1.0 - out["coherence_vanishing"] if "coherence_vanishing" in out else None
+            self._trackers["coherence"].update_state(out["coherence"], sample_weight=w)
         return {k: t.result() for k, t in self._trackers.items()
                 if k in out or k in ("ce", "accuracy")}
 

@@ -53,7 +53,9 @@ class DiversityObjective:
     """Eq 9 per example: mean member CE + ``gal_lambda`` * GAL (Eq 8).
 
     One forward pass inside the inner tape serves both the CE term and the input gradients
-    (``gal.member_input_gradients``); coherence (Eq 7) comes from the same pair cosines.
+    (``gal.member_input_gradients``). Coherence (Eq 7, a metric only) is measured scale-free on
+    the same gradients (``gal.scale_free_coherence``): 0 where no member pair has a direction,
+    flagged by ``coherence_vanishing`` (1.0), so means over the batch divide by the defined count.
     Differentiating the returned loss with an outer tape is the paper's double backprop.
     """
 
@@ -65,8 +67,11 @@ class DiversityObjective:
                                                            loss_scale=loss_scale)
         pairs = gal_lib.pair_cosines(grads)
         gal = gal_lib.gal_from_pairs(pairs)
+        coh = gal_lib.scale_free_coherence(tf.stop_gradient(grads))  # a metric: scale-free Eq 7
+        vanishing = tf.math.is_nan(coh)
         return {"loss": gal_lib.div_loss_per_example(ce, gal, self.gal_lambda), "ce": ce,
-                "gal": gal, "coherence": gal_lib.coherence_from_pairs(pairs), "logits": logits}
+                "gal": gal, "coherence": tf.where(vanishing, tf.zeros_like(coh), coh),
+                "coherence_vanishing": tf.cast(vanishing, tf.float32), "logits": logits}
 
     def get_config(self) -> dict:
         return {"gal_lambda": self.gal_lambda}

@@ -354,7 +354,10 @@ class Trainer:
                 for k, v in per_replica.items()}
         self.step.assign_add(1)
         count = sums.pop("count")
-        return {k: v / count for k, v in sums.items()}
+        out = {k: v / count for k, v in sums.items()}
+        if "coherence_vanishing" in sums:  # coherence averages the examples with a defined pair
+            out["coherence"] = sums["coherence"] / tf.maximum(count - sums["coherence_vanishing"], 1.0)
+        return out
 
     def train_step(self, x, y):
         """One optimisation step on a global batch (already distributed or plain tensors)."""
@@ -421,18 +424,31 @@ def predict_member_logits(ensemble, x: np.ndarray, batch_size: int = 500,
 
 
 def gradient_statistics(members, x: np.ndarray, y: np.ndarray, batch_size: int = 250) -> dict:
-    """Mean GAL (Eq 8), coherence (Eq 7) and pairwise cosine of input gradients, inference mode."""
+    """Input-gradient statistics, inference mode: mean GAL (Eq 8, the training loss' formula),
+    and coherence (Eq 7) / mean pairwise cosine measured scale-free over the examples with a
+    defined pair (``gal.scale_free_pair_cosines`` of ``gal.measured_cross_entropy`` gradients),
+    with the vanishing counts (issue 27)."""
     if len(members) < 2:
         return {}
 
     @tf.function
     def stats(xb, yb):
         grads, _, _ = gal_lib.member_input_gradients(members, xb, yb, training=False)
-        pairs = gal_lib.pair_cosines(grads)
-        return gal_lib.gal_from_pairs(pairs), gal_lib.coherence_from_pairs(pairs), tf.reduce_mean(pairs, -1)
+        measured, _, _ = gal_lib.member_input_gradients(members, xb, yb, training=False,
+                                                        loss_fn=gal_lib.measured_cross_entropy)
+        cos, defined = gal_lib.scale_free_pair_cosines(measured)
+        zero = tf.logical_not(gal_lib.direction_defined(measured))
+        return (gal_lib.gal_from_pairs(gal_lib.pair_cosines(grads)),
+                gal_lib.max_over_defined(cos, defined), gal_lib.mean_over_defined(cos, defined),
+                tf.reduce_sum(tf.cast(zero, tf.int32), -1))
 
-    gal_v, coh, cos = batching.map_batches(stats, x, y, batch_size=batch_size)
-    return {"gal": float(gal_v.mean()), "coherence": float(coh.mean()), "mean_cosine": float(cos.mean())}
+    gal_v, coh, cos, zero = batching.map_batches(stats, x, y, batch_size=batch_size)
+    ok = np.isfinite(coh)
+    return {"gal": float(gal_v.mean()),
+            "coherence": float(coh[ok].mean()) if ok.any() else None,
+            "mean_cosine": float(cos[ok].mean()) if ok.any() else None,
+            "examples": int(len(coh)), "vanishing_examples": int((~ok).sum()),
+            "member_gradients_without_direction": int(zero.sum())}
 
 
 # ----------------------------------------------------------------------------------------------

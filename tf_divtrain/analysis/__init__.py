@@ -9,7 +9,8 @@ member softmax (``models.ensemble_probabilities``), as everywhere else in the pr
 Analyses
 --------
 * **Coherence** (Eq 7) of the members' input gradients ``grad_x CE_i(x, y)``, per example, with
-  :func:`tf_divtrain.gal.coherence` (the training maths, one place). Keras ensembles use
+  :func:`tf_divtrain.gal.scale_free_coherence` (true cosines at any scale; examples whose member
+  gradients vanish are counted, not scored; optionally of the logit margin's gradients). Keras ensembles use
   :func:`tf_divtrain.gal.member_input_gradients` itself; exports (stacked logits only) use
   :func:`member_input_gradients` below, which gives the same per-member gradients in one backward
   pass over N tiled copies of the batch (copy i feeds only member i's CE).
@@ -61,7 +62,12 @@ from tf_divtrain.analysis.gaas import (  # noqa: F401
     supported_hadamard_orders,
 )
 from tf_divtrain.analysis.coherence import (  # noqa: F401
+    COHERENCE_DEFINITION,
+    MARGIN_DEFINITION,
+    coherence_stats,
     coherence_values,
+    summarize_coherence,
+    vanishing_text,
 )
 from tf_divtrain.analysis.transfer import (  # noqa: F401
     transfer_matrix,

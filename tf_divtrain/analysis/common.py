@@ -4,7 +4,7 @@ and the L-inf PGD used by the transfer matrix and the white-box check."""
 
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -52,13 +52,15 @@ def _logits_fn(ensemble) -> Callable:
     return ensemble.member_logits if hasattr(ensemble, "member_logits") else ensemble
 
 
-def member_input_gradients(logits_fn: Callable, x, labels, num_members: int):
+def member_input_gradients(logits_fn: Callable, x, labels, num_members: int,
+                           loss_fn: Optional[Callable] = None):
     """Per-member input gradients for ANY ``logits_fn(x) -> [B, N, C]``: ``[B, N, D]``.
 
     The batch is tiled N times (copy i = rows i*B..(i+1)*B) and only member i's CE is taken from
     copy i, so the gradient of the summed loss w.r.t. copy i is exactly grad_x CE_i(x, y) (one
     forward + one backward pass on an N*B batch). Equal to
-    :func:`tf_divtrain.gal.member_input_gradients` for keras members (tested).
+    :func:`tf_divtrain.gal.member_input_gradients` for keras members (tested). ``loss_fn(labels,
+    member_logits [B, N, C]) -> [B, N]`` replaces CE (e.g. :func:`tf_divtrain.gal.logit_margin_loss`).
     """
     x = tf.convert_to_tensor(x, tf.float32)
     labels = tf.cast(labels, tf.int64)
@@ -70,8 +72,11 @@ def member_input_gradients(logits_fn: Callable, x, labels, num_members: int):
         logits = logits_fn(tiled)  # [N*B, N, C]
         logits = tf.reshape(logits, tf.concat([[n, b], tf.shape(logits)[1:]], 0))  # [N, B, N, C]
         own = tf.stack([logits[i, :, i] for i in range(n)], axis=0)  # [N, B, C]
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
-            labels=tf.tile(labels[None], [n, 1]), logits=own)
+        if loss_fn is None:
+            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=tf.tile(labels[None], [n, 1]), logits=own)
+        else:
+            ce = loss_fn(labels, tf.transpose(own, [1, 0, 2]))  # [B, N]
         total = tf.reduce_sum(ce)
     g = tape.gradient(total, tiled, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     return tf.transpose(tf.reshape(g, [n, b, -1]), [1, 0, 2])
@@ -92,10 +97,12 @@ class _Compiled:
 
         @tf.function(reduce_retracing=True, autograph=False)
         def member_grads(x, y):
+            """grad_x CE_i with gal.measured_cross_entropy (direction exact at any confidence)."""
             if keras_members is not None:  # the training module's function itself
-                grads, _, _ = gal.member_input_gradients(keras_members, x, y, training=False)
+                grads, _, _ = gal.member_input_gradients(keras_members, x, y, training=False,
+                                                         loss_fn=gal.measured_cross_entropy)
                 return grads
-            return member_input_gradients(self.logits_fn, x, y, self.n)
+            return member_input_gradients(self.logits_fn, x, y, self.n, gal.measured_cross_entropy)
 
         @tf.function(reduce_retracing=True, autograph=False)
         def mean_ce_grad(x, y):
@@ -105,7 +112,17 @@ class _Compiled:
                 loss = tf.reduce_sum(tf.reduce_mean(gal.member_cross_entropy(lg, y), axis=1))
             return tape.gradient(loss, x, unconnected_gradients=tf.UnconnectedGradients.ZERO), lg
 
+        @tf.function(reduce_retracing=True, autograph=False)
+        def member_margin_grads(x, y):
+            """Input gradients of each member's negative logit margin (gal.logit_margin_loss)."""
+            if keras_members is not None:
+                grads, _, _ = gal.member_input_gradients(keras_members, x, y, training=False,
+                                                         loss_fn=gal.logit_margin_loss)
+                return grads
+            return member_input_gradients(self.logits_fn, x, y, self.n, gal.logit_margin_loss)
+
         self.logits, self.member_grads, self.mean_ce_grad = logits, member_grads, mean_ce_grad
+        self.member_margin_grads = member_margin_grads
 
     def predict(self, x, batch_size: int):
         """(ensemble predictions [B], member predictions [B, N]) as numpy."""

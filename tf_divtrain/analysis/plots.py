@@ -22,12 +22,17 @@ def _plt():
 
 
 def plot_coherence_hist(values: Mapping[str, np.ndarray], path: str, title: str = "") -> str:
-    """Overlaid coherence histograms (Fig 4), one per ensemble label."""
+    """Overlaid coherence histograms (Fig 4), one per ensemble label. NaN values are vanishing
+    examples (no defined member pair): left out of the histogram, counted in the legend."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     bins = np.linspace(-1.0, 1.0, 41)
     for label, v in values.items():
-        ax.hist(np.asarray(v), bins=bins, alpha=0.5, label=f"{label} (median {np.median(v):.2f})")
+        v = np.asarray(v, np.float64)
+        ok = v[np.isfinite(v)]
+        med = f"{np.median(ok):.2f}" if ok.size else "n/a"
+        ax.hist(ok, bins=bins, alpha=0.5,
+                label=f"{label} (median {med}; vanishing {v.size - ok.size} of {v.size})")
     ax.set_xlabel("Coherence (max pairwise cosine of member input gradients, Eq 7)")
     ax.set_ylabel("Number of test examples")
     ax.set_title(title or "Distribution of coherence values")

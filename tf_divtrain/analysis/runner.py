@@ -13,9 +13,10 @@ from tf_divtrain import labels as labels_lib
 
 from tf_divtrain.analysis.common import (
     ANALYSES, AnalysisError, BLOCK_MODES, DEFAULT_ATTACK_EPS, DEFAULT_GAAS_EPS, DEFAULT_GAAS_K,
-    GAAS_DEFINITION, PGD_STEP_FACTOR, _compiled, check_eps, num_members, summarize)
+    GAAS_DEFINITION, PGD_STEP_FACTOR, _compiled, check_eps, num_members)
 from tf_divtrain.analysis.gaas import (check_gaas_k, gaas_analysis)
-from tf_divtrain.analysis.coherence import coherence_values
+from tf_divtrain.analysis.coherence import (COHERENCE_DEFINITION, MARGIN_DEFINITION,
+                                            coherence_stats, summarize_coherence, vanishing_text)
 from tf_divtrain.analysis.transfer import transfer_matrix
 from tf_divtrain.analysis.whitebox import whitebox_check
 from tf_divtrain.analysis.plots import (plot_coherence_hist, plot_gaas, plot_transfer, safe_label)
@@ -99,15 +100,16 @@ def run_analysis(ensembles: Mapping[str, object], dataset: str, out_dir: str,
                  transfer_num_examples: int = 0, whitebox_num_examples: int = 0,
                  x: Optional[np.ndarray] = None,
                  y: Optional[np.ndarray] = None, log: Callable[[str], None] = print,
-                 precision: str = "float32") -> dict:
+                 precision: str = "float32", coherence_margin: bool = False) -> dict:
     """Runs the chosen analyses on every ensemble and writes ``out_dir``/analysis.json + PNGs.
 
     ``ensembles``: {label: training out_dir / saved_model dir / ensemble object}. Test data: the
     first ``num_examples`` test images of ``dataset`` (or ``x``, ``y`` if given); GAAS, the
     transfer matrix and the white-box check use only the first ``gaas_num_examples`` /
     ``transfer_num_examples`` / ``whitebox_num_examples`` of them (0 = all; the white-box subset
-    defaults to the transfer one). All inputs are validated before any heavy work. Returns the
-    dict written to analysis.json.
+    defaults to the transfer one). ``coherence_margin``: also the coherence of the members' logit
+    margin gradients (``coherence_margin`` entries). All inputs are validated before any heavy
+    work. Returns the dict written to analysis.json.
     """
     from tf_divtrain import data as data_lib
 
@@ -169,10 +171,15 @@ def run_analysis(ensembles: Mapping[str, object], dataset: str, out_dir: str,
                  "num_members": c.n, "clean_accuracy": float(np.mean(pred == y)),
                  "member_clean_accuracy": [float(v) for v in np.mean(mem == y[:, None], 0)]}
         if "coherence" in analyses:
-            v = coherence_values(ens, x, y, batch_size)
-            coh_values[label] = v
-            entry["coherence"] = summarize(v)
-            log(f"[{label}] coherence: mean {v.mean():.3f}, median {np.median(v):.3f}")
+            for key, objective in (("coherence", "ce"),) + ((("coherence_margin", "margin"),)
+                                                            if coherence_margin else ()):
+                st = coherence_stats(ens, x, y, batch_size, objective)
+                entry[key] = summarize_coherence(st)
+                if objective == "ce":
+                    coh_values[label] = st["values"]
+                c = entry[key]
+                log(f"[{label}] {key}: mean {c.get('mean', float('nan')):.3f}, median "
+                    f"{c.get('median', float('nan')):.3f} ({vanishing_text(c)})")
         if "gaas" in analyses:
             m = n_sub["gaas"]
             gaas_res[label] = gaas_analysis(ens, x[:m], y[:m], gaas_k, gaas_eps, batch_size,
@@ -212,6 +219,9 @@ def run_analysis(ensembles: Mapping[str, object], dataset: str, out_dir: str,
                 f"eps={e}: {a:.3f}" for e, a in aa["robust_accuracy"].items()))
         report["ensembles"][label] = entry
     if coh_values:
+        report["coherence_definition"] = COHERENCE_DEFINITION
+        if coherence_margin:
+            report["coherence_margin_definition"] = MARGIN_DEFINITION
         path = plot_coherence_hist(coh_values, os.path.join(out_dir, "coherence_hist.png"),
                                    f"Coherence of member input gradients ({dataset})")
         report["files"]["coherence_hist"] = path

@@ -171,8 +171,9 @@ def evaluate_stage(row: Row, ctx: Context) -> Stage:
 def analyze_stage(row: Row, ctx: Context) -> Stage:
     out = os.path.join(ctx.results, row.name, "analysis")
     labels = tuple(row.model(n).label for n in row.targets)
+    # --coherence_margin: Fig. 4 also on the logit-margin gradients, which do not vanish (issue 27).
     argv = _module(ctx, "tf_divtrain.analyze", f"--ensembles={_spec(row, ctx, row.targets)}",
-                   f"--out_dir={out}", *row.analyze_flags)
+                   f"--out_dir={out}", "--coherence_margin=true", *row.analyze_flags)
     return Stage(f"analyze_{row.name}", "analyze", argv, os.path.join(out, "analysis.json"),
                  (Lacks(labels, "{done} lacks some of: " + " ".join(labels) + "; re-running"),
                   Newer(_metrics(row, ctx, row.targets), RETRAINED)))

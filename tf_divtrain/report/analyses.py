@@ -88,18 +88,42 @@ def hadamard_note(ks: Sequence[int]) -> str:
             f"+√k): {'; '.join(checks)}; `analysis.check_gaas_k(25)` {rejected}.")
 
 
+def coherence_table(ens: dict, key: str, what: str = "") -> List[str]:
+    """Fig. 4's table: the defined examples' statistics and the vanishing counts (issue 27);
+    analyses written before issue 27 have no counts ('—')."""
+    def num(c, k):
+        return "—" if c.get(k) is None else f"{c[k]:.3f}"
+
+    out = ["| ensemble | " + (f"gradient of | " if what else "") + "defined / examples | "
+           "vanishing | member gradients exactly zero | mean | median | q25 | q75 |",
+           "|---|" + ("---|" if what else "") + "---|---|---|---|---|---|---|"]
+    for label, v in ens.items():
+        c = v.get(key)
+        if not c:
+            continue
+        mg = c.get("member_gradients")
+        zero = "—" if mg is None else f"{mg['exactly_zero']} of {mg['total']}" + (
+            f" (+{mg['non_finite']} non-finite)" if mg.get("non_finite") else "")
+        out.append(f"| {label} | " + (f"{what} | " if what else "") +
+                   f"{c['n']} / {c.get('num_examples', '—')} | {c.get('vanishing', '—')} | {zero} | "
+                   f"{num(c, 'mean')} | {num(c, 'median')} | {num(c, 'q25')} | {num(c, 'q75')} |")
+    return out
+
+
 def analysis_sections(analysis: dict, rel: str) -> List[str]:
     out = []
     ens = analysis.get("ensembles", {})
     if any("coherence" in v for v in ens.values()):
         out += ["### Coherence of member input gradients (Fig. 4)", "",
-                f"![coherence histogram]({rel}/coherence_hist.png)", "",
-                "| ensemble | n | mean | median | q25 | q75 |", "|---|---|---|---|---|---|"]
-        for label, v in ens.items():
-            c = v.get("coherence")
-            if c:
-                out.append(f"| {label} | {c['n']} | {c['mean']:.3f} | {c['median']:.3f} | "
-                           f"{c['q25']:.3f} | {c['q75']:.3f} |")
+                f"![coherence histogram]({rel}/coherence_hist.png)", ""]
+        if analysis.get("coherence_definition"):
+            out += [analysis["coherence_definition"], ""]
+        margin = any(v.get("coherence_margin") for v in ens.values())
+        if margin:
+            out += [analysis.get("coherence_margin_definition", ""), ""]
+        out += coherence_table(ens, "coherence", "CE (Eq 7)" if margin else "")
+        if margin:
+            out += coherence_table(ens, "coherence_margin", "logit margin")
         out.append("")
     gaas = {k: v["gaas"] for k, v in ens.items() if v.get("gaas")}
     if gaas:

@@ -216,7 +216,7 @@ def _methods_training_table(results_dir: str, row: str) -> List[str]:
             lines.append(f"| {label} | {role} | {NOT_RUN} |" + " — |" * 9)
             continue
         c, g = m["config"], m.get("test_gradient_stats") or {}
-        fmt = lambda k: f"{g[k]:.3f}" if k in g else "—"  # noqa: E731
+        fmt = lambda k: f"{g[k]:.3f}" if g.get(k) is not None else "—"  # noqa: E731
         cells = [label, role, c["mode"], len(m["member_accuracy"]), c.get("seed"), m["steps"],
                  c["batch_size"], pct(m["ensemble_accuracy"]), fmt("gal"), fmt("coherence"),
                  _step_cost(m, _loadavg(results_dir, row, name)), _method_settings(m)]
