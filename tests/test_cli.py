@@ -1,5 +1,6 @@
 """The four CLIs follow one pattern: flags defined into a given FlagValues, never at import."""
 
+import dataclasses
 import importlib
 
 import pytest
@@ -24,7 +25,7 @@ def test_train_flags_are_validated_by_the_config():
 
     fv = flags.FlagValues()
     train.define_flags(fv)
-    names = {f.name for f in training.dataclasses.fields(training.TrainConfig)}
+    names = {f.name for f in dataclasses.fields(training.TrainConfig)}
     assert names <= set(fv)  # every config field is a flag
     with pytest.raises(flags.IllegalFlagValueError, match=r"gal_lambda must be >= 0"):
         fv(["train", "--out_dir=x", "--gal_lambda=-1"])

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from tf_divtrain import io_utils
 from tf_divtrain import results as results_lib
 from tf_divtrain.pipeline import cli, plan, presets
 
@@ -90,8 +91,8 @@ def test_damaged_results_file_is_named_with_the_stage_to_rerun(tmp_path):
     os.makedirs(os.path.dirname(ev.done))
     with open(ev.done, "w") as f:
         f.write('{"rows": [{"label": "T_B')  # cut off mid-file
-    with pytest.raises(results_lib.ResultsError, match=r"results\.json is not a complete evaluation "
-                                                       r"results file .*re-run evaluate"):
+    with pytest.raises(io_utils.IncompleteFileError, match=r"results\.json is not a complete evaluation "
+                                                           r"results file .*re-run evaluate"):
         ev.decide()
     r = subprocess.run([sys.executable, "-m", "tf_divtrain.pipeline", "--dry-run", "cpu"], cwd=REPO,
                        env=dict(os.environ, RESULTS_ROOT=str(tmp_path)), capture_output=True, text=True)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_divtrain import data, export, gal, models, training
+from tf_divtrain import data, ens_adv, export, gal, models, training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,7 +66,7 @@ def test_static_fgsm_random_eps_is_fgsm_per_example(mnist_batch, source):
     ens = models.build_ensemble("conv3", (28, 28, 1), 10, 2, seed=1)  # untrained: many wrong guesses
     x, y = mnist_batch[0][:32], mnist_batch[1][:32]
     seed = tf.constant([4, 2], tf.int64)
-    adv = training.fgsm_random_eps(ens.member_logits, tf.constant(x), tf.constant(y), 0.3, seed,
+    adv = ens_adv.fgsm_random_eps(ens.member_logits, tf.constant(x), tf.constant(y), 0.3, seed,
                                    labels=source).numpy()
     eps = np.abs(tf.random.stateless_truncated_normal([32], seed, stddev=0.15).numpy())
     # The label source: the true labels, or the argmax of the static model's average softmax.
