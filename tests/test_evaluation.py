@@ -376,7 +376,7 @@ def test_surrogate_block_robust_to_all_on_fake_models(monkeypatch):
         crafted.append((sid, attack, evaluation.eps_key(eps)))
         return x_adv[(attack, evaluation.eps_key(eps))], {"cached": False, "path": f"{sid}_{attack}"}
 
-    monkeypatch.setattr(evaluation, "craft_cached", fake_craft)
+    monkeypatch.setattr(evaluation.score, "craft_cached", fake_craft)  # where _surrogate_block looks it up
     target, sur = FakeModel(0, "a"), FakeModel(1, "s")
     block = evaluation._surrogate_block("S_x", sur, "fp", [("A", target)], {"A": np.ones(5, bool)}, x, y, "mnist",
                                         ("fgsm", "ifgsm"), (0.1, 0.3), "unused", 2, 0, False, {},
