@@ -47,9 +47,17 @@ class EvalConfig:
     field_options: Optional[dict] = None
 
 
-def evaluate(surrogate_dir, targets, **settings) -> dict:
-    """:func:`run` of ``EvalConfig(surrogate_dir, targets, **settings)``."""
-    return run(EvalConfig(surrogate_dir=surrogate_dir, targets=targets, **settings))
+def evaluate(surrogate_dir, targets, dataset: Optional[str] = None,
+             data_dir: Optional[str] = None, eps: Optional[Sequence[float]] = None,
+             attacks: Sequence[str] = attacks_lib.ATTACKS, num_examples: int = 1000,
+             batch_size: int = 250, seed: int = 0, cache_dir: Optional[str] = None,
+             progress: bool = True, attack_options: Optional[Dict[str, dict]] = None,
+             precision: str = "float32", protocol: str = "paper",
+             field_options: Optional[dict] = None) -> dict:
+    """:func:`run` of the :class:`EvalConfig` with these fields (the same names, the same order)."""
+    return run(EvalConfig(surrogate_dir, targets, dataset, data_dir, eps, attacks, num_examples,
+                          batch_size, seed, cache_dir, progress, attack_options, precision, protocol,
+                          field_options))
 
 
 def run(cfg: EvalConfig) -> dict:
