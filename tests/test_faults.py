@@ -32,7 +32,8 @@ TIMING_KEYS = {"created_utc", "train_seconds_this_session", "images_per_sec_this
 
 
 def record(fault: str, survived: bool, data_lost: bool = False) -> None:
-    """Counts one injected fault (called after the test's own assertions passed or failed)."""
+    """Counts one injected fault; called only once the test has checked its outcome (a chain of
+    faults records each of them after the final comparison with the uninterrupted run)."""
     OUTCOMES.append((fault, bool(survived), bool(data_lost)))
 
 
@@ -367,7 +368,7 @@ def test_non_chief_restore_skips_without_moving(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # Training runs: a reference, then the same command interrupted at every write point.
 
-TRAIN_ARGS = ["--mode=div", "--ensemble_size=2", "--batch_size=16", "--train_examples=64",
+TRAIN_ARGS = ["--mode=baseline", "--ensemble_size=2", "--batch_size=16", "--train_examples=64",
               "--max_steps=4", "--checkpoint_every=1", "--eval_examples=20", "--log_every=100",
               "--noprogress"]
 
@@ -399,6 +400,7 @@ def test_train_interrupted_at_every_write_point_finishes_with_the_same_numbers(
 
     run = tmp_path / "run"
     ckpts = str(run / "checkpoints")
+    survived = []
 
     def latest():
         return tf.train.latest_checkpoint(ckpts)
@@ -407,13 +409,13 @@ def test_train_interrupted_at_every_write_point_finishes_with_the_same_numbers(
     with pytest.raises(io_utils.InjectedCrash):
         _train_in_process(run)
     assert latest().endswith("ckpt-1") and not (run / "metrics.json").exists()
-    record("train: crash mid checkpoint save (torn)", True)
+    survived.append("train: crash mid checkpoint save (torn)")
 
     fault("checkpoint:saved@2=crash")  # resumed from 1: saves 2, then crashes before 3 is listed
     with pytest.raises(io_utils.InjectedCrash):
         _train_in_process(run)
     assert latest().endswith("ckpt-2") and os.path.exists(ckpts + "/ckpt-3.index")
-    record("train: crash between checkpoint and state file", True)
+    survived.append("train: crash between checkpoint and state file")
 
     fault("checkpoint:saved=enospc")
     code, err = _cli_exit(capsys, _train_mod(), ["train", f"--out_dir={run}", *TRAIN_ARGS])
@@ -421,27 +423,27 @@ def test_train_interrupted_at_every_write_point_finishes_with_the_same_numbers(
     _one_error_line(err, f"cannot write {ckpts} (No space left on device); free some space")
     assert latest().endswith("ckpt-2")  # ckpt-3's files were written, its commit failed
     _ckpt_tensors(latest())  # what was saved before is intact and readable
-    record("train: ENOSPC at a checkpoint", True)
+    survived.append("train: ENOSPC at a checkpoint")
 
     fault("export:swap=crash")
     with pytest.raises(io_utils.InjectedCrash):
         _train_in_process(run)
     assert latest().endswith("ckpt-4") and not (run / "saved_model").exists()
     assert not (run / "metrics.json").exists()
-    record("train: crash during SavedModel export", True)
+    survived.append("train: crash during SavedModel export")
 
     fault("write:metrics.json=enospc")
     code, err = _cli_exit(capsys, _train_mod(), ["train", f"--out_dir={run}", *TRAIN_ARGS])
     assert code == 2
     _one_error_line(err, f"cannot write {run}/metrics.json (No space left on device)")
     assert (run / "saved_model" / "saved_model.pb").exists() and not (run / "metrics.json").exists()
-    record("train: ENOSPC at metrics.json", True)
+    survived.append("train: ENOSPC at metrics.json")
 
     fault("write:metrics.json=crash")
     with pytest.raises(io_utils.InjectedCrash):
         _train_in_process(run)
     assert not (run / "metrics.json").exists()  # half of it was written, under the temp name
-    record("train: crash during metrics.json", True)
+    survived.append("train: crash during metrics.json")
 
     fault("")
     _train_in_process(run)
@@ -451,6 +453,8 @@ def test_train_interrupted_at_every_write_point_finishes_with_the_same_numbers(
     assert a == b
     _assert_same_weights(str(reference / "saved_model" / "variables" / "variables"),
                          str(run / "saved_model" / "variables" / "variables"))
+    for name in survived:
+        record(name, True)
 
 
 def _train_mod():
@@ -649,12 +653,13 @@ def test_evaluate_interrupted_at_every_write_point(reference, tmp_path, fault):
         with pytest.raises(io_utils.InjectedCrash):
             _evaluate(reference, out, cache)
         assert not (out / "results.json").exists()
-        record(name, True)
     fault("")
     got = _evaluate(reference, out, cache)
     assert got["crafting"]["fgsm"]["0.1"]["cached"] is True  # the entry completed before the last crash
     assert _normalise(got, [tmp_path / "eval", tmp_path / "cache"]) == \
         _normalise(ref, [tmp_path / "ref", tmp_path / "ref_cache"])
+    for _, name in steps:
+        record(name, True)
 
 
 def test_analyze_and_report_interrupted_during_their_writes(reference, tmp_path, fault):
@@ -720,13 +725,15 @@ def test_sigkill_train_at_every_write_point(reference, tmp_path):
         r = _cli("train", args, spec)
         assert r.returncode == -9, (spec, r.stderr[-2000:])
         assert not (run / "metrics.json").exists()
-        record(f"train: {name} (real CLI)", True)
     r = _cli("train", args)
     assert r.returncode == 0, r.stderr[-2000:]
     _assert_same_weights(f"{tmp_path}/straight/checkpoints/ckpt-4",
                          tf.train.latest_checkpoint(str(run / "checkpoints")))
     assert _normalise(json.loads((run / "metrics.json").read_text()), [run]) == \
         _normalise(json.loads((tmp_path / "straight" / "metrics.json").read_text()), [tmp_path / "straight"])
+    for name in ("SIGKILL mid checkpoint save", "SIGKILL between checkpoint and state file",
+                 "SIGKILL during SavedModel export", "SIGKILL during metrics.json"):
+        record(f"train: {name} (real CLI)", True)
 
 
 @pytest.mark.slow
@@ -742,11 +749,12 @@ def test_sigkill_evaluate_at_every_write_point(reference, tmp_path):
                        ("write:results.json=kill", "SIGKILL between cache and results.json")):
         r = _cli("evaluate", args(tmp_path / "eval"), spec)
         assert r.returncode == -9 and not (tmp_path / "eval" / "results.json").exists()
-        record(f"evaluate: {name} (real CLI)", True)
     r = _cli("evaluate", args(tmp_path / "eval"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert _normalise(json.loads((tmp_path / "eval" / "results.json").read_text()), [tmp_path / "eval"]) == \
         _normalise(json.loads((tmp_path / "ref" / "results.json").read_text()), [tmp_path / "ref"])
+    for name in ("SIGKILL during a cache write", "SIGKILL between cache and results.json"):
+        record(f"evaluate: {name} (real CLI)", True)
 
 
 @pytest.mark.slow
@@ -786,9 +794,9 @@ def test_multi_worker_job_killed_mid_run_resumes_from_the_chiefs_checkpoint(tmp_
     assert worker.wait(timeout=900) == -9
     chief.kill()  # the rest of the job, as a scheduler would tear it down
     chief.wait()
-    record("multi-worker: worker SIGKILLed mid-run, job relaunched", True)
     assert not (run / "metrics.json").exists()
     relaunched = launch(run)
     assert [p.wait(timeout=900) for p in relaunched] == [0, 0]
     _assert_same_weights(tf.train.latest_checkpoint(str(tmp_path / "straight" / "checkpoints")),
                          tf.train.latest_checkpoint(str(run / "checkpoints")))
+    record("multi-worker: worker SIGKILLed mid-run, job relaunched", True)

@@ -203,7 +203,7 @@ def read_json(path: str, kind: Optional[str] = None, stage: Optional[str] = None
     except UnicodeDecodeError as e:
         raise bad(f"not UTF-8 text at byte {e.start}") from None
     except json.JSONDecodeError as e:
-        raise bad(f"{e.msg} at line {e.lineno} column {e.colno} of {len(raw)} bytes") from None
+        raise bad(f"{e.msg}: line {e.lineno} column {e.colno} of {len(raw)} bytes") from None
     if not isinstance(obj, dict):
         raise bad(f"top level is a {type(obj).__name__}, not an object")
     missing = [k for k in required if k not in obj]
