@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -14,6 +15,7 @@ def _env(**extra):
                 PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
 
 
+@pytest.mark.e2e
 def test_import_is_lazy():
     code = ("import sys, tf_divtrain as td; assert 'tensorflow' not in sys.modules, 'eager TF'; "
             "td.coherence; assert 'tensorflow' in sys.modules; print(len(td.__all__))")
@@ -53,6 +55,7 @@ def test_ensemble_like_and_attacks_on_a_user_ensemble(mnist):
     assert td.coherence_values(ens, x, y).shape == (16,)
 
 
+@pytest.mark.e2e
 def test_example_runs(data_dir):
     r = subprocess.run([sys.executable, os.path.join(REPO, "examples", "diversity_fit_mnist.py"),
                         "--train_examples=512", "--test_examples=128", "--epochs=1"],

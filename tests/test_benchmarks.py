@@ -38,6 +38,7 @@ def _has_torch():
     return True
 
 
+@pytest.mark.e2e
 def test_bench_quick_writes_every_section(data_dir, tmp_path):
     # One PyTorch thread: OpenMP's per-op barriers make 2-thread PyTorch steps 5-10x slower when
     # other jobs share the cores (see bench.py); this test checks the report, not the speed.
@@ -133,6 +134,7 @@ def test_bench_quick_writes_every_section(data_dir, tmp_path):
     assert _positive_finite(steps["ours_float32_gal"]["fraction_of_kernel_ceiling"])
 
 
+@pytest.mark.e2e
 def test_bench_skipped_sections_render_as_skipped(data_dir, tmp_path):
     """--skip=matmul,... used to crash markdown() with KeyError: 'matmul' (issue 10)."""
     res, md = _run_bench(data_dir, tmp_path, "--skip=matmul,kernels,attacks,export,data_pipeline,torch",
@@ -272,6 +274,7 @@ def test_stacked_gal_matches_reference_real_data(data_dir, dataset="mnist"):
     _compare_stacked(x, y, ens.members, strict=False)
 
 
+@pytest.mark.e2e
 def test_method_steps_quick_reports_every_mode(data_dir, tmp_path):
     """tf_divtrain.experiments.method_steps: one timed row per mode, ratios against baseline and GAL."""
     script = "-m", "tf_divtrain.experiments.method_steps"

@@ -16,6 +16,7 @@ import sys
 import keras
 import numpy as np
 import tensorflow as tf
+import pytest
 
 from tf_divtrain import data, models, training
 
@@ -48,6 +49,7 @@ def test_mix_like_gal_step_on_cifar_batch_norm_under_nested_tape(data_dir):
         assert sum(moved) >= 0.9 * len(moved), (m.name, sum(moved), len(moved))
 
 
+@pytest.mark.e2e
 def test_smoke_cifar_preset_end_to_end(tmp_path, data_dir):
     env = dict(os.environ, TF_DIVTRAIN_DATA=data_dir, RESULTS_ROOT=str(tmp_path),
                PYTHON=sys.executable, TF_CPP_MIN_LOG_LEVEL="3",

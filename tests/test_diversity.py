@@ -187,6 +187,7 @@ def test_strategy_scope_and_mixed_precision(mnist):
     assert np.isfinite(h.history["loss"][0])
 
 
+@pytest.mark.e2e
 def test_mirrored_two_replicas_equals_one_device(data_dir):
     script = os.path.join(REPO, "tests", "scripts", "diversity_mirrored.py")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",

@@ -226,6 +226,7 @@ def test_table2_format_bold_and_cells():
                                "**0.0** / **0.0**")
 
 
+@pytest.mark.e2e
 def test_cli_end_to_end(exports, tmp_path, data_dir):
     out = tmp_path / "eval"
     cmd = [sys.executable, "-m", "tf_divtrain.evaluate", f"--surrogate_dir={exports['surrogate']}",

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import tensorflow as tf
+import pytest
 
 from tf_divtrain import export, models
 
@@ -64,6 +65,7 @@ def _weights(out_dir):
     return {n: reader.get_tensor(n) for n in names}, int(reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE"))
 
 
+@pytest.mark.e2e
 def test_two_workers_equal_one_process_chief_writes_and_resume(tmp_path, data_dir, mnist):
     single, multi = str(tmp_path / "single"), str(tmp_path / "multi")
     r = subprocess.run(_args(single, 3, data_dir, "default"), env=_env(), capture_output=True,

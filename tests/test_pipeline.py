@@ -85,6 +85,7 @@ def test_stage_decision_follows_outputs_and_inputs(tmp_path):
     assert go and "a model was retrained after" in msg[0]
 
 
+@pytest.mark.e2e
 def test_damaged_results_file_is_named_with_the_stage_to_rerun(tmp_path):
     stages, ctx = _plan("cpu", tmp_path)
     ev = stages["evaluate_mnist_conv3"]
@@ -127,6 +128,7 @@ def test_results_covers_and_masks():
     assert results_lib.eps_key(0.30) == "0.3" and results_lib.safe_label("T_Ens+Div") == "T_Ens+Div"
 
 
+@pytest.mark.e2e
 def test_report_and_pipeline_load_no_tensorflow():
     """Rendering every committed report and planning every preset import neither TensorFlow nor
     Keras nor CleverHans' TF2 code: an import hook makes any such import fail."""

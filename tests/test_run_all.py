@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import pytest
 
 
 from fakes import PE, _mnist_metrics
@@ -20,6 +21,7 @@ def _run(args, tmp_path, data_dir):
                           capture_output=True, text=True, cwd=REPO)
 
 
+@pytest.mark.e2e
 def test_help_and_bad_arguments(tmp_path, data_dir):
     r = _run(["--help"], tmp_path, data_dir)
     assert r.returncode == 0 and "Presets:" in r.stdout and "smoke" in r.stdout
@@ -27,6 +29,7 @@ def test_help_and_bad_arguments(tmp_path, data_dir):
     assert r.returncode == 2 and "unknown argument" in r.stderr
 
 
+@pytest.mark.e2e
 def test_smoke_preset_end_to_end_and_resume(tmp_path, data_dir):
     r = _run(["smoke"], tmp_path, data_dir)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -279,6 +282,7 @@ def test_cpu_methods_dry_run_trains_targets_and_four_surrogates(tmp_path, data_d
     assert "evaluate_mnist_conv3_prediction_ce" not in cmds and "compare_mnist_conv3_prediction_ce" in cmds
 
 
+@pytest.mark.e2e
 def test_skipped_trainings_are_not_stamped_with_todays_load(tmp_path, data_dir):
     """Runs copied into work/ (or finished in an earlier session) keep no load average of today."""
     w = tmp_path / "cpu-methods" / "work" / "mnist_conv3"

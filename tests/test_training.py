@@ -151,6 +151,7 @@ def _ckpt_weights(path):
             if k.startswith(("optimizer/", "step/"))}
 
 
+@pytest.mark.e2e
 def test_resume_after_kill_gives_the_same_weights(tmp_path, data_dir):
     k = 8
     args = ["--mode=div", "--ensemble_size=2", "--batch_size=64", "--train_examples=2000",
@@ -234,6 +235,7 @@ def test_config_validation(kw, pattern):
         training.TrainConfig(mode=kw.pop("mode", "div"), **kw).validate()
 
 
+@pytest.mark.e2e
 def test_cli_validators_and_missing_static(tmp_path, data_dir):
     r = _cli(["--out_dir=" + str(tmp_path / "x"), "--noise_eps=1.5"], data_dir)
     assert r.returncode != 0 and "noise_eps=1.5 is outside [0, 1]" in r.stderr  # TrainConfig.validate's rule
@@ -245,6 +247,7 @@ def test_cli_validators_and_missing_static(tmp_path, data_dir):
     assert not (tmp_path / "x").exists()  # refused before writing anything
 
 
+@pytest.mark.e2e
 def test_mirrored_step_equals_default_step(data_dir):
     script = os.path.join(REPO, "tests", "scripts", "mirrored_equivalence.py")
     r = subprocess.run([sys.executable, script, "div", data_dir], env=_env(data_dir),
