@@ -270,12 +270,19 @@ def _check_finite_images(x, name: str) -> None:
     arr = np.asarray(x)
     if not np.issubdtype(arr.dtype, np.floating):
         return
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        first = int(np.argmax(bad.reshape(len(arr), -1).any(-1))) if arr.ndim else 0
-        raise ValueError(f"DiversityEnsemble.fit: {name} holds {int(bad.sum())} NaN/Inf pixel "
-                         f"value(s) (first in example {first}); clean them (e.g. np.nan_to_num) or "
-                         f"drop those images.")
+    if arr.ndim == 0:
+        arr = arr[None]
+    count, first = 0, None
+    for start in range(0, len(arr), 1024):  # chunks: no full-size temporary for a large x
+        bad = ~np.isfinite(arr[start:start + 1024])
+        n = int(bad.sum())
+        if n and first is None:
+            first = start + int(np.argmax(bad.reshape(len(bad), -1).any(-1)))
+        count += n
+    if count:
+        raise ValueError(f"DiversityEnsemble.fit: {name} holds {count} NaN/Inf pixel value(s) "
+                         f"(first in example {first}); clean them (e.g. np.nan_to_num) or drop "
+                         f"those images.")
 
 
 def trained_like(ensemble) -> models_lib.Ensemble:

@@ -163,10 +163,13 @@ class Checkpointer(Hook):
         self.saved = None
 
     def _save(self, step: int, metrics: Optional[dict] = None) -> None:
-        from tf_divtrain import checkpoints  # save errors -> OutputError; fault points (tests)
+        if isinstance(self.manager, tf.train.CheckpointManager):
+            from tf_divtrain import checkpoints  # save errors -> OutputError; fault points (tests)
 
-        checkpoints.save(self.manager, step, None if self.scratch_dir else metrics,
-                         scratch=bool(self.scratch_dir))
+            checkpoints.save(self.manager, step, None if self.scratch_dir else metrics,
+                             scratch=bool(self.scratch_dir))
+        else:  # any object with save(checkpoint_number=...)
+            self.manager.save(checkpoint_number=step)
         self.saved = step
         if self.scratch_dir:
             shutil.rmtree(self.scratch_dir, ignore_errors=True)
