@@ -49,6 +49,24 @@ def test_mix_like_gal_step_on_cifar_batch_norm_under_nested_tape(data_dir):
         assert sum(moved) >= 0.9 * len(moved), (m.name, sum(moved), len(moved))
 
 
+def test_gaas_at_a_cifar_eps_on_cifar_images(data_dir):
+    """GAAS on 32 x 32 x 3 inputs at the paper's CIFAR eps: the blocks split 3,072 dims (what the
+    smoke-cifar run checks end to end, here in-process)."""
+    from tf_divtrain import analysis
+
+    ds = data.load_dataset("cifar10", data_dir, train_size=16, test_size=16)
+    ens = models.build_ensemble("conv4", ds.input_shape, 10, 2, seed=1)
+    g = analysis.gaas_analysis(ens, ds.x_test, ds.y_test, ks=(4, 16), eps_list=(0.03,), batch_size=16)
+    assert set(g["results"]) == {"0.03"} and set(g["results"]["0.03"]) == {"4", "16"}
+    assert g["results"]["0.03"]["16"]["dims_per_block"] == 32 * 32 * 3 // 16
+    assert g["num_correct"] == sum(g["results"]["0.03"]["4"]["count_histogram"])
+
+
+# Slow: the in-process tests here (a CIFAR GAL step, GAAS at a CIFAR eps), the field protocol's
+# CIFAR-shaped evaluation (test_field_protocol), the cpu-cifar / cifar-paper dry runs (their
+# commands) and the report's CIFAR rendering (test_report) cover what this run checks; the
+# suite's one end-to-end preset run is the MNIST smoke preset (test_smoke_e2e).
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_smoke_cifar_preset_end_to_end(tmp_path, data_dir):
     env = dict(os.environ, TF_DIVTRAIN_DATA=data_dir, RESULTS_ROOT=str(tmp_path),

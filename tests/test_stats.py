@@ -159,15 +159,9 @@ def test_methods_report_paired_table(tmp_path):
 
 
 def test_ablation_report_counts_significant_cells(tmp_path):
-    import importlib.util
     import json
-    import os
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "experiments", "ablation_report.py")
-    spec = importlib.util.spec_from_file_location("ablation_report", path)
-    ab = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ab)
+    from tf_divtrain.experiments import ablation_report as ab
     n = 200
 
     def correct(k):  # the last k images right

@@ -151,6 +151,10 @@ def _ckpt_weights(path):
             if k.startswith(("optimizer/", "step/"))}
 
 
+# Slow: a kill timed against a real process. test_faults' in-process chain (a crash at every write
+# point, then the same run resumed, bitwise against an uninterrupted run) covers the behaviour in
+# the default tier; its slow twin sends real SIGKILLs at every write point.
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_resume_after_kill_gives_the_same_weights(tmp_path, data_dir):
     k = 8

@@ -93,3 +93,8 @@ def main(argv: Optional[List[str]] = None, env=None) -> int:
     else:
         print(f"pipeline: all stages of preset '{preset}' done; report: {ctx.results}/REPORT.md")
     return 0
+
+
+def console() -> None:
+    """Console script ``tf_divtrain-pipeline`` (= ``python -m tf_divtrain.pipeline``)."""
+    sys.exit(main())
