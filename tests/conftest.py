@@ -8,14 +8,6 @@ import pytest
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def pytest_configure(config):
-    """Under pytest-xdist (the README's test command: two workers on two cores) every worker, and
-    every CLI it starts, computes on one thread: two processes with a full thread pool each would
-    oversubscribe the cores (and oneDNN's OpenMP threads spin while they wait)."""
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        for var in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
-            os.environ.setdefault(var, "1")
-
 
 def _data_dir():
     d = os.environ.get("TF_DIVTRAIN_DATA") or os.path.join(os.path.dirname(_REPO), "shared", "data")
