@@ -1,5 +1,28 @@
 """Fake run outputs in the results schema (results.json, analysis.json, metrics.json) for the
-report and pipeline tests: small, hand-made, so every rendered number can be checked."""
+report and pipeline tests, small and hand-made so every rendered number can be checked; and the
+run_all.sh runner those tests share."""
+
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KNOBS = ("CIFAR_STEPS", "CIFAR_RESNET_STEPS", "CIFAR_MIX_STEPS", "CIFAR_FULL_ROWS",
+         "CIFAR_ROW_EVAL_EXAMPLES", "PRESET_TRAIN_FLAGS")
+
+
+def run_all_sh(args, tmp_path, data_dir, extra=None):
+    """``bash run_all.sh ARGS`` as a user runs it, results under ``tmp_path``, the preset knobs of
+    the caller's environment removed (``extra`` sets some)."""
+    env = dict(os.environ, TF_DIVTRAIN_DATA=data_dir, RESULTS_ROOT=str(tmp_path),
+               PYTHON=sys.executable, TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for k in KNOBS:
+        env.pop(k, None)
+    env.update(extra or {})
+    return subprocess.run(["bash", os.path.join(REPO, "run_all.sh"), *args], env=env,
+                          capture_output=True, text=True, cwd=REPO)
+
 
 PE = {"n": 1, "clean": "gA=="}  # stands in for a row's per-example results (only presence is read)
 

@@ -3,22 +3,16 @@ preset's commands and staleness rules by dry run (the report itself: test_report
 
 import json
 import os
-import subprocess
-import sys
 import pytest
 
 
-from fakes import PE, _mnist_metrics
+from fakes import PE, _mnist_metrics, run_all_sh
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(args, tmp_path, data_dir):
-    env = dict(os.environ, TF_DIVTRAIN_DATA=data_dir, RESULTS_ROOT=str(tmp_path),
-               PYTHON=sys.executable, TF_CPP_MIN_LOG_LEVEL="3",
-               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run(["bash", os.path.join(REPO, "run_all.sh"), *args], env=env,
-                          capture_output=True, text=True, cwd=REPO)
+    return run_all_sh(args, tmp_path, data_dir)
 
 
 @pytest.mark.e2e
@@ -44,15 +38,7 @@ def _dry(preset, tmp_path, data_dir, **env):
 
 
 def _run_env(args, tmp_path, data_dir, extra):
-    env = dict(os.environ, TF_DIVTRAIN_DATA=data_dir, RESULTS_ROOT=str(tmp_path),
-               PYTHON=sys.executable, TF_CPP_MIN_LOG_LEVEL="3",
-               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    for k in ("CIFAR_STEPS", "CIFAR_RESNET_STEPS", "CIFAR_MIX_STEPS", "CIFAR_FULL_ROWS",
-              "CIFAR_ROW_EVAL_EXAMPLES", "PRESET_TRAIN_FLAGS"):
-        env.pop(k, None)
-    env.update(extra)
-    return subprocess.run(["bash", os.path.join(REPO, "run_all.sh"), *args], env=env,
-                          capture_output=True, text=True, cwd=REPO)
+    return run_all_sh(args, tmp_path, data_dir, extra)
 
 
 def _flag(cmd, name):

@@ -2,21 +2,9 @@
 then the same command again, which finds every stage up to date. Its own file, so the two test
 workers can run it beside the rest (it is the suite's longest test)."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _run(args, tmp_path, data_dir):
-    env = dict(os.environ, TF_DIVTRAIN_DATA=data_dir, RESULTS_ROOT=str(tmp_path),
-               PYTHON=sys.executable, TF_CPP_MIN_LOG_LEVEL="3",
-               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run(["bash", os.path.join(REPO, "run_all.sh"), *args], env=env,
-                          capture_output=True, text=True, cwd=REPO)
+from fakes import run_all_sh as _run
 
 
 @pytest.mark.e2e
