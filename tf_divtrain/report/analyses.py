@@ -94,7 +94,7 @@ def coherence_table(ens: dict, key: str, what: str = "") -> List[str]:
     def num(c, k):
         return "—" if c.get(k) is None else f"{c[k]:.3f}"
 
-    out = ["| ensemble | " + (f"gradient of | " if what else "") + "defined / examples | "
+    out = ["| ensemble | " + ("gradient of | " if what else "") + "defined / examples | "
            "vanishing | member gradients exactly zero | mean | median | q25 | q75 |",
            "|---|" + ("---|" if what else "") + "---|---|---|---|---|---|---|"]
     for label, v in ens.items():
@@ -122,8 +122,8 @@ def analysis_sections(analysis: dict, rel: str) -> List[str]:
         if margin:
             out += [analysis.get("coherence_margin_definition", ""), ""]
         out += coherence_table(ens, "coherence", "CE (Eq 7)" if margin else "")
-        if margin:
-            out += coherence_table(ens, "coherence_margin", "logit margin")
+        if margin:  # a table of its own (a blank line between two Markdown tables)
+            out += [""] + coherence_table(ens, "coherence_margin", "logit margin")
         out.append("")
     gaas = {k: v["gaas"] for k, v in ens.items() if v.get("gaas")}
     if gaas:
