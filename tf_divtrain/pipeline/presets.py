@@ -203,7 +203,7 @@ PRESETS: Dict[str, Preset] = {p.name: p for p in (
            "0.03/0.09 on all 1,000 CIFAR-10 test images held (float32); coherence on all 1,000 (Fig. 4); "
            "GAAS at eps 0.03/0.06/0.09, k = 4, 16, 36, 64 on 500 (Fig. 5); member transferability and "
            "white-box PGD on 500; member breakdown. Measured on a 2-core Xeon with AMX (mixed_bfloat16): "
-           "a 5-member baseline trains at ~1.5 steps/s (~85 min per baseline model); estimate ~10 h of "
+           "a 5-member baseline trained at 1.5-1.7 steps/s in its first minute (~85 min per baseline model at that rate, not timed end to end); estimate ~10 h of "
            "training where bfloat16 is native, ~17 h in float32, plus ~1.5 h of evaluation and analysis; "
            "it resumes, so run it over several sessions.", _cifar_paper, "auto"),
     Preset("cpu", "The MNIST Conv-3 row with the paper's architecture, attacks, eps (0.1/0.3), lambda, "
