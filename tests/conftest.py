@@ -1,4 +1,7 @@
-"""Shared test fixtures: real data from $TF_DIVTRAIN_DATA (CI points it at ../shared/data)."""
+"""Shared test fixtures: real data from $TF_DIVTRAIN_DATA (CI points it at ../shared/data), the
+tiny Keras member the unit tests build ensembles from, and the environment of a CLI subprocess.
+The two factories are fixtures (``tiny_cnn``, ``subprocess_env``); module-level helpers that
+need them outside a test import the plain functions (``from conftest import cli_env``)."""
 
 import os
 
@@ -34,6 +37,46 @@ def mnist(data_dir):
 def mnist_batch(mnist):
     """128 real training images and labels."""
     return mnist.x_train[:128], mnist.y_train[:128]
+
+
+def tiny_cnn_model(seed, input_shape=(28, 28, 1), filters=4, strides=2, classes=10):
+    """Conv(filters, 3x3, strides) -> LeakyReLU(0.2) -> Dense(classes), Glorot-initialised from
+    ``seed`` (conv) and ``seed + 1`` (dense): a member small enough to train in a test."""
+    import keras
+
+    init = keras.initializers.GlorotUniform
+    return keras.Sequential([
+        keras.Input(input_shape),
+        keras.layers.Conv2D(filters, 3, strides=strides, kernel_initializer=init(seed)),
+        keras.layers.LeakyReLU(negative_slope=0.2),
+        keras.layers.Flatten(),
+        keras.layers.Dense(classes, kernel_initializer=init(seed + 1)),
+    ])
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn():
+    """Factory ``tiny_cnn(seed, input_shape=(28, 28, 1), filters=4, strides=2)`` of a tiny member."""
+    return tiny_cnn_model
+
+
+def cli_env(data_dir=None, **extra):
+    """os.environ for a CLI run from the repository: quiet TF logs, this checkout first on
+    PYTHONPATH, no inherited fault hook or TF_CONFIG, ``TF_DIVTRAIN_DATA`` when given."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=_REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for k in ("TF_DIVTRAIN_FAULT", "TF_CONFIG"):
+        env.pop(k, None)
+    if data_dir is not None:
+        env["TF_DIVTRAIN_DATA"] = str(data_dir)
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def subprocess_env():
+    """Factory ``subprocess_env(data_dir=None, **extra)`` of a CLI subprocess's environment."""
+    return cli_env
 
 
 @pytest.fixture(autouse=True)

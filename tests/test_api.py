@@ -7,12 +7,13 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import cli_env
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _env(**extra):
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
-                PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
+    return cli_env(**extra)
 
 
 @pytest.mark.e2e

@@ -15,17 +15,6 @@ EPS = 0.1
 TOL = 1e-6  # float32 rounding of x + clip(delta) - x
 
 
-def tiny_cnn(seed):
-    init = keras.initializers.GlorotUniform
-    return keras.Sequential([
-        keras.Input((28, 28, 1)),
-        keras.layers.Conv2D(4, 3, strides=2, kernel_initializer=init(seed)),
-        keras.layers.LeakyReLU(negative_slope=0.2),
-        keras.layers.Flatten(),
-        keras.layers.Dense(10, kernel_initializer=init(seed + 1)),
-    ])
-
-
 def linear_model(seed):
     init = keras.initializers.GlorotUniform
     bias = keras.initializers.RandomNormal(seed=seed + 7)
@@ -39,7 +28,7 @@ def batch(mnist):
 
 
 @pytest.fixture(scope="module")
-def tiny_ens():
+def tiny_ens(tiny_cnn):
     return models.Ensemble([tiny_cnn(1), tiny_cnn(11)])
 
 
@@ -238,7 +227,7 @@ def test_mifgsm_follows_eq5_momentum(batch):
     assert in_ball(got, x.reshape(len(x), -1), 0.3)
 
 
-def test_mifgsm_equals_cleverhans_on_single_model(batch):
+def test_mifgsm_equals_cleverhans_on_single_model(batch, tiny_cnn):
     x, y = batch
     model = tiny_cnn(21)
     ours = attacks.mifgsm(model, x, y, EPS, nb_iter=10, decay=1.0).numpy()
@@ -333,7 +322,7 @@ def test_compiled_attack_does_not_retrace_across_batches(tiny_ens, mnist):
     assert mi.tracing_count == 1 and mi.python_traces == 1
 
 
-def test_bad_inputs_raise():
+def test_bad_inputs_raise(tiny_cnn):
     ens = models.Ensemble([tiny_cnn(1)])
     with pytest.raises(ValueError, match="Unknown attack 'cw'.*fgsm, rfgsm, ifgsm, mifgsm, pgd_cw"):
         attacks.make_attack("cw", ens, 0.1)

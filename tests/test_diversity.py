@@ -11,6 +11,8 @@ import tensorflow as tf
 
 from tf_divtrain import data, diversity, gal, models, precision, step, training
 
+from conftest import cli_env
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -190,9 +192,7 @@ def test_strategy_scope_and_mixed_precision(mnist):
 @pytest.mark.e2e
 def test_mirrored_two_replicas_equals_one_device(data_dir):
     script = os.path.join(REPO, "tests", "scripts", "diversity_mirrored.py")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
-               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, script, data_dir], env=env, capture_output=True, text=True, cwd=REPO)
+    r = subprocess.run([sys.executable, script, data_dir], env=cli_env(), capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stderr[-2000:]
     vals = dict(line.split(" ", 1) for line in r.stdout.strip().splitlines() if " " in line)
     assert int(vals["REPLICAS"]) == 2 and float(vals["MOVED"]) > 1e-4

@@ -17,13 +17,14 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 from absl import flags
 
 from tf_divtrain import cli_flags, io_utils, locking
+
+from conftest import cli_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUTCOMES = []  # (fault, survived, data_lost) of every injected fault
@@ -63,11 +64,7 @@ def fault(monkeypatch):
 
 
 def _env(**extra):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
-               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.pop(io_utils.FAULT_ENV, None)
-    env.update(extra)
-    return env
+    return cli_env(**extra)  # no inherited fault hook
 
 
 def _normalise(obj, dirs=()):

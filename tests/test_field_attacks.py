@@ -105,14 +105,8 @@ def test_reductions_to_the_paper_attacks(tiny_cnn_ens, mnist):
 
 
 @pytest.fixture(scope="module")
-def tiny_cnn_ens():
-    def cnn(seed):
-        init = keras.initializers.GlorotUniform
-        return keras.Sequential([keras.Input((28, 28, 1)),
-                                 keras.layers.Conv2D(3, 3, strides=3, kernel_initializer=init(seed)),
-                                 keras.layers.LeakyReLU(negative_slope=0.2), keras.layers.Flatten(),
-                                 keras.layers.Dense(10, kernel_initializer=init(seed + 1))])
-    return models.Ensemble([cnn(3), cnn(13)])
+def tiny_cnn_ens(tiny_cnn):
+    return models.Ensemble([tiny_cnn(3, filters=3, strides=3), tiny_cnn(13, filters=3, strides=3)])
 
 
 def test_worst_restart_rule_by_hand():

@@ -8,17 +8,9 @@ import numpy as np
 import pytest
 from absl import flags as absl_flags
 
-from tf_divtrain import attacks, evaluate, evaluation, export, field, models, stats
+from tf_divtrain import attacks, evaluate, evaluation, export, field, models
 
 META = {"dataset": "mnist", "input_shape": [28, 28, 1], "num_classes": 10}
-
-
-def tiny_member(seed):
-    init = keras.initializers.GlorotUniform
-    return keras.Sequential([keras.Input((28, 28, 1)),
-                             keras.layers.Conv2D(4, 3, strides=3, kernel_initializer=init(seed)),
-                             keras.layers.LeakyReLU(negative_slope=0.2), keras.layers.Flatten(),
-                             keras.layers.Dense(10, kernel_initializer=init(seed + 1))])
 
 
 def fit(ens, x, y, steps):
@@ -34,13 +26,13 @@ def fit(ens, x, y, steps):
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory, mnist):
+def exports(tmp_path_factory, mnist, tiny_cnn):
     root = tmp_path_factory.mktemp("field_exports")
     x, y = mnist.x_train[:1000], mnist.y_train[:1000]
     res = models.Ensemble([models.resnet20((28, 28, 1), 10, seed=0)])  # untrained: SGM's hook is what matters
     out = {"res": export.export_ensemble(res, str(root / "res"), dict(META, models=["resnet20"]))}
     for name, seed in (("a", 1), ("b", 7)):
-        out[name] = export.export_ensemble(fit(models.Ensemble([tiny_member(seed)]), x, y, 30),
+        out[name] = export.export_ensemble(fit(models.Ensemble([tiny_cnn(seed, strides=3)]), x, y, 30),
                                            str(root / name), dict(META))
     return out
 

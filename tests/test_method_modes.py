@@ -16,6 +16,8 @@ from tf_divtrain import training
 from tf_divtrain.methods import adp, config_from_string, dverge, parse_params, trs
 from tf_divtrain.methods.objective import MethodObjective
 
+from conftest import cli_env
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -286,10 +288,8 @@ def test_dverge_layer_out_of_range_names_the_fix(tmp_path, data_dir):
                                          r"Fix: --method_params=layer=K with K one of the candidate "
                                          r"feature layers \[1, 3, 6, 10, 12\]"):
         _trainer("dverge", ensemble_size=2, method_params="layer=13")
-    env = dict(os.environ, TF_DIVTRAIN_DATA=data_dir, TF_CPP_MIN_LOG_LEVEL="3",
-               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-m", "tf_divtrain.train", "--mode=dverge", "--ensemble_size=2",
                         "--method_params=layer=13", "--max_steps=1", f"--out_dir={tmp_path}/x"],
-                       env=env, capture_output=True, text=True, cwd=REPO)
+                       env=cli_env(data_dir), capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and "Fix: --method_params=layer=K" in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / "x").exists()  # refused before writing anything

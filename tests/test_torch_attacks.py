@@ -9,7 +9,6 @@ Skipped without torch (CI does not install it).
 """
 
 import os
-import sys
 
 import numpy as np
 import pytest

@@ -23,7 +23,6 @@ Tolerances:
 """
 
 import os
-import sys
 
 import numpy as np
 import pytest

@@ -14,12 +14,13 @@ import tensorflow as tf
 
 from tf_divtrain import data, ens_adv, export, gal, models, training
 
+from conftest import cli_env
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _env(data_dir):
-    return dict(os.environ, TF_DIVTRAIN_DATA=data_dir, TF_CPP_MIN_LOG_LEVEL="3",
-                PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return cli_env(data_dir)
 
 
 def _cli(args, data_dir, **kw):

@@ -3,7 +3,8 @@
 Both the CLI's ``training.Trainer`` and ``diversity.DiversityEnsemble.train_step`` call
 :func:`apply_step`, so the two paths cannot drift apart.
 
-**Objective** -- the injection point for training objectives. An objective is a callable
+**Objective** (``protocols.Objective``) -- the injection point for training objectives. An
+objective is a callable
 
     objective(members, x, y, training, loss_scale=None) -> dict of per-example tensors
 
@@ -17,15 +18,12 @@ TRS, DVERGE, ...) are new objectives; nothing needs monkeypatching.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import keras
 import tensorflow as tf
 
 from tf_divtrain import gal as gal_lib
 from tf_divtrain import models as models_lib
-
-Objective = Callable[..., dict]
+from tf_divtrain.protocols import Objective
 
 
 @keras.saving.register_keras_serializable(package="tf_divtrain")

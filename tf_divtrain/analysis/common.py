@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from tf_divtrain import batching
 from tf_divtrain import gal
-from tf_divtrain import models as models_lib
+from tf_divtrain import inference
 from tf_divtrain import paper
 
 
@@ -125,12 +125,9 @@ class _Compiled:
         self.member_margin_grads = member_margin_grads
 
     def predict(self, x, batch_size: int):
-        """(ensemble predictions [B], member predictions [B, N]) as numpy."""
-        def both(xb):
-            lg = self.logits(xb)
-            return tf.argmax(models_lib.ensemble_probabilities(lg), -1), tf.argmax(lg, -1)
-
-        return batching.map_batches(both, x, batch_size=batch_size)
+        """(ensemble predictions [B], member predictions [B, N]) as numpy (``inference.predict``
+        with this ensemble's compiled logits)."""
+        return inference.predict(self.ensemble, x, batch_size, fn=self.logits)
 
 
 _COMPILED: Dict[int, _Compiled] = {}
@@ -144,8 +141,8 @@ def _compiled(ensemble) -> _Compiled:
 
 
 def predictions(ensemble, x, batch_size: int = 500):
-    """(ensemble predictions [B], member predictions [B, N]) as numpy: the package's one inference
-    helper for argmax predictions, compiled once per ensemble."""
+    """(ensemble predictions [B], member predictions [B, N]) as numpy (``inference.predict``),
+    compiled once per ensemble."""
     return _compiled(ensemble).predict(x, batch_size)
 
 

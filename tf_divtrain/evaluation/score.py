@@ -5,9 +5,8 @@ from __future__ import annotations
 
 
 import numpy as np
-import tensorflow as tf
 
-from tf_divtrain import batching
+from tf_divtrain import inference
 from tf_divtrain import stats
 from tf_divtrain.evaluation.cache import craft_cached
 from tf_divtrain.evaluation.validate import surrogate_row_label
@@ -21,10 +20,9 @@ def accuracy(model, x: np.ndarray, y: np.ndarray, batch_size: int = 500) -> floa
 
 
 def correct_mask(model, x: np.ndarray, y: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    """Per-example bool: argmax(average member softmax) == y. ``mean()`` is :func:`accuracy`."""
-    pred = batching.map_batches(lambda xb: tf.argmax(model.probabilities(tf.cast(xb, tf.float32)), -1),
-                                x, batch_size=batch_size)
-    return pred == np.asarray(y)
+    """Per-example bool: argmax(average member softmax) == y (``inference.correct_mask``, one
+    compiled logits function per model). ``mean()`` is :func:`accuracy`."""
+    return inference.correct_mask(model, x, y, batch_size)
 
 
 

@@ -42,8 +42,8 @@ from tf_divtrain.training.config import (  # noqa: F401
     ADV_LABELS, ADV_MODES, GAL_MODES, MAX_SKIPPED_FP16_STEPS, METHOD_MODES, MODES, RESUMABLE_KEYS,
     STRATEGIES, TrainConfig, TrainingError, batch_parts)
 from tf_divtrain.training.trainer import (  # noqa: F401
-    Trainer, evaluate_accuracy, gradient_statistics, is_chief, make_predict_fn, make_strategy,
-    objective_for_mode, per_example_objective, predict_member_logits)
+    Trainer, gradient_statistics, is_chief, make_strategy, objective_for_mode,
+    per_example_objective)
 from tf_divtrain.training.run import (  # noqa: F401
     _config_diff, checkpoint_manager, default_hooks, export_run, final_metrics, float32_ensemble,
     load_static_model, prepare_out_dir, seed_everything, step_budget, train)

@@ -17,6 +17,7 @@ from tf_divtrain import checkpoints as checkpoints_lib
 from tf_divtrain import data as data_lib
 from tf_divtrain import export as export_lib
 from tf_divtrain import io_utils
+from tf_divtrain import inference
 from tf_divtrain import locking
 from tf_divtrain import loop as loop_lib
 from tf_divtrain import models as models_lib
@@ -24,7 +25,7 @@ from tf_divtrain import models as models_lib
 from tf_divtrain.training.config import (
     ADV_MODES, MAX_SKIPPED_FP16_STEPS, RESUMABLE_KEYS, TrainConfig, TrainingError)
 from tf_divtrain.training.trainer import (
-    Trainer, evaluate_accuracy, gradient_statistics, make_predict_fn)
+    Trainer, gradient_statistics)
 # ----------------------------------------------------------------------------------------------
 # A run: config bookkeeping, resume, the loop's hooks, final metrics, export.
 
@@ -126,11 +127,11 @@ def default_hooks(cfg: TrainConfig, trainer: Trainer, ds, manager, scratch: str,
     x_val = ds.x_val if ds.x_val is not None else ds.x_test[:1000]
     y_val = ds.y_val if ds.y_val is not None else ds.y_test[:1000]
     n_val = min(len(x_val), 500)
-    predict_fn = make_predict_fn(trainer.ensemble, ds.input_shape)
+    predict_fn = inference.logits_fn(trainer.ensemble, ds.input_shape)
 
     def val_accuracy() -> float:
-        return evaluate_accuracy(trainer.ensemble, x_val[:n_val], y_val[:n_val],
-                                 predict_fn=predict_fn)["ensemble_accuracy"]
+        return inference.accuracies(trainer.ensemble, x_val[:n_val], y_val[:n_val],
+                                    fn=predict_fn)["ensemble_accuracy"]
 
     fp16 = cfg.precision == "mixed_float16"
     return [
@@ -154,7 +155,7 @@ def final_metrics(cfg: TrainConfig, trainer: Trainer, final, ds, loop_out: dict)
         "config": cfg.to_json(),
         "steps": int(trainer.step.numpy()),
         "test_examples": int(len(x_te)),
-        **evaluate_accuracy(final, x_te, y_te),
+        **inference.accuracies(final, x_te, y_te),
         "test_gradient_stats": gradient_statistics(final.members, x_te[:500], y_te[:500]),
         "final_train": {k: (v.tolist() if isinstance(v, np.ndarray) else float(v))
                         for k, v in loop_out["last"].items()},

@@ -194,29 +194,7 @@ class Trainer:
 
 
 # ----------------------------------------------------------------------------------------------
-# Evaluation helpers (inference mode).
-
-def evaluate_accuracy(ensemble, x: np.ndarray, y: np.ndarray, batch_size: int = 500,
-                      predict_fn: Optional[Callable] = None) -> dict:
-    """Clean accuracy of the ensemble (argmax of average softmax) and of each member."""
-    logits = predict_member_logits(ensemble, x, batch_size, predict_fn)
-    ens_pred = np.argmax(models_lib.ensemble_probabilities(logits).numpy(), -1)
-    member_pred = np.argmax(logits, -1)
-    return {"ensemble_accuracy": float(np.mean(ens_pred == y)),
-            "member_accuracy": [float(np.mean(member_pred[:, i] == y)) for i in range(logits.shape[1])]}
-
-
-def make_predict_fn(ensemble, input_shape) -> Callable:
-    """A compiled inference-mode member-logits function that never retraces (any batch size)."""
-    spec = tf.TensorSpec([None] + list(input_shape), tf.float32)
-    return tf.function(lambda xb: ensemble.member_logits(xb, training=False), input_signature=[spec])
-
-
-def predict_member_logits(ensemble, x: np.ndarray, batch_size: int = 500,
-                          predict_fn: Optional[Callable] = None) -> np.ndarray:
-    fn = predict_fn or make_predict_fn(ensemble, x.shape[1:])
-    return batching.map_batches(fn, x, batch_size=batch_size)
-
+# Gradient statistics (inference mode; clean accuracy is ``inference.accuracies``).
 
 def gradient_statistics(members, x: np.ndarray, y: np.ndarray, batch_size: int = 250) -> dict:
     """Input-gradient statistics, inference mode: mean GAL (Eq 8, the training loss' formula),
