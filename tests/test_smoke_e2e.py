@@ -8,6 +8,7 @@ from fakes import run_all_sh as _run
 
 
 @pytest.mark.e2e
+@pytest.mark.first
 def test_smoke_preset_end_to_end_and_resume(tmp_path, data_dir):
     r = _run(["smoke"], tmp_path, data_dir)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
