@@ -185,3 +185,22 @@ def test_methods_report_with_nothing_run(tmp_path):
     assert len(table) == 20 and all(l.count("not run") == 11 for l in table), table[0]
     assert "Transfer evaluation: not run" in text and "Training: not run" in text
     assert "Step cost benchmark: not run" in text
+
+
+def test_distance_from_the_paper_in_percentage_points():
+    # MNIST row, eps 0.1 / 0.3 = the paper's; paper T_Base: clean 99.4, FGSM 91.4 / 9.7, I-FGSM 86.1 / 0.7
+    # and T_Div: clean 99.2, FGSM 97.1 / 34.3, I-FGSM 97.6 / 20.4 (Table 2).
+    res = _results({"T_Base": (0.99, {"fgsm": (0.9, 0.1), "ifgsm": (0.8, 0.05)}),
+                    "T_Div": (0.992, {"fgsm": (0.95, 0.3), "ifgsm": (0.7, 0.2)})})
+    (line,) = report.table2.distance_from_paper("mnist_conv3", res)
+    base = [90 - 91.4, 10 - 9.7, 80 - 86.1, 5 - 0.7]  # ours - paper, pp
+    div = [95 - 97.1, 30 - 34.3, 70 - 97.6, 20 - 20.4]
+    assert (f"T_Base clean -0.4, attacked cells mean |Δ| {sum(map(abs, base)) / 4:.1f} "
+            f"(4 cells, -6.1 to +4.3)") in line
+    assert f"T_Div clean +0.0, attacked cells mean |Δ| {sum(map(abs, div)) / 4:.1f} (4 cells, -27.6 to -0.4)" in line
+    assert "T_Ens" not in line  # no results for it: no entry
+    res["eps"] = [0.05, 0.2]  # not the paper's eps: nothing to compare
+    for r in res["rows"]:
+        r["attacks"] = {a: {"0.05": v["0.1"], "0.2": v["0.3"]} for a, v in r["attacks"].items()}
+    assert report.table2.distance_from_paper("mnist_conv3", res) == []
+    assert report.table2.distance_from_paper("no_such_row", res) == []

@@ -78,6 +78,37 @@ def table2_side_by_side(row: str, results: Optional[dict]) -> str:
     return "\n".join(lines)
 
 
+def distance_from_paper(row: str, results: Optional[dict]) -> List[str]:
+    """One line per target: how far our cells are from the paper's, ours - paper in percentage
+    points (clean, then every attack cell at the paper's eps), on the main surrogate's rows."""
+    from tf_divtrain.paper import TABLE2_EPS
+
+    paper = PAPER_TABLE2.get(row, {})
+    if not results or not paper:
+        return []
+    paper_eps = [eps_key(e) for e in TABLE2_EPS[ROW_DATASET.get(row, "mnist")]]
+    ours = target_rows((results.get("by_surrogate") or [results])[0])
+    parts = []
+    for label in TARGETS:
+        if label not in paper or label not in ours:
+            continue
+        clean, pairs = paper[label]
+        r = ours[label]
+        deltas = [100.0 * r["attacks"][a][e] - pairs[ATTACK_ORDER.index(a)][j]
+                  for a in ATTACK_ORDER if a in r["attacks"]
+                  for j, e in enumerate(paper_eps) if e in r["attacks"][a]]
+        if not deltas:
+            continue
+        d = np.asarray(deltas)
+        pp = lambda v: f"{round(float(v), 1) + 0.0:+.1f}"  # noqa: E731 (no "-0.0")
+        parts.append(f"{label} clean {pp(100.0 * r['clean'] - clean)}, attacked cells mean "
+                     f"|Δ| {np.abs(d).mean():.1f} ({len(d)} cells, {pp(d.min())} to {pp(d.max())})")
+    if not parts:
+        return []
+    return ["Distance from the paper (ours − paper, percentage points, at the paper's eps): "
+            + "; ".join(parts) + "."]
+
+
 def coherence_check_extra(ens: dict, div: str, base: str) -> str:
     """The Fig. 4 check's qualifiers (issue 27): over how many defined examples, and the same
     check under the logit-margin gradients when the analysis has them."""
@@ -403,6 +434,8 @@ def build_table2_report(preset: str, results_dir: str) -> str:
                       f"the surrogate S ({results['num_examples']} test images, seed {results['seed']}); "
                       "bold = most successful attack per eps for our rows.", "",
                       table2_side_by_side(row, results), ""]
+            dist = distance_from_paper(row, results)
+            lines += dist + ([""] if dist else [])
             cr = results.get("crafting", {})
             if cr:
                 lines += ["Crafting speed on the surrogate: " + "; ".join(
