@@ -52,11 +52,10 @@ def test_autoattack_composition_and_strength(trained, mnist):
 
 def test_missing_art_is_a_clear_error(monkeypatch):
     from tf_divtrain import analysis
-    from tf_divtrain.analysis import runner
 
     monkeypatch.setitem(sys.modules, "art", None)
     with pytest.raises(aa.AutoAttackUnavailable, match=r"pip install -e '\.\[eval\]'"):
         aa.require_art()
     with pytest.raises(analysis.AnalysisError, match="adversarial-robustness-toolbox"):
-        runner.check_analyses(["whitebox", "autoattack"])  # before any work
-    assert runner.check_analyses(["whitebox"]) == ["whitebox"]
+        analysis.check_analyses(["whitebox", "autoattack"])  # before any work
+    assert analysis.check_analyses(["whitebox"]) == ["whitebox"]

@@ -12,6 +12,7 @@ Writes ``<out_dir>/analysis.json`` (all numbers), ``coherence_hist.png``, ``gaas
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 from absl import flags, logging
@@ -73,16 +74,9 @@ def main(argv, fv=None):
     if not FLAGS.ensembles:
         cli_flags.fail("--ensembles is required, e.g. --ensembles=T_Base=runs/base,T_Div=runs/div")
     try:
-        report = analysis.run_analysis(
-            analysis.parse_ensembles(FLAGS.ensembles), FLAGS.dataset, FLAGS.out_dir,
-            data_dir=FLAGS.data_dir, num_examples=FLAGS.num_examples, analyses=FLAGS.analyses,
-            gaas_k=FLAGS.gaas_k, gaas_eps=FLAGS.gaas_eps, transfer_eps=FLAGS.transfer_eps,
-            transfer_iters=FLAGS.transfer_iters, whitebox_eps=FLAGS.whitebox_eps,
-            whitebox_iters=FLAGS.whitebox_iters, batch_size=FLAGS.batch_size, seed=FLAGS.seed,
-            gaas_blocks=FLAGS.gaas_blocks, gaas_num_examples=FLAGS.gaas_num_examples,
-            transfer_num_examples=FLAGS.transfer_num_examples,
-            whitebox_num_examples=FLAGS.whitebox_num_examples, precision=FLAGS.precision,
-            coherence_margin=FLAGS.coherence_margin)
+        cfg = analysis.AnalysisConfig(**{f.name: FLAGS[f.name].value
+                                         for f in dataclasses.fields(analysis.AnalysisConfig)})
+        report = analysis.run(dataclasses.replace(cfg, ensembles=analysis.parse_ensembles(cfg.ensembles)))
     except (analysis.AnalysisError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

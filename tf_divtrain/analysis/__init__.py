@@ -24,7 +24,7 @@ the eps-ball and [0, 1]), compiled once per (ensemble, eps) with ``tf.function``
 to attack is a tensor argument).
 
 Layout: ``common`` (defaults, errors, per-member gradients, PGD), ``coherence``, ``gaas`` (with the
-regular Hadamard construction), ``transfer``, ``whitebox``, ``plots``, ``runner`` (``run_analysis``).
+regular Hadamard construction), ``transfer``, ``whitebox``, ``plots``, ``config`` (``AnalysisConfig``), ``runner`` (``run_analysis``, ``run``).
 Everything is re-exported here, so ``from tf_divtrain import analysis; analysis.X`` keeps working.
 """
 
@@ -83,11 +83,16 @@ from tf_divtrain.analysis.plots import (  # noqa: F401
     plot_transfer,
     safe_label,
 )
-from tf_divtrain.analysis.runner import (  # noqa: F401
-    _json_safe,
+from tf_divtrain.analysis.config import (  # noqa: F401
+    AnalysisConfig,
+    OPTIONAL_ANALYSES,
     _to_list,
     check_analyses,
-    load_targets,
     parse_ensembles,
+)
+from tf_divtrain.analysis.runner import (  # noqa: F401
+    _json_safe,
+    load_targets,
+    run,
     run_analysis,
 )

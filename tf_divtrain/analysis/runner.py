@@ -3,18 +3,18 @@ parsing, loading the exports, every analysis, plots and analysis.json."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
 from tf_divtrain import io_utils
-from tf_divtrain import labels as labels_lib
 
 from tf_divtrain.analysis.common import (
-    ANALYSES, AnalysisError, BLOCK_MODES, DEFAULT_ATTACK_EPS, DEFAULT_GAAS_EPS, DEFAULT_GAAS_K,
-    GAAS_DEFINITION, PGD_STEP_FACTOR, _compiled, check_eps, num_members)
-from tf_divtrain.analysis.gaas import (check_gaas_k, gaas_analysis)
+    ANALYSES, AnalysisError, GAAS_DEFINITION, _compiled, num_members)
+from tf_divtrain.analysis.config import AnalysisConfig
+from tf_divtrain.analysis.gaas import gaas_analysis
 from tf_divtrain.analysis.coherence import (COHERENCE_DEFINITION, MARGIN_DEFINITION,
                                             coherence_stats, summarize_coherence, vanishing_text)
 from tf_divtrain.analysis.transfer import transfer_matrix
@@ -24,42 +24,6 @@ from tf_divtrain.analysis.plots import (plot_coherence_hist, plot_gaas, plot_tra
 
 # ----------------------------------------------------------------------------------------------
 # Validation and the whole run.
-
-def parse_ensembles(spec) -> Dict[str, str]:
-    """``"T_Base=runs/base,T_Div=runs/div"`` (or a list / dict) -> ordered {label: dir}."""
-    return dict(labels_lib.parse_label_dirs(spec, "Ensemble", "--ensembles=T_Base=runs/base,T_Div=runs/div",
-                                            AnalysisError))
-
-
-OPTIONAL_ANALYSES = ("autoattack",)  # not in the default list: needs the '.[eval]' extra (ART)
-
-
-def check_analyses(analyses) -> list:
-    if isinstance(analyses, str):
-        analyses = [a.strip() for a in analyses.split(",") if a.strip()]
-    valid = ANALYSES + OPTIONAL_ANALYSES
-    bad = [a for a in analyses if a not in valid]
-    if bad or not analyses:
-        raise AnalysisError(f"Unknown analysis {bad}; valid: {', '.join(valid)}.")
-    if "autoattack" in analyses:
-        from tf_divtrain.analysis import autoattack
-
-        try:
-            autoattack.require_art()
-        except autoattack.AutoAttackUnavailable as e:
-            raise AnalysisError(str(e)) from None
-    return list(dict.fromkeys(analyses))
-
-
-def _to_list(v, cast):
-    if v is None:
-        return None
-    if isinstance(v, str):
-        return [cast(s.strip()) for s in v.split(",") if s.strip()]
-    if isinstance(v, (int, float)):
-        return [cast(v)]
-    return [cast(s) for s in v]
-
 
 def load_targets(ensembles: Mapping[str, object], dataset: str,
                  precision: str = "float32") -> Dict[str, object]:
@@ -101,45 +65,28 @@ def run_analysis(ensembles: Mapping[str, object], dataset: str, out_dir: str,
                  x: Optional[np.ndarray] = None,
                  y: Optional[np.ndarray] = None, log: Callable[[str], None] = print,
                  precision: str = "float32", coherence_margin: bool = False) -> dict:
+    """:func:`run` of the :class:`AnalysisConfig` with these fields (``x``, ``y``: test data to
+    use instead of the dataset's first ``num_examples`` test images; ``log``: progress lines)."""
+    cfg = AnalysisConfig(ensembles, dataset, out_dir, data_dir, num_examples, analyses, gaas_k,
+                         gaas_eps, transfer_eps, transfer_iters, whitebox_eps, whitebox_iters,
+                         batch_size, seed, gaas_blocks, gaas_num_examples, transfer_num_examples,
+                         whitebox_num_examples, precision, coherence_margin)
+    return run(cfg, x, y, log)
+
+
+def run(cfg: AnalysisConfig, x: Optional[np.ndarray] = None, y: Optional[np.ndarray] = None,
+        log: Callable[[str], None] = print) -> dict:
     """Runs the chosen analyses on every ensemble and writes ``out_dir``/analysis.json + PNGs.
 
-    ``ensembles``: {label: training out_dir / saved_model dir / ensemble object}. Test data: the
-    first ``num_examples`` test images of ``dataset`` (or ``x``, ``y`` if given); GAAS, the
-    transfer matrix and the white-box check use only the first ``gaas_num_examples`` /
-    ``transfer_num_examples`` / ``whitebox_num_examples`` of them (0 = all; the white-box subset
-    defaults to the transfer one). ``coherence_margin``: also the coherence of the members' logit
-    margin gradients (``coherence_margin`` entries). All inputs are validated before any heavy
-    work. Returns the dict written to analysis.json.
+    All inputs are validated (:meth:`AnalysisConfig.validate`) before any heavy work. Returns the
+    dict written to analysis.json.
     """
     from tf_divtrain import data as data_lib
 
-    try:
-        data_lib.check_dataset_name(dataset)
-    except ValueError as e:
-        raise AnalysisError(str(e)) from None
-    analyses = check_analyses(analyses)
-    if isinstance(ensembles, str) or not isinstance(ensembles, Mapping):
-        ensembles = parse_ensembles(ensembles)
-    gaas_k = _to_list(gaas_k, int) or list(DEFAULT_GAAS_K)
-    gaas_k = [check_gaas_k(k) for k in gaas_k]
-    gaas_eps = [check_eps(e, "GAAS eps") for e in (_to_list(gaas_eps, float) or DEFAULT_GAAS_EPS[dataset])]
-    whitebox_eps = [check_eps(e, "white-box eps")
-                    for e in (_to_list(whitebox_eps, float) or DEFAULT_ATTACK_EPS[dataset])]
-    transfer_eps = check_eps(transfer_eps if transfer_eps is not None else DEFAULT_ATTACK_EPS[dataset][-1],
-                             "transfer eps")
-    if gaas_blocks not in BLOCK_MODES:
-        raise AnalysisError(f"Unknown GAAS block mode {gaas_blocks!r}; valid: {', '.join(BLOCK_MODES)}.")
-    if num_examples < 1 or batch_size < 1 or transfer_iters < 1 or whitebox_iters < 1:
-        raise AnalysisError("num_examples, batch_size, transfer_iters and whitebox_iters must be >= 1.")
-    if min(gaas_num_examples, transfer_num_examples, whitebox_num_examples) < 0:
-        raise AnalysisError("gaas/transfer/whitebox_num_examples must be >= 0 (0 = num_examples).")
-    whitebox_num_examples = whitebox_num_examples or transfer_num_examples
-    n_sub = {"gaas": gaas_num_examples or num_examples,
-             "transfer": transfer_num_examples or num_examples,
-             "whitebox": whitebox_num_examples or num_examples}
-    d = int(np.prod(data_lib.DATASETS[dataset][0]))
-    if max(gaas_k) > d:
-        raise AnalysisError(f"GAAS k={max(gaas_k)} exceeds the input dimension {d} of {dataset}.")
+    cfg = cfg.validate()
+    (ensembles, dataset, out_dir, data_dir, num_examples, analyses, gaas_k, gaas_eps, transfer_eps,
+     transfer_iters, whitebox_eps, whitebox_iters, batch_size, seed, gaas_blocks, _, _, _,
+     precision, coherence_margin) = (getattr(cfg, f.name) for f in dataclasses.fields(AnalysisConfig))
     targets = load_targets(ensembles, dataset, precision)
     if "coherence" in analyses:
         small = [lbl for lbl, t in targets.items() if num_members(t) < 2]
@@ -153,15 +100,9 @@ def run_analysis(ensembles: Mapping[str, object], dataset: str, out_dir: str,
         x, y = np.asarray(x, np.float32)[:num_examples], np.asarray(y, np.int64)[:num_examples]
     os.makedirs(out_dir, exist_ok=True)
 
-    n_sub = {a: min(n, len(x)) for a, n in n_sub.items()}
+    n_sub = cfg.subset_sizes(len(x))
     report = {"dataset": dataset, "num_examples": int(len(x)), "seed": int(seed), "precision": precision,
-              "analyses": analyses,
-              "subset_sizes": {"coherence": int(len(x)), **{a: int(n) for a, n in n_sub.items()}},
-              "settings": {"gaas_k": gaas_k, "gaas_eps": gaas_eps, "gaas_blocks": gaas_blocks,
-                           "transfer_eps": transfer_eps, "transfer_iters": int(transfer_iters),
-                           "whitebox_eps": whitebox_eps, "whitebox_iters": int(whitebox_iters),
-                           "pgd_step": f"{PGD_STEP_FACTOR:g} * eps / iters, random start",
-                           "batch_size": int(batch_size)},
+              "analyses": analyses, "subset_sizes": n_sub, "settings": cfg.settings(),
               "ensembles": {}, "files": {}, "warnings": []}
     coh_values, gaas_res = {}, {}
     for label, ens in targets.items():
