@@ -1,8 +1,12 @@
 """Fake run outputs in the results schema (results.json, analysis.json, metrics.json) for the
-report and pipeline tests, small and hand-made so every rendered number can be checked; and the
-run_all.sh runner those tests share."""
+report and pipeline tests, small and hand-made so every rendered number can be checked; the
+run_all.sh runner those tests share; tiny exportable ensembles (the evaluation tests' surrogates
+and targets); and the local multi-worker launcher of the ``--strategy=multi_worker`` tests.
+Importing this module imports no TensorFlow (the report tests use it)."""
 
+import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -22,6 +26,63 @@ def run_all_sh(args, tmp_path, data_dir, extra=None):
     env.update(extra or {})
     return subprocess.run(["bash", os.path.join(REPO, "run_all.sh"), *args], env=env,
                           capture_output=True, text=True, cwd=REPO)
+
+
+def free_ports(n):
+    """``n`` free TCP ports on the loopback interface (bound once, then released)."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def launch_workers(argv, env, n=2, env_for=None, **popen_kwargs):
+    """Starts ``n`` local processes of ``argv``, worker i of an ``n``-worker cluster on free
+    loopback ports (``$TF_CONFIG``); ``env_for(i)`` adds worker i's own variables. Returns the
+    ``Popen`` objects (the caller waits)."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(n)]}
+    procs = []
+    for i in range(n):
+        e = dict(env, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
+        e.update(env_for(i) if env_for else {})
+        procs.append(subprocess.Popen(argv, env=e, cwd=REPO, **popen_kwargs))
+    return procs
+
+
+META = {"dataset": "mnist", "input_shape": [28, 28, 1], "num_classes": 10}
+
+
+def tiny_member(seed, input_shape=(28, 28, 1)):
+    """A 4-filter conv + dense member (seconds to train, export and attack)."""
+    import keras
+
+    init = keras.initializers.GlorotUniform
+    return keras.Sequential([
+        keras.Input(input_shape),
+        keras.layers.Conv2D(4, 3, strides=2, kernel_initializer=init(seed)),
+        keras.layers.LeakyReLU(negative_slope=0.2),
+        keras.layers.Flatten(),
+        keras.layers.Dense(10, kernel_initializer=init(seed + 1)),
+    ])
+
+
+def fit_briefly(ens, x, y, steps=40):
+    """A few Adam steps so that accuracies are not all chance level."""
+    import keras
+    import tensorflow as tf
+
+    from tf_divtrain import gal
+
+    opt = keras.optimizers.Adam(3e-3)
+    for i in range(steps):
+        sl = slice(i * 64 % len(x), i * 64 % len(x) + 64)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(gal.member_cross_entropy(ens.member_logits(x[sl], training=True), y[sl]))
+        opt.apply_gradients(zip(tape.gradient(loss, ens.trainable_variables), ens.trainable_variables))
+    return ens
 
 
 PE = {"n": 1, "clean": "gA=="}  # stands in for a row's per-example results (only presence is read)
