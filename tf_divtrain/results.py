@@ -8,6 +8,8 @@ through here, so rendering a report or planning a preset never loads TensorFlow.
   ``{attack: {eps_key: accuracy}}``, ``robust_to_all``, and ``per_example``: base64 bit masks of
   per-image correctness, clean and per cell, so paired statistics apply).
 - ``by_surrogate`` (schema 2, several surrogates): one block of rows per surrogate.
+- ``crafting_strategy`` (only when ``evaluate --strategy`` was not ``default``): ``name``,
+  ``replicas``, ``workers``, ``chief``; the examples, hence every number, are the default's.
 - analysis.json: ``ensembles`` → ``{label: {analysis: result}}``.
 """
 
