@@ -144,3 +144,43 @@ def _block(label, targets, base=0.5):
 def _comparison(text):
     section = text[text.index("## Comparison"):text.index("## Training cost per step")]
     return [l for l in section.splitlines() if l.startswith("| T_")]
+
+
+def _bits(s):
+    return [c == "1" for c in s]
+
+
+def _field_results(targets, dataset="mnist", eps=(0.1, 0.3), sets=("mpgd_ce_r0", "mdi2fgsm_ce"),
+                   reductions=("8 test images (DVERGE / TRS: 1000)",)):
+    """results.json of an ``evaluate --protocol=field`` run with hand-made per-example masks.
+
+    ``targets``: {label: {"clean": "1101...", surrogate: {set: {eps_key: "0110..."}}}}; every
+    accuracy, robust-to-all and worst set is derived from the masks, so a test can check them."""
+    from tf_divtrain import stats
+
+    def row(label, spec, sur):
+        clean = _bits(spec["clean"])
+        cells = {s: {e: _bits(spec[sur][s][e]) for e in spec[sur][s]} for s in sets}
+        mean = lambda m: sum(m) / len(m)  # noqa: E731
+        return {"label": label, "role": "target", "clean": mean(clean),
+                "attacks": {s: {e: mean(m) for e, m in c.items()} for s, c in cells.items()},
+                "per_example": {"n": len(clean), "encoding": stats.ENCODING,
+                                "clean": stats.encode_mask(clean),
+                                "attacks": {s: {e: stats.encode_mask(m) for e, m in c.items()}
+                                            for s, c in cells.items()}}}
+
+    surrogates = [k for k in next(iter(targets.values())) if k != "clean"]
+    blocks = [{"label": sur, "rows": [row(t, spec, sur) for t, spec in targets.items()]
+                                     + [{"label": f"{sur} (white-box)", "role": "surrogate",
+                                         "clean": 1.0, "attacks": {x: {f"{e:g}": 0.0 for e in eps}
+                                                                   for x in sets}}]}
+              for sur in surrogates]
+    display = {"mpgd_ce_r0": "M-PGD CE r0", "mdi2fgsm_ce": "M-DI²-FGSM CE", "pgd50_cw_r0": "PGD-50 CW r0"}
+    return {"schema_version": 2, "protocol": "field", "dataset": dataset, "eps": list(eps),
+            "attacks": list(sets), "num_examples": len(_bits(next(iter(targets.values()))["clean"])),
+            "seed": 0, "batch_size": 8, "rows": blocks[0]["rows"], "by_surrogate": blocks,
+            "field": {"families": ["mpgd", "mdi2fgsm"], "losses": ["ce"], "restarts": 1,
+                      "steps": 5, "omitted": {},
+                      "sets": {s: {"attack": s.split("_")[0], "display": display.get(s, s),
+                                   "options": {"loss": "ce", "nb_iter": 5}} for s in sets},
+                      "reductions": list(reductions)}}
