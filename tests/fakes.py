@@ -1,8 +1,12 @@
 """Fake run outputs in the results schema (results.json, analysis.json, metrics.json) for the
-report and pipeline tests, small and hand-made so every rendered number can be checked; and the
-run_all.sh runner those tests share."""
+report and pipeline tests, small and hand-made so every rendered number can be checked; the
+run_all.sh runner those tests share; tiny exportable ensembles (the evaluation tests' surrogates
+and targets); and the local multi-worker launcher of the ``--strategy=multi_worker`` tests.
+Importing this module imports no TensorFlow (the report tests use it)."""
 
+import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -22,6 +26,63 @@ def run_all_sh(args, tmp_path, data_dir, extra=None):
     env.update(extra or {})
     return subprocess.run(["bash", os.path.join(REPO, "run_all.sh"), *args], env=env,
                           capture_output=True, text=True, cwd=REPO)
+
+
+def free_ports(n):
+    """``n`` free TCP ports on the loopback interface (bound once, then released)."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def launch_workers(argv, env, n=2, env_for=None, **popen_kwargs):
+    """Starts ``n`` local processes of ``argv``, worker i of an ``n``-worker cluster on free
+    loopback ports (``$TF_CONFIG``); ``env_for(i)`` adds worker i's own variables. Returns the
+    ``Popen`` objects (the caller waits)."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(n)]}
+    procs = []
+    for i in range(n):
+        e = dict(env, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
+        e.update(env_for(i) if env_for else {})
+        procs.append(subprocess.Popen(argv, env=e, cwd=REPO, **popen_kwargs))
+    return procs
+
+
+META = {"dataset": "mnist", "input_shape": [28, 28, 1], "num_classes": 10}
+
+
+def tiny_member(seed, input_shape=(28, 28, 1)):
+    """A 4-filter conv + dense member (seconds to train, export and attack)."""
+    import keras
+
+    init = keras.initializers.GlorotUniform
+    return keras.Sequential([
+        keras.Input(input_shape),
+        keras.layers.Conv2D(4, 3, strides=2, kernel_initializer=init(seed)),
+        keras.layers.LeakyReLU(negative_slope=0.2),
+        keras.layers.Flatten(),
+        keras.layers.Dense(10, kernel_initializer=init(seed + 1)),
+    ])
+
+
+def fit_briefly(ens, x, y, steps=40):
+    """A few Adam steps so that accuracies are not all chance level."""
+    import keras
+    import tensorflow as tf
+
+    from tf_divtrain import gal
+
+    opt = keras.optimizers.Adam(3e-3)
+    for i in range(steps):
+        sl = slice(i * 64 % len(x), i * 64 % len(x) + 64)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(gal.member_cross_entropy(ens.member_logits(x[sl], training=True), y[sl]))
+        opt.apply_gradients(zip(tape.gradient(loss, ens.trainable_variables), ens.trainable_variables))
+    return ens
 
 
 PE = {"n": 1, "clean": "gA=="}  # stands in for a row's per-example results (only presence is read)
@@ -83,3 +144,43 @@ def _block(label, targets, base=0.5):
 def _comparison(text):
     section = text[text.index("## Comparison"):text.index("## Training cost per step")]
     return [l for l in section.splitlines() if l.startswith("| T_")]
+
+
+def _bits(s):
+    return [c == "1" for c in s]
+
+
+def _field_results(targets, dataset="mnist", eps=(0.1, 0.3), sets=("mpgd_ce_r0", "mdi2fgsm_ce"),
+                   reductions=("8 test images (DVERGE / TRS: 1000)",)):
+    """results.json of an ``evaluate --protocol=field`` run with hand-made per-example masks.
+
+    ``targets``: {label: {"clean": "1101...", surrogate: {set: {eps_key: "0110..."}}}}; every
+    accuracy, robust-to-all and worst set is derived from the masks, so a test can check them."""
+    from tf_divtrain import stats
+
+    def row(label, spec, sur):
+        clean = _bits(spec["clean"])
+        cells = {s: {e: _bits(spec[sur][s][e]) for e in spec[sur][s]} for s in sets}
+        mean = lambda m: sum(m) / len(m)  # noqa: E731
+        return {"label": label, "role": "target", "clean": mean(clean),
+                "attacks": {s: {e: mean(m) for e, m in c.items()} for s, c in cells.items()},
+                "per_example": {"n": len(clean), "encoding": stats.ENCODING,
+                                "clean": stats.encode_mask(clean),
+                                "attacks": {s: {e: stats.encode_mask(m) for e, m in c.items()}
+                                            for s, c in cells.items()}}}
+
+    surrogates = [k for k in next(iter(targets.values())) if k != "clean"]
+    blocks = [{"label": sur, "rows": [row(t, spec, sur) for t, spec in targets.items()]
+                                     + [{"label": f"{sur} (white-box)", "role": "surrogate",
+                                         "clean": 1.0, "attacks": {x: {f"{e:g}": 0.0 for e in eps}
+                                                                   for x in sets}}]}
+              for sur in surrogates]
+    display = {"mpgd_ce_r0": "M-PGD CE r0", "mdi2fgsm_ce": "M-DI²-FGSM CE", "pgd50_cw_r0": "PGD-50 CW r0"}
+    return {"schema_version": 2, "protocol": "field", "dataset": dataset, "eps": list(eps),
+            "attacks": list(sets), "num_examples": len(_bits(next(iter(targets.values()))["clean"])),
+            "seed": 0, "batch_size": 8, "rows": blocks[0]["rows"], "by_surrogate": blocks,
+            "field": {"families": ["mpgd", "mdi2fgsm"], "losses": ["ce"], "restarts": 1,
+                      "steps": 5, "omitted": {},
+                      "sets": {s: {"attack": s.split("_")[0], "display": display.get(s, s),
+                                   "options": {"loss": "ce", "nb_iter": 5}} for s in sets},
+                      "reductions": list(reductions)}}

@@ -6,40 +6,14 @@ import os
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 
 from tf_divtrain import results as results_lib
 from tf_divtrain import attacks, evaluation, export, models
+from fakes import META, fit_briefly, tiny_member
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-META = {"dataset": "mnist", "input_shape": [28, 28, 1], "num_classes": 10}
-
-
-def tiny_member(seed, input_shape=(28, 28, 1)):
-    init = keras.initializers.GlorotUniform
-    return keras.Sequential([
-        keras.Input(input_shape),
-        keras.layers.Conv2D(4, 3, strides=2, kernel_initializer=init(seed)),
-        keras.layers.LeakyReLU(negative_slope=0.2),
-        keras.layers.Flatten(),
-        keras.layers.Dense(10, kernel_initializer=init(seed + 1)),
-    ])
-
-
-def fit_briefly(ens, x, y, steps=40):
-    """A few Adam steps so that accuracies are not all chance level."""
-    import tensorflow as tf
-    from tf_divtrain import gal
-
-    opt = keras.optimizers.Adam(3e-3)
-    for i in range(steps):
-        sl = slice(i * 64 % len(x), i * 64 % len(x) + 64)
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(gal.member_cross_entropy(ens.member_logits(x[sl], training=True), y[sl]))
-        opt.apply_gradients(zip(tape.gradient(loss, ens.trainable_variables), ens.trainable_variables))
-    return ens
 
 
 @pytest.fixture(scope="module")

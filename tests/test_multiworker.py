@@ -4,7 +4,6 @@ the chief writes; a second launch resumes from the chief's checkpoint."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -13,18 +12,9 @@ import tensorflow as tf
 import pytest
 
 from tf_divtrain import export, models
+from fakes import launch_workers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _args(out_dir, steps, data_dir, strategy):
@@ -34,22 +24,16 @@ def _args(out_dir, steps, data_dir, strategy):
             f"--out_dir={out_dir}", f"--strategy={strategy}"]
 
 
-def _env(tf_config=None):
+def _env():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
                PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("TF_CONFIG", None)
-    if tf_config:
-        env["TF_CONFIG"] = json.dumps(tf_config)
     return env
 
 
 def _two_workers(out_dir, steps, data_dir):
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    procs = [subprocess.Popen(_args(out_dir, steps, data_dir, "multi_worker"),
-                              env=_env({"cluster": cluster, "task": {"type": "worker", "index": i}}),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
-             for i in range(2)]
+    procs = launch_workers(_args(out_dir, steps, data_dir, "multi_worker"), _env(),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     outs = [p.communicate(timeout=600)[0] for p in procs]
     for p, o in zip(procs, outs):
         assert p.returncode == 0, o[-3000:]

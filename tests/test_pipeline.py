@@ -130,8 +130,9 @@ def test_results_covers_and_masks():
 
 @pytest.mark.e2e
 def test_report_and_pipeline_load_no_tensorflow():
-    """Rendering every committed report and planning every preset import neither TensorFlow nor
-    Keras nor CleverHans' TF2 code: an import hook makes any such import fail."""
+    """Rendering every committed report (and a field-protocol section) and planning every preset
+    import neither TensorFlow nor Keras nor CleverHans' TF2 code: an import hook makes any such
+    import fail."""
     code = r"""
 import sys
 class Block:
@@ -147,6 +148,15 @@ for name in presets.PRESETS:
 for name in ('cpu', 'cpu-cifar', 'cpu-methods', 'mnist-paper'):
     text = report.build_report(name, 'results/' + name)
     assert '# ' in text
+import json, os, tempfile  # the field-protocol section (issue 23) too
+sys.path.insert(0, 'tests')
+from fakes import _field_results
+d = tempfile.mkdtemp()
+os.makedirs(os.path.join(d, 'mnist_conv3', 'eval_field'))
+spec = {'clean': '1101', 'S': {s: {'0.1': '1001', '0.3': '0001'} for s in ('mpgd_ce_r0', 'mdi2fgsm_ce')}}
+with open(os.path.join(d, 'mnist_conv3', 'eval_field', 'results.json'), 'w') as f:
+    json.dump(_field_results({'T_Base': spec, 'T_Div': spec}), f)
+assert '| T_Div | 75.0 | 50.0 (50.0) / 50.0 (M-PGD CE r0) |' in report.build_report('cpu', d)
 print('ok')
 """
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)

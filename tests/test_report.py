@@ -6,7 +6,7 @@ import os
 
 from tf_divtrain import report
 
-from fakes import _block, _cifar_results, _comparison, _gaas, _metrics, _mnist_metrics, _results  # noqa: F401
+from fakes import _block, _cifar_results, _comparison, _field_results, _gaas, _metrics, _mnist_metrics, _results  # noqa: F401
 
 
 def test_ordering_checks_state_each_cell():
@@ -204,3 +204,101 @@ def test_distance_from_the_paper_in_percentage_points():
         r["attacks"] = {a: {"0.05": v["0.1"], "0.2": v["0.3"]} for a, v in r["attacks"].items()}
     assert report.table2.distance_from_paper("mnist_conv3", res) == []
     assert report.table2.distance_from_paper("no_such_row", res) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# Issue 23: the "Field protocol" section (evaluate --protocol=field), from hand-made masks of 8
+# images; every number below is worked out from them by hand.
+
+_ALL1, _NONE = "11111111", "00000000"
+FIELD = {
+    "T_Base": {"clean": "11111110",
+               "S3": {"mpgd_ce_r0": {"0.1": "11110000", "0.3": "10000000"},
+                      "mdi2fgsm_ce": {"0.1": "11101000", "0.3": "10000000"}},
+               "S5": {"mpgd_ce_r0": {"0.1": "11111000", "0.3": "10000000"},
+                      "mdi2fgsm_ce": {"0.1": "11011000", "0.3": "10000000"}}},
+    "T_Div": {"clean": _ALL1,
+              "S3": {"mpgd_ce_r0": {"0.1": _ALL1, "0.3": "11111100"},
+                     "mdi2fgsm_ce": {"0.1": _ALL1, "0.3": "11111110"}},
+              "S5": {"mpgd_ce_r0": {"0.1": _ALL1, "0.3": "11111101"},
+                     "mdi2fgsm_ce": {"0.1": "11111110", "0.3": "11111100"}}},
+    "T_ADP": {"clean": "01111111",
+              "S3": {"mpgd_ce_r0": {"0.1": "01000000", "0.3": _NONE},
+                     "mdi2fgsm_ce": {"0.1": "01000000", "0.3": _NONE}},
+              "S5": {"mpgd_ce_r0": {"0.1": "11000000", "0.3": "00000001"},
+                     "mdi2fgsm_ce": {"0.1": "11000000", "0.3": "00000001"}}},
+}
+# The paper protocol on the same 8 images (one surrogate S, FGSM and I-FGSM).
+PAPER = {"T_Base": {"clean": "11111110", "S": {"fgsm": {"0.1": "11110000", "0.3": "11000000"},
+                                                "ifgsm": {"0.1": "11100000", "0.3": "10000000"}}},
+         "T_Div": {"clean": _ALL1, "S": {"fgsm": {"0.1": _ALL1, "0.3": _ALL1},
+                                         "ifgsm": {"0.1": _ALL1, "0.3": "11111110"}}}}
+
+
+def _paper_results(spec=PAPER):
+    res = _field_results(spec, sets=("fgsm", "ifgsm"))
+    del res["protocol"], res["field"]
+    return res
+
+
+def test_field_section_robust_to_all_worst_set_paired_and_reductions():
+    from tf_divtrain.report import field
+
+    lines = field.field_section(_field_results(FIELD), _paper_results())
+    text = "\n".join(lines)
+    assert lines[0] == "### Field protocol (DVERGE / TRS)"
+    assert "2 sets per ε on each of 2 surrogate(s) (S3, S5), 8 test images" in text
+    table = [l for l in lines if l.startswith("| T_")]
+    # Robust to all = AND over the 4 sets of both surrogates (in brackets: also clean) / worst set.
+    assert table == [
+        "| T_Base | 87.5 | 25.0 (25.0) / 50.0 (S3: M-PGD CE r0) | 12.5 (12.5) / 12.5 (S3: M-PGD CE r0) | 12.5 (12.5) |",
+        "| T_Div | 100.0 | 87.5 (87.5) / 87.5 (S5: M-DI²-FGSM CE) | 75.0 (75.0) / 75.0 (S3: M-PGD CE r0) | 75.0 (75.0) |",
+        "| T_ADP | 87.5 | 12.5 (12.5) / 12.5 (S3: M-PGD CE r0) | 0.0 (0.0) / 0.0 (S3: M-PGD CE r0) | 0.0 (0.0) |"]
+    div = next(l for l in lines if l.startswith("- **T_Div > T_Base**"))
+    assert "holds in 3 of 3 cells" in div and "in 0 that hold and 0 that do not" in div  # p = 1/16
+    assert "ε 0.1: 87.5 vs 25.0 holds (+5/−0 images, McNemar p = 0.062, within noise)" in div
+    assert "all ε: 75.0 vs 12.5 holds (+5/−0 images" in div
+    adp = next(l for l in lines if l.startswith("- **T_ADP > T_Base**"))
+    assert "holds in 0 of 3 cells" in adp and "ε 0.1: 12.5 vs 25.0 **does not hold** (+0/−1 images" in adp
+    vs_paper = next(l for l in lines if l.startswith("- **Field protocol vs the paper's attacks** (FGSM, I-FGSM;"))
+    # T_Base: paper robust-to-all at 0.1 = 11110000 & 11100000 = 37.5 %; field 25.0 %.
+    assert "T_Base ε 0.1: 25.0 vs 37.5, 12.5 points lower (+0/−1 images" in vs_paper
+    assert "T_Div ε 0.3: 75.0 vs 87.5, 12.5 points lower" in vs_paper
+    assert "the paper's over surrogate(s) S)" in vs_paper  # no surrogate in common: all of its
+    several = {t: {"clean": v["clean"], **{sur: v["S"] for sur in ("S3", "S_div", "S5")}}
+               for t, v in PAPER.items()}
+    vs = field.against_paper(_field_results(FIELD), _paper_results(several),
+                             {"T_Base": field.target_summary(_field_results(FIELD), "T_Base")})
+    assert "the paper's over surrogate(s) S3, S5)" in vs[0]  # the surrogates both runs used
+    assert "- Sets: M-PGD CE r0 = mpgd loss=ce, nb_iter=5; M-DI²-FGSM CE = mdi2fgsm loss=ce, nb_iter=5." in lines
+    assert lines[-2] == ("- Reductions and differences against DVERGE / TRS's protocol: 8 test images "
+                         "(DVERGE / TRS: 1000).")
+    assert field.field_section(_paper_results()) == []  # a paper-protocol file: no section
+
+
+def test_field_section_without_per_example_results_or_t_base():
+    from tf_divtrain.report import field
+
+    res = _field_results({k: v for k, v in FIELD.items() if k != "T_Base"})
+    for b in res["by_surrogate"]:
+        for r in b["rows"]:
+            r.pop("per_example", None)
+    lines = field.field_section(res)
+    assert "| T_Div | 100.0 | — (—) / 87.5 (S5: M-DI²-FGSM CE) | — (—) / 75.0 (S3: M-PGD CE r0) | — (—) |" in lines
+    assert any("Paired against T_Base: not checked — T_Base is not among the targets" in l for l in lines)
+
+
+def test_reports_get_the_field_section_when_a_row_has_field_results(tmp_path):
+    res = tmp_path / "cpu"
+    (res / "mnist_conv3" / "eval").mkdir(parents=True)
+    text = report.build_report("cpu", str(res))
+    assert "Field protocol" not in text  # nothing to report
+    (res / "mnist_conv3" / "eval" / "results.json").write_text(json.dumps(_paper_results()))
+    (res / "mnist_conv3" / "eval_field").mkdir()
+    (res / "mnist_conv3" / "eval_field" / "results.json").write_text(json.dumps(_field_results(FIELD)))
+    text = report.build_report("cpu", str(res))
+    section = text[text.index("### Field protocol (DVERGE / TRS)"):]
+    assert "| T_Div | 100.0 | 87.5 (87.5)" in section and "T_Base ε 0.1: 25.0 vs 37.5" in section
+    assert "| T_Base | ours | 87.5 |" in text  # the paper-protocol Table 2 line is still there
+    methods = report.build_report("cpu-methods", str(res))
+    assert "## Field protocol (DVERGE / TRS)" in methods and "- **T_ADP > T_Base**" in methods

@@ -17,6 +17,11 @@ attacks: ``--protocol=field`` (M-PGD x 3 restarts, M-DI²-FGSM, SGM on residual 
 PGD-50 x 3 runs; CE and CW; eps 0.01..0.07 on CIFAR-10, 0.1/0.2/0.3 on MNIST). Shrink it for a CPU
 with ``--num_examples``, ``--steps``, ``--restarts``, ``--field_attacks``; table2.md lists every
 reduction.
+
+Crafting under tf.distribute (issue 23): ``--strategy=mirrored`` (the local devices) or
+``--strategy=multi_worker`` (the cluster in $TF_CONFIG; start the same command on every machine):
+each replica crafts whole batches with their seeds, so the examples equal one process's
+(:mod:`tf_divtrain.evaluation.distributed`); only the chief writes the cache and the reports.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from absl import flags, logging
 from tf_divtrain import attacks as attacks_lib
 from tf_divtrain import cli_flags
 from tf_divtrain import data as data_lib
+from tf_divtrain import distribute as distribute_lib
 from tf_divtrain import evaluation
 from tf_divtrain import field as field_lib
 from tf_divtrain import precision as precision_lib
@@ -108,6 +114,12 @@ def define_flags(fv: flags.FlagValues = FLAGS) -> None:
                          "DVERGE's, 50 TRS's PGD-50); a reduction the report lists.", **d)
     flags.DEFINE_integer("restarts", None, f"--protocol=field: M-PGD restarts and PGD-50 runs "
                          f"(default {field_lib.RESTARTS}), each its own set.", **d)
+    flags.DEFINE_enum("strategy", "default", list(distribute_lib.STRATEGIES), "tf.distribute "
+                      "strategy of the crafting: default (one device), mirrored (local devices), "
+                      "multi_worker (several processes or machines; cluster from $TF_CONFIG, the "
+                      "same command on every one). Each replica crafts whole batches with their "
+                      "seeds: the same examples as default (bitwise), the same cache; only the "
+                      "chief writes the cache and the reports.", **d)
     cli_flags.define_precision_flag(fv, "The surrogate crafts the attacks in it; targets are always "
                                     "scored in float32. Reduced precision changes the attack itself "
                                     "(signs of small gradient components), so Table 2 numbers use "
@@ -153,9 +165,14 @@ def main(argv, fv: flags.FlagValues = None):
             batch_size=fv.batch_size, seed=fv.seed, cache_dir=cache_dir,
             progress=fv.progress, precision=fv.precision,
             attack_options=attack_options, protocol=fv.protocol,
-            field_options=field_options if fv.protocol == "field" else None)
+            field_options=field_options if fv.protocol == "field" else None,
+            strategy=fv.strategy)
     except (evaluation.EvaluationError, data_lib.DataError) as e:
         cli_flags.fail(e)
+    if not evaluation.writes_reports(results):
+        logging.info("not the chief of the %s cluster: crafted and scored, wrote nothing",
+                     fv.strategy)
+        return 0
     paths = evaluation.write_reports(results, fv.out_dir)
     print(evaluation.format_table2(results))
     blocks = evaluation.surrogate_blocks(results)

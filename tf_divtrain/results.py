@@ -8,6 +8,12 @@ through here, so rendering a report or planning a preset never loads TensorFlow.
   ``{attack: {eps_key: accuracy}}``, ``robust_to_all``, and ``per_example``: base64 bit masks of
   per-image correctness, clean and per cell, so paired statistics apply).
 - ``by_surrogate`` (schema 2, several surrogates): one block of rows per surrogate.
+- ``protocol`` = ``"field"`` (``evaluate --protocol=field``, :mod:`tf_divtrain.field`): ``attacks``
+  are the field sets, ``field`` holds the settings, ``sets`` and ``reductions``, and each row also
+  ``worst_set`` and ``robust_to_all_and_clean``; a preset row keeps it in ``<row>/eval_field/``
+  (the report's "Field protocol" section, :mod:`tf_divtrain.report.field`).
+- ``crafting_strategy`` (only when ``evaluate --strategy`` was not ``default``): ``name``,
+  ``replicas``, ``workers``, ``chief``; the examples, hence every number, are the default's.
 - analysis.json: ``ensembles`` → ``{label: {analysis: result}}``.
 """
 

@@ -44,7 +44,7 @@ from tf_divtrain.evaluation.validate import (  # noqa: F401
 from tf_divtrain.evaluation.cache import (  # noqa: F401
     CACHE_VERSION, cache_path, craft, craft_cached, fingerprint)
 from tf_divtrain.evaluation.score import _surrogate_block, accuracy, correct_mask  # noqa: F401
-from tf_divtrain.evaluation.run import EvalConfig, evaluate, run  # noqa: F401
+from tf_divtrain.evaluation.run import EvalConfig, evaluate, run, writes_reports  # noqa: F401
 from tf_divtrain.evaluation.render import (  # noqa: F401
     CSV_FIELDS, ROBUST_HEADERS, _csv_text, display_name, format_table2, plot, write_reports)
 from tf_divtrain.results import (  # noqa: F401

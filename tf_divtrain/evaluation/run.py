@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import logging
@@ -13,7 +14,9 @@ import tensorflow as tf
 
 from tf_divtrain import attacks as attacks_lib
 from tf_divtrain import data as data_lib
+from tf_divtrain import distribute as distribute_lib
 from tf_divtrain import export as export_lib
+from tf_divtrain.evaluation import distributed
 from tf_divtrain.evaluation.cache import fingerprint
 from tf_divtrain.evaluation.score import _surrogate_block, correct_mask
 from tf_divtrain.evaluation.validate import EvaluationError, attack_kwargs, check_attacks, check_compatible, check_eps_list, check_export_dir, default_eps, parse_surrogates, parse_targets, surrogate_row_label
@@ -45,6 +48,7 @@ class EvalConfig:
     precision: str = "float32"            # the surrogate's crafting precision; scoring is float32
     protocol: str = "paper"               # paper | field
     field_options: Optional[dict] = None
+    strategy: str = "default"             # who crafts: default | mirrored | multi_worker
 
 
 def evaluate(surrogate_dir, targets, dataset: Optional[str] = None,
@@ -53,11 +57,11 @@ def evaluate(surrogate_dir, targets, dataset: Optional[str] = None,
              batch_size: int = 250, seed: int = 0, cache_dir: Optional[str] = None,
              progress: bool = True, attack_options: Optional[Dict[str, dict]] = None,
              precision: str = "float32", protocol: str = "paper",
-             field_options: Optional[dict] = None) -> dict:
+             field_options: Optional[dict] = None, strategy: str = "default") -> dict:
     """:func:`run` of the :class:`EvalConfig` with these fields (the same names, the same order)."""
     return run(EvalConfig(surrogate_dir, targets, dataset, data_dir, eps, attacks, num_examples,
                           batch_size, seed, cache_dir, progress, attack_options, precision, protocol,
-                          field_options))
+                          field_options, strategy))
 
 
 def run(cfg: EvalConfig) -> dict:
@@ -79,11 +83,18 @@ def run(cfg: EvalConfig) -> dict:
     ``field_options`` = keyword arguments of :func:`tf_divtrain.field.attack_sets` (``families``,
     ``losses``, ``restarts``, ``steps``, ``cw_confidence``); default eps per dataset from
     ``field.FIELD_EPS``. Same schema, one "attack" per set, plus ``results["field"]``.
+
+    ``strategy`` (:mod:`tf_divtrain.distribute`): ``mirrored`` / ``multi_worker`` craft under that
+    ``tf.distribute`` strategy, one crafting batch per replica and step
+    (:mod:`tf_divtrain.evaluation.distributed`): the same examples as ``default``, bitwise, so the
+    cache is shared. Every worker returns the whole results; only the chief writes cache entries,
+    and ``results["crafting_strategy"]["chief"]`` tells a caller whether to write the reports
+    (:func:`writes_reports`). ``default`` adds nothing to the results.
     """
     from tf_divtrain import field as field_lib
 
     (surrogate_dir, targets, dataset, data_dir, eps, attacks, num_examples, batch_size, seed,
-     cache_dir, progress, attack_options, precision, protocol, field_options) = (
+     cache_dir, progress, attack_options, precision, protocol, field_options, strategy) = (
         getattr(cfg, f.name) for f in dataclasses.fields(EvalConfig))
     # --- validation, cheapest first ---
     try:
@@ -116,6 +127,10 @@ def run(cfg: EvalConfig) -> dict:
         raise EvaluationError(f"num_examples={num_examples} must be >= 1.")
     if batch_size < 1:
         raise EvaluationError(f"batch_size={batch_size} must be >= 1.")
+    try:
+        distribute_lib.check_strategy(strategy)
+    except ValueError as err:
+        raise EvaluationError(str(err)) from None
     targets = parse_targets(targets)
     surrogate_specs = parse_surrogates(surrogate_dir)
     clash = {surrogate_row_label(l) for l, _ in surrogate_specs} & {l for l, _ in targets}
@@ -125,8 +140,11 @@ def run(cfg: EvalConfig) -> dict:
                                         else f"surrogate {label}"))
                for label, path in surrogate_specs]
     tgt_sm = [(label, check_export_dir(path, f"target {label}")) for label, path in targets]
-    surrogates = [(label, sm, export_lib.load_ensemble(sm, precision=precision))
-                  for label, sm in sur_sms]
+    strat = _start_strategy(strategy)
+    with (strat.scope() if strat is not None else contextlib.nullcontext()):
+        # Under a strategy its replicas get the surrogate's variables (mirrored onto each device).
+        surrogates = [(label, sm, export_lib.load_ensemble(sm, precision=precision))
+                      for label, sm in sur_sms]
     if dataset is None:
         dataset = data_lib.check_dataset_name(surrogates[0][2].dataset)
     if eps is None:
@@ -169,7 +187,7 @@ def run(cfg: EvalConfig) -> dict:
     for label, sm, sur in surrogates:
         blocks.append(_surrogate_block(
             label, sur, fingerprint(sm), target_models, target_clean, x, y, dataset, attacks, eps,
-            cache_dir, batch_size, seed, progress, attack_options, precision))
+            cache_dir, batch_size, seed, progress, attack_options, precision, strat))
     first = blocks[0]
 
     results = {
@@ -184,6 +202,8 @@ def run(cfg: EvalConfig) -> dict:
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": {"tensorflow": tf.__version__, "numpy": np.__version__},
     }
+    if strat is not None:  # not part of the cache key: the examples are the default's
+        results["crafting_strategy"] = distributed.describe(strat, strategy)
     if protocol == "field":
         fams = [f for f in field_lib.check_families(field_options.get("families")) if f not in omitted]
         settings = {"families": fams, "losses": list(field_options.get("losses", field_lib.LOSSES)),
@@ -194,3 +214,18 @@ def run(cfg: EvalConfig) -> dict:
     return results
 
 
+def _start_strategy(name: str):
+    """None for ``default`` (today's loop, unchanged); else the started strategy. A cluster that
+    cannot start (a malformed ``$TF_CONFIG``) -> EvaluationError."""
+    if name == "default":
+        return None
+    try:
+        return distribute_lib.make_strategy(name)
+    except (ValueError, KeyError, TypeError) as err:
+        raise EvaluationError(f"strategy={name} could not start from ${distribute_lib.TF_CONFIG} "
+                              f"({err}); see README, 'Several machines'.") from None
+
+
+def writes_reports(results: dict) -> bool:
+    """Whether this process writes the reports: the chief of a distributed run, every other run."""
+    return bool(results.get("crafting_strategy", {}).get("chief", True))

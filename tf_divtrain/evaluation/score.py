@@ -28,9 +28,11 @@ def correct_mask(model, x: np.ndarray, y: np.ndarray, batch_size: int = 500) -> 
 
 def _surrogate_block(label, surrogate, sur_id, target_models, target_clean, x, y, dataset,
                      attacks, eps, cache_dir, batch_size, seed, progress, attack_options,
-                     precision) -> dict:
+                     precision, strategy=None) -> dict:
     """Crafts every (attack, eps) on one surrogate and scores every target plus the surrogate
-    itself (white-box row). Returns ``{"label", "surrogate", "rows", "crafting"}``."""
+    itself (white-box row). Returns ``{"label", "surrogate", "rows", "crafting"}``.
+    ``strategy``: the ``tf.distribute`` strategy that crafts (``cache.craft_cached``); None = one
+    process. Scoring runs in this process (every worker scores every example)."""
     clean = [target_clean[t_label] for t_label, _ in target_models]
     clean.append(correct_mask(surrogate, x, y, batch_size))
     rows = [{"label": t_label, "role": "target", "path": m.path, "metadata": m.metadata,
@@ -51,7 +53,7 @@ def _surrogate_block(label, surrogate, sur_id, target_models, target_clean, x, y
             if precision != "float32":  # part of the cache key, not passed to the attack
                 options["_crafting_precision"] = precision
             x_adv, info = craft_cached(surrogate, sur_id, dataset, a, e, x, y, cache_dir, batch_size,
-                                       seed, progress, options or None)
+                                       seed, progress, options or None, strategy=strategy)
             crafting[a][eps_key(e)] = {k: info.get(k) for k in
                                        ("seconds", "images_per_sec", "cached", "path")}
             for row, m, c in zip(rows, models_by_row, correct):

@@ -9,6 +9,8 @@ by cell, whether the paper's orderings hold. Every number comes from those files
 
 Modules: ``table2`` (the Table 2 report and its ordering checks), ``analyses`` (Fig. 4 / 5,
 transferability and white-box sections), ``methods`` (the ``cpu-methods`` comparison report),
+``field`` (the "Field protocol" section, when ``<row>/eval_field/results.json`` holds an
+``evaluate --protocol=field`` run),
 ``common`` (constants, reading run outputs, header / footer), ``cli`` (the command line).
 """
 

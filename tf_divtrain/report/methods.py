@@ -13,6 +13,7 @@ from tf_divtrain import stats as stats_lib
 from tf_divtrain.results import eps_key
 from tf_divtrain.report.common import (ATTACK_NAMES, ATTACK_ORDER, NOT_RUN, footer, header,
                                        load_json, pct, run_metrics, target_rows)
+from tf_divtrain.report.field import field_results, field_section
 
 
 METHODS_PRESETS = ("cpu-methods",)
@@ -345,6 +346,8 @@ def build_methods_report(preset: str, results_dir: str) -> str:
               "where the difference is significant; *robust to all, every eps*: the difference in "
               "robust-to-all accuracy over all ten cells, paired the same way.", ""]
     lines += paired_table(results_dir, row) + [""]
+    lines += field_section(field_results(results_dir, row),
+                           load_json(os.path.join(results_dir, row, "eval", "results.json")), "##")
     lines += ["## The attacker's objective", "",
               "The Table 2 attacks maximise the mean of the members' CE (§4.1). On a GAL-trained "
               "surrogate the members' gradients point apart and that mean partly cancels; the CE of "

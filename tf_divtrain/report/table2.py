@@ -12,6 +12,7 @@ from tf_divtrain import results as evaluation  # the results schema (no TensorFl
 from tf_divtrain import stats as stats_lib
 from tf_divtrain.results import eps_key
 from tf_divtrain.report.analyses import analysis_sections, gaas_check
+from tf_divtrain.report.field import field_results, field_section, is_field
 from tf_divtrain.report.common import (ATTACK_NAMES, ATTACK_ORDER, NOT_RUN, PAPER_EPOCHS,
                                        PAPER_GAAS_K, PAPER_TABLE2, PAPER_TEST_EXAMPLES, PRESET_ROWS,
                                        ROLES, ROW_DATASET, ROWS, TARGETS, all_metrics, footer,
@@ -400,7 +401,8 @@ def row_outputs(results_dir: str, row: str):
     w = os.path.join(results_dir, "work", row)
     results = load_json(os.path.join(results_dir, row, "eval", "results.json"))
     analysis = load_json(os.path.join(results_dir, row, "analysis", "analysis.json"))
-    return w, results, analysis, bool(all_metrics(w) or results or analysis)
+    ran = all_metrics(w) or results or analysis or field_results(results_dir, row)
+    return w, results, analysis, bool(ran)
 
 
 def build_table2_report(preset: str, results_dir: str) -> str:
@@ -415,6 +417,9 @@ def build_table2_report(preset: str, results_dir: str) -> str:
         lines += coverage_table(rows, results_dir) + [""]
     for row in rows:
         w, results, analysis, ran = row_outputs(results_dir, row)
+        field = field_results(results_dir, row)
+        if is_field(results):  # <row>/eval/ holds a --protocol=field run: no Table 2 cells
+            results = None
         lines += [f"## {ROWS[row]}", ""]
         if not ran:
             lines += [f"**{NOT_RUN.capitalize()}**: no training run, evaluation or analysis of this "
@@ -449,6 +454,7 @@ def build_table2_report(preset: str, results_dir: str) -> str:
         lines += (ordering_checks(results, analysis) + above_clean_check(results)
                   + corrected_by_attack(results) + [""])
         lines += member_table(results_dir, row)
+        lines += field_section(field, results)
         if analysis:
             lines += analysis_sections(analysis, f"{row}/analysis")
         else:

@@ -4,11 +4,11 @@ is split between its sources (``batch_parts``). The modes themselves: :mod:`tf_d
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Optional
 
 
 from tf_divtrain import data as data_lib
+from tf_divtrain import distribute as distribute_lib
 from tf_divtrain import ens_adv as ens_adv_lib
 from tf_divtrain import loop as loop_lib
 from tf_divtrain import methods as methods_lib
@@ -22,7 +22,7 @@ GAL_MODES = tuple(name for name, m in modes_lib.MODES.items() if m.gal)
 METHOD_MODES = tuple(name for name, m in modes_lib.MODES.items() if m.method)
 ADV_MODES = tuple(name for name, m in modes_lib.MODES.items() if m.adv)
 ADV_LABELS = ens_adv_lib.ADV_LABELS
-STRATEGIES = ("default", "mirrored", "multi_worker")
+STRATEGIES = distribute_lib.STRATEGIES  # tf_divtrain.distribute, shared with evaluate
 # mixed_float16: a non-finite loss makes LossScaleOptimizer skip the step and halve its scale; this
 # many in a row (scale / 2^25) means the run itself diverged, and the NaN guard stops it.
 MAX_SKIPPED_FP16_STEPS = 25
@@ -102,11 +102,7 @@ class TrainConfig:
         if self.batch_size < len(MODES[self.mode]):
             raise ValueError(f"batch_size={self.batch_size} is too small for mode={self.mode}.")
         batch_parts(self.mode, self.batch_size, self.adv_share)
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"Unknown strategy {self.strategy!r}; valid: {', '.join(STRATEGIES)}.")
-        if self.strategy == "multi_worker" and not os.environ.get("TF_CONFIG"):
-            raise ValueError("strategy=multi_worker reads the cluster from the TF_CONFIG environment "
-                             "variable, which is not set (see README, 'Several machines').")
+        distribute_lib.check_strategy(self.strategy)
         if self.learning_rate <= 0 or self.epochs < 0 or self.max_steps < 0:
             raise ValueError("learning_rate must be > 0; epochs and max_steps must be >= 0.")
         return self

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from tf_divtrain import checkpoints as checkpoints_lib
 from tf_divtrain import data as data_lib
+from tf_divtrain import distribute as distribute_lib
 from tf_divtrain import export as export_lib
 from tf_divtrain import io_utils
 from tf_divtrain import inference
@@ -106,8 +107,7 @@ def checkpoint_manager(cfg: TrainConfig, trainer: Trainer) -> tuple:
     documented pattern); every worker restores from the chief's checkpoints.
     """
     ckpt_dir = os.path.join(cfg.out_dir, "checkpoints")
-    scratch = "" if trainer.is_chief else os.path.join(
-        cfg.out_dir, ".worker_tmp", f"task_{trainer.strategy.cluster_resolver.task_id}")
+    scratch = distribute_lib.scratch_dir(cfg.out_dir, trainer.strategy)
     # The newest readable checkpoint; a damaged one is moved aside (tf_divtrain.checkpoints).
     latest = checkpoints_lib.restore_latest(trainer.checkpoint, ckpt_dir, logging.warning,
                                             chief=trainer.is_chief)

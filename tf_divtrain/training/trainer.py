@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_divtrain import batching
+from tf_divtrain import distribute as distribute_lib
 from tf_divtrain import ens_adv as ens_adv_lib
 from tf_divtrain import gal as gal_lib
 from tf_divtrain import models as models_lib
@@ -17,7 +18,7 @@ from tf_divtrain import modes as modes_lib
 from tf_divtrain import step as step_lib
 
 from tf_divtrain.training.config import (
-    ADV_MODES, MODES, STRATEGIES, TrainConfig, TrainingError, batch_parts)
+    ADV_MODES, MODES, TrainConfig, TrainingError, batch_parts)
 # ----------------------------------------------------------------------------------------------
 # The maths of one step (pure functions of tensors; no Python state).
 
@@ -42,27 +43,8 @@ def objective_for_mode(mode: str, gal_lambda: float = 0.5, method_config=None, *
     return modes_lib.objective(mode, gal_lambda, method_config, seed=seed, step=step)
 
 
-
-
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """default (one device) | mirrored (local devices) | multi_worker (cluster from TF_CONFIG)."""
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if name != "default":
-        raise ValueError(f"Unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}.")
-    return tf.distribute.get_strategy()
-
-
-def is_chief(strategy) -> bool:
-    """The chief: task 'chief', or worker 0 of a cluster without one; every single-process run."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    task_type, task_id = resolver.task_type, resolver.task_id
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return task_type == "chief" or (task_type == "worker" and task_id == 0 and not has_chief)
+# The strategy factory and the chief test live in tf_divtrain.distribute (shared with evaluate).
+make_strategy, is_chief = distribute_lib.make_strategy, distribute_lib.is_chief  # the pre-issue-23 names
 
 
 class Trainer:
