@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 
+from conftest import tiny_cnn_model
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KNOBS = ("CIFAR_STEPS", "CIFAR_RESNET_STEPS", "CIFAR_MIX_STEPS", "CIFAR_FULL_ROWS",
          "CIFAR_ROW_EVAL_EXAMPLES", "PRESET_TRAIN_FLAGS")
@@ -55,18 +57,7 @@ def launch_workers(argv, env, n=2, env_for=None, **popen_kwargs):
 META = {"dataset": "mnist", "input_shape": [28, 28, 1], "num_classes": 10}
 
 
-def tiny_member(seed, input_shape=(28, 28, 1)):
-    """A 4-filter conv + dense member (seconds to train, export and attack)."""
-    import keras
-
-    init = keras.initializers.GlorotUniform
-    return keras.Sequential([
-        keras.Input(input_shape),
-        keras.layers.Conv2D(4, 3, strides=2, kernel_initializer=init(seed)),
-        keras.layers.LeakyReLU(negative_slope=0.2),
-        keras.layers.Flatten(),
-        keras.layers.Dense(10, kernel_initializer=init(seed + 1)),
-    ])
+tiny_member = tiny_cnn_model  # the suite's one tiny member (conftest): 4-filter conv + dense
 
 
 def fit_briefly(ens, x, y, steps=40):
