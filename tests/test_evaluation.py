@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tf_divtrain import results as results_lib
 from tf_divtrain import attacks, evaluation, export, models
@@ -306,9 +307,12 @@ class FakeModel:
     def __init__(self, k, path):
         self.k, self.path, self.metadata = k, path, dict(META)
 
-    def probabilities(self, x):
-        cls = np.rint(np.asarray(x)[:, 0, self.k, 0]).astype(int)
-        return np.eye(10, dtype=np.float32)[cls]
+    def member_logits(self, x, training=False):  # one member, EnsembleLike
+        cls = tf.cast(tf.round(x[:, 0, self.k, 0]), tf.int32)
+        return 10.0 * tf.one_hot(cls, 10)[:, None, :]
+
+    def probabilities(self, x, training=False):
+        return tf.nn.softmax(self.member_logits(tf.convert_to_tensor(x, tf.float32))[:, 0], -1)
 
 
 # Per-example correctness of target A, hand-chosen, per (attack, eps).
