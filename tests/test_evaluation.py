@@ -3,8 +3,6 @@
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -202,16 +200,23 @@ def test_table2_format_bold_and_cells():
 
 
 @pytest.mark.e2e
-def test_cli_end_to_end(exports, tmp_path, data_dir):
+def test_cli_end_to_end(exports, tmp_path, data_dir, capsys):
+    """The evaluate CLI's main in process (its own FlagValues); the smoke preset runs it as a
+    subprocess (tests/test_smoke_e2e.py)."""
+    from absl import flags
+
+    from tf_divtrain import evaluate
+
     out = tmp_path / "eval"
-    cmd = [sys.executable, "-m", "tf_divtrain.evaluate", f"--surrogate_dir={exports['surrogate']}",
-           f"--targets=T_Base={exports['base']},T_Div={exports['div']}", "--dataset=mnist",
-           f"--data_dir={data_dir}", "--num_examples=60", "--batch_size=25", f"--out_dir={out}",
-           "--noprogress"]
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "| TARGET | CLEAN | FGSM | R-FGSM | I-FGSM | MI-FGSM | PGD-CW |" in proc.stdout
+    argv = ["evaluate", f"--surrogate_dir={exports['surrogate']}",
+            f"--targets=T_Base={exports['base']},T_Div={exports['div']}", "--dataset=mnist",
+            f"--data_dir={data_dir}", "--num_examples=60", "--batch_size=25", f"--out_dir={out}",
+            "--noprogress"]
+    fv = flags.FlagValues()
+    evaluate.define_flags(fv)
+    fv(argv)
+    assert evaluate.main(["evaluate"], fv) == 0
+    assert "| TARGET | CLEAN | FGSM | R-FGSM | I-FGSM | MI-FGSM | PGD-CW |" in capsys.readouterr().out
 
     res = json.loads((out / "results.json").read_text())
     assert res["eps"] == [0.1, 0.3] and res["attacks"] == list(attacks.ATTACKS)  # MNIST defaults
@@ -266,10 +271,14 @@ def test_cli_end_to_end(exports, tmp_path, data_dir):
         assert sum(c.count("**") for c in cells[2:7]) >= 4  # >= one bold value per eps
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # a missing export through the CLI: clear message naming the path, non-zero exit
-    bad = subprocess.run(cmd[:3] + [f"--surrogate_dir={tmp_path / 'nope'}"] + cmd[4:], capture_output=True,
-                         text=True, env=env, cwd=REPO, timeout=300)
-    assert bad.returncode != 0 and str(tmp_path / "nope") in (bad.stderr + bad.stdout)
+    # a missing export through the CLI: one error line naming the path, exit 2
+    fv = flags.FlagValues()
+    evaluate.define_flags(fv)
+    fv(argv[:1] + [f"--surrogate_dir={tmp_path / 'nope'}"] + argv[2:])
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["evaluate"], fv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: ") and str(tmp_path / "nope") in err
 
 
 def test_cli_flag_validators():
