@@ -163,7 +163,7 @@ def _cpu_cifar(k):
 
 def _smoke(k):
     return (paper_row(
-        "mnist_conv3", "--max_steps=4 --batch_size=32 --ensemble_size=3 --train_examples=2000 "
+        "mnist_conv3", "--max_steps=4 --batch_size=32 --ensemble_size=2 --train_examples=2000 "
         "--eval_examples=100 --log_every=2",
         "--dataset=mnist --num_examples=100 --batch_size=100 --attacks=fgsm,rfgsm,ifgsm,mifgsm,pgd_cw",
         "--dataset=mnist --num_examples=50 --analyses=coherence,gaas --gaas_k=4,16 --gaas_eps=0.3 "
@@ -242,7 +242,7 @@ PRESETS: Dict[str, Preset] = {p.name: p for p in (
            "and S_div with --attack_loss=prediction_ce, compared cell by cell with the paper's "
            "objective (adaptive_loss/comparison.md). About 1.3 h on a quiet 2-core machine.",
            _cpu_methods, "auto", knobs=_knobs(CPU_STEPS)),
-    Preset("smoke", "Every stage on tiny settings (3 members, 4 steps; the five attacks on 100 test "
+    Preset("smoke", "Every stage on tiny settings (2 members, 4 steps; the five attacks on 100 test "
            "images; coherence and GAAS on 50, no transferability or white-box check): a few minutes; "
            "used by the test suite to prove the pipeline works end to end.", _smoke,
            members=False),
