@@ -149,8 +149,7 @@ for name in ('cpu', 'cpu-cifar', 'cpu-methods', 'mnist-paper'):
     text = report.build_report(name, 'results/' + name)
     assert '# ' in text
 import json, os, tempfile  # the field-protocol section (issue 23) too
-sys.path.insert(0, 'tests')
-from fakes import _field_results
+from fakes import _field_results  # tests/ is on PYTHONPATH
 d = tempfile.mkdtemp()
 os.makedirs(os.path.join(d, 'mnist_conv3', 'eval_field'))
 spec = {'clean': '1101', 'S': {s: {'0.1': '1001', '0.3': '0001'} for s in ('mpgd_ce_r0', 'mdi2fgsm_ce')}}
@@ -159,7 +158,9 @@ with open(os.path.join(d, 'mnist_conv3', 'eval_field', 'results.json'), 'w') as 
 assert '| T_Div | 75.0 | 50.0 (50.0) / 50.0 (M-PGD CE r0) |' in report.build_report('cpu', d)
 print('ok')
 """
-    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "tests"),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=env)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
 
 

@@ -7,7 +7,7 @@ Reads, per Table 2 row: the training runs' ``config.json`` / ``metrics.json`` (u
 timings ``stage_times.tsv``, and an optional hand-written ``notes.md`` (discussion). It states, cell
 by cell, whether the paper's orderings hold. Every number comes from those files.
 
-Modules: ``table2`` (the Table 2 report and its ordering checks), ``analyses`` (Fig. 4 / 5,
+Modules: ``table2`` (the Table 2 report), ``checks`` (its ordering checks and the distance from the paper), ``analyses`` (Fig. 4 / 5,
 transferability and white-box sections), ``methods`` (the ``cpu-methods`` comparison report),
 ``field`` (the "Field protocol" section, when ``<row>/eval_field/results.json`` holds an
 ``evaluate --protocol=field`` run),
