@@ -20,14 +20,17 @@ from tf_divtrain import models as models_lib
 LogitsFn = Callable  # x [B, ...] -> member logits [B, N, C] float32
 
 
-def logits_fn(ensemble, input_shape: Optional[Sequence[int]] = None) -> LogitsFn:
-    """Compiled inference-mode ``x -> member_logits(x)``. With ``input_shape`` it has an input
-    signature ``[None, *input_shape]`` and never retraces (any batch size)."""
-    fn = lambda xb: ensemble.member_logits(xb, training=False)  # noqa: E731
-    if input_shape is None:
-        return tf.function(fn, reduce_retracing=True, autograph=False)
-    return tf.function(fn, input_signature=[tf.TensorSpec([None, *input_shape], tf.float32)],
-                       autograph=False)
+def _compiled(get_ensemble: Callable, input_shape: Sequence[int]) -> LogitsFn:
+    """``x -> get_ensemble().member_logits(x)`` in inference mode, compiled with the input
+    signature ``[None, *input_shape]``: one trace for any batch size."""
+    spec = tf.TensorSpec([None, *(int(d) for d in input_shape)], tf.float32)
+    return tf.function(lambda xb: get_ensemble().member_logits(xb, training=False),
+                       input_signature=[spec], autograph=False)
+
+
+def logits_fn(ensemble, input_shape: Sequence[int]) -> LogitsFn:
+    """A new compiled inference-mode ``x -> member_logits(x)`` of ``ensemble``."""
+    return _compiled(lambda: ensemble, input_shape)
 
 
 _CACHE: "weakref.WeakKeyDictionary[object, Dict[tuple, LogitsFn]]" = weakref.WeakKeyDictionary()
@@ -42,9 +45,7 @@ def cached_logits_fn(ensemble, input_shape: Sequence[int]) -> LogitsFn:
         return logits_fn(ensemble, input_shape)
     key = tuple(int(d) for d in input_shape)
     if key not in per:
-        ref = weakref.ref(ensemble)
-        per[key] = tf.function(lambda xb: ref().member_logits(xb, training=False), autograph=False,
-                               input_signature=[tf.TensorSpec([None, *key], tf.float32)])
+        per[key] = _compiled(weakref.ref(ensemble), key)
     return per[key]
 
 
