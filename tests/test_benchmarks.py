@@ -274,28 +274,34 @@ def test_stacked_gal_matches_reference_real_data(data_dir, dataset="mnist"):
     _compare_stacked(x, y, ens.members, strict=False)
 
 
-@pytest.mark.e2e
-def test_method_steps_quick_reports_every_mode(data_dir, tmp_path):
-    """tf_divtrain.experiments.method_steps: one timed row per mode, ratios against baseline and GAL."""
-    script = "-m", "tf_divtrain.experiments.method_steps"
+def test_method_steps_quick_reports_each_mode_asked_for(data_dir, tmp_path, capsys):
+    """tf_divtrain.experiments.method_steps (its main, in process): one timed row per mode, ratios
+    against baseline and GAL. Three modes, the two ratio anchors and ADP; every mode's step itself
+    (TRS, DVERGE included) is tested in tests/test_method_modes.py."""
+    from tf_divtrain.experiments import method_steps as ms
+
+    assert ms.parse_args([]).modes == "baseline,div,adp,trs,dverge"  # the default: every method
     out, md = tmp_path / "ms.json", tmp_path / "ms.md"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, *script, "--quick", f"--data_dir={data_dir}", "--precision=float32",
-                           f"--out={out}", f"--md={md}"], cwd=_REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    res = json.loads(out.read_text())
-    assert list(res["modes"]) == ["baseline", "div", "adp", "trs", "dverge"] and res["precision"] == "float32"
+    res = ms.main(["--quick", f"--data_dir={data_dir}", "--precision=float32", "--modes=baseline,div,adp",
+                   f"--out={out}", f"--md={md}"])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(res))
+    assert list(res["modes"]) == ["baseline", "div", "adp"] and res["precision"] == "float32"
+    assert (res["members"], res["batch_size"], res["reps"]) == (2, 16, 2)
     for m, r in res["modes"].items():
         assert len(r["times_s"]) == 2 and all(_positive_finite(t) for t in r["times_s"])
         assert r["median_step_s"] == pytest.approx(float(np.median(r["times_s"])))
         assert r["over_baseline"] == pytest.approx(r["median_step_s"] / res["modes"]["baseline"]["median_step_s"])
+        assert r["over_div"] == pytest.approx(r["median_step_s"] / res["modes"]["div"]["median_step_s"])
     assert res["modes"]["baseline"]["over_baseline"] == 1.0 and res["modes"]["div"]["over_div"] == 1.0
     rows = [l for l in md.read_text().splitlines() if l.startswith("| ") and not l.startswith("| mode")]
-    assert [l.split("|")[1].strip() for l in rows] == ["baseline", "div", "adp", "trs", "dverge"]
-    bad = subprocess.run([sys.executable, *script, "--quick", f"--data_dir={data_dir}", "--modes=baseline,nope"],
-                         cwd=_REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert bad.returncode != 0 and "unknown mode(s) ['nope']" in bad.stderr
+    assert [l.split("|")[1].strip() for l in rows] == ["baseline", "div", "adp"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as bad:
+        ms.main(["--quick", f"--data_dir={data_dir}", "--modes=baseline,nope"])
+    assert str(bad.value).startswith("error: unknown mode(s) ['nope']; valid: baseline, div,")
+    with pytest.raises(SystemExit) as bad:
+        ms.main(["--quick", f"--data_dir={tmp_path}"])
+    assert str(bad.value).startswith(f"error: no mnist.npz in {str(tmp_path)!r}; pass --data_dir")
 
 
 def test_method_steps_builds_the_ens_adv_modes_with_a_static_model(data_dir):

@@ -158,13 +158,13 @@ def main(argv=None) -> dict:
 
     args.data_dir = data_lib.resolve_data_dir(args.data_dir)
     if not os.path.isfile(os.path.join(args.data_dir, "mnist.npz")):
-        sys.exit(f"method_steps.py: no mnist.npz in {args.data_dir!r}; pass --data_dir or set TF_DIVTRAIN_DATA.")
+        sys.exit(f"error: no mnist.npz in {args.data_dir!r}; pass --data_dir or set TF_DIVTRAIN_DATA.")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     from tf_divtrain import training
 
     bad = [m for m in modes if m not in training.MODES]
     if bad:
-        sys.exit(f"method_steps.py: unknown mode(s) {bad}; valid: {', '.join(training.MODES)}.")
+        sys.exit(f"error: unknown mode(s) {bad}; valid: {', '.join(training.MODES)}.")
     members, batch = (2, 16) if args.quick else (5, 128)
     reps = args.reps or (2 if args.quick else 8)
     res = measure(modes, members, batch, args.data_dir, args.precision, reps, args.warmup)
