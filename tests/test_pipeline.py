@@ -188,3 +188,48 @@ def test_studies_are_entries_of_the_same_runner(tmp_path):
     stages, ctx = _plan("resnet20-length", tmp_path)
     assert [_flag(s.argv, "max_steps") for s in stages.values()] == ["260", "390", "390"]
     assert _flag(stages["train_base_260"].argv, "out_dir") == _flag(stages["train_base_390"].argv, "out_dir")
+
+
+def test_field_stages_of_cpu_methods_and_cifar_paper(tmp_path):
+    """Issue 23's runs as stages of kind ``field``: the field protocol from S3/S5/S8 (cpu-methods) or
+    the bare S (cifar-paper) into <row>/eval_field/, ART's AutoAttack on every target into
+    <row>/autoattack/; sized by knobs, run alone by --only=field, never part of --only=evaluate."""
+    stages, ctx = _plan("cpu-methods", tmp_path)
+    ev, aa = stages["field_mnist_conv3"], stages["autoattack_mnist_conv3"]
+    assert (ev.kind, aa.kind) == ("field", "field") and "--protocol=field" in ev.argv
+    w = os.path.join(ctx.work, "mnist_conv3")
+    assert _flag(ev.argv, "surrogate_dir") == ",".join(f"{s}={w}/{s.lower()}" for s in ("S3", "S5", "S8"))
+    assert _flag(ev.argv, "targets") == _flag(stages["evaluate_mnist_conv3"].argv, "targets")
+    assert _flag(ev.argv, "out_dir") == os.path.join(ctx.results, "mnist_conv3", "eval_field")
+    assert _flag(ev.argv, "cache_dir") == f"{w}/adv_cache" and _flag(ev.argv, "num_examples") == "300"
+    assert _flag(ev.argv, "eps") is None  # the protocol's MNIST default 0.1, 0.2, 0.3
+    assert _flag(aa.argv, "analyses") == "autoattack" and _flag(aa.argv, "num_examples") == "200"
+    assert _flag(aa.argv, "ensembles") == _flag(stages["analyze_mnist_conv3"].argv, "ensembles")
+    assert aa.done == os.path.join(ctx.results, "mnist_conv3", "autoattack", "analysis.json")
+    names = list(stages)
+    assert names.index("field_mnist_conv3") > names.index("compare_mnist_conv3_prediction_ce")
+    assert names[-1] == "report"
+    # a retrained field surrogate makes the stage out of date; a missing label too
+    os.makedirs(os.path.dirname(ev.done))
+    with open(ev.done, "w") as f:
+        json.dump({"rows": [{"label": l, "per_example": {"n": 1}} for l in
+                            ("T_Base", "T_Div", "T_ADP", "T_DVERGE", "T_TRS", "S3", "S5")]}, f)
+    go, msg = ev.decide()
+    assert go and "lacks some of: T_Base T_Div T_ADP T_DVERGE T_TRS S3 S5 S8" in msg[0]
+    only, _ = _plan("cpu-methods", tmp_path, FIELD_EXAMPLES="40", AUTOATTACK_EXAMPLES="8")
+    p, rows = presets.resolve("cpu-methods", {"FIELD_EXAMPLES": "40"})
+    kinds = {s.name: s.kind for s in plan.build(p, rows, ctx, only="field")}
+    assert kinds == {"field_mnist_conv3": "field", "autoattack_mnist_conv3": "field"}
+    assert "field_mnist_conv3" not in {s.name for s in plan.build(p, rows, ctx, only="evaluate")}
+    assert _flag(only["field_mnist_conv3"].argv, "num_examples") == "40"
+    assert _flag(only["autoattack_mnist_conv3"].argv, "num_examples") == "8"
+
+    stages, ctx = _plan("cifar-paper", tmp_path)
+    ev = stages["field_cifar10_conv4"]
+    w = os.path.join(ctx.work, "cifar10_conv4")
+    assert _flag(ev.argv, "surrogate_dir") == f"{w}/surrogate"  # bare: one block "S", as the row's eval
+    assert _flag(ev.argv, "eps") == "0.01,0.03,0.05,0.07" and _flag(ev.argv, "num_examples") == "200"
+    assert _flag(ev.argv, "dataset") == "cifar10"
+    assert _flag(stages["autoattack_cifar10_conv4"].argv, "targets") is None
+    assert _flag(stages["autoattack_cifar10_conv4"].argv, "ensembles").count("=") == 4
+    assert "field_" not in " ".join(_plan("cpu", tmp_path)[0])  # only the rows that ask for it

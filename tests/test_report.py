@@ -264,6 +264,13 @@ def test_field_section_robust_to_all_worst_set_paired_and_reductions():
     # T_Base: paper robust-to-all at 0.1 = 11110000 & 11100000 = 37.5 %; field 25.0 %.
     assert "T_Base ε 0.1: 25.0 vs 37.5, 12.5 points lower (+0/−1 images" in vs_paper
     assert "T_Div ε 0.3: 75.0 vs 87.5, 12.5 points lower" in vs_paper
+    assert "T_Base ε 0.3: 12.5 vs 12.5, the same (+0/−0 images" in vs_paper
+    # A field run weaker than the paper's attacks (e.g. a few steps) is said to be higher, not
+    # "-X points lower": T_Base's paper robust-to-all at 0.1 (37.5 %) against the field's T_Div masks.
+    weaker = {"T_Base": FIELD["T_Div"]}
+    vs = field.against_paper(_field_results(weaker), _paper_results(),
+                             {"T_Base": field.target_summary(_field_results(weaker), "T_Base")})
+    assert "T_Base ε 0.1: 87.5 vs 37.5, 50.0 points higher (+4/−0 images" in vs[0]
     assert "the paper's over surrogate(s) S)" in vs_paper  # no surrogate in common: all of its
     several = {t: {"clean": v["clean"], **{sur: v["S"] for sur in ("S3", "S_div", "S5")}}
                for t, v in PAPER.items()}
@@ -302,3 +309,48 @@ def test_reports_get_the_field_section_when_a_row_has_field_results(tmp_path):
     assert "| T_Base | ours | 87.5 |" in text  # the paper-protocol Table 2 line is still there
     methods = report.build_report("cpu-methods", str(res))
     assert "## Field protocol (DVERGE / TRS)" in methods and "- **T_ADP > T_Base**" in methods
+
+
+def _aa_entry(clean, after_ce, after_dlr, n=8):
+    import numpy as np
+
+    from tf_divtrain import stats
+
+    return {"library": "adversarial-robustness-toolbox 1.20.1", "attacks": ["apgd-ce", "apgd-dlr"],
+            "max_iter": 100, "restarts": 1, "n": n, "clean_accuracy": clean,
+            "robust_accuracy": {"0.1": after_dlr[1]},
+            "after_attack": {"0.1": {"apgd-ce": after_ce, "apgd-dlr": after_dlr[1]}},
+            "per_example": {"0.1": stats.encode_mask(np.array(after_dlr[0], bool))}}
+
+
+def test_autoattack_section_table_and_paired_cells_against_t_base(tmp_path):
+    """The AutoAttack section (issue 23) from an analysis.json: accuracy after each ART attack, and
+    each target against T_Base on the same images. Masks by hand: T_Div robust on images 0-3,
+    T_Base on 0 and 4: T_Div alone on 1, 2, 3, T_Base alone on 4 -> 3 / 1 discordant, McNemar
+    exact p = 2 * P(Bin(4, 1/2) <= 1) = 0.625 (one cell: Holm leaves it)."""
+    import numpy as np
+
+    from tf_divtrain.report import analyses
+
+    analysis = {"ensembles": {
+        "T_Base": {"autoattack": _aa_entry(1.0, 0.5, ([1, 0, 0, 0, 1, 0, 0, 0], 0.25))},
+        "T_Div": {"autoattack": _aa_entry(0.875, 0.625, ([1, 1, 1, 1, 0, 0, 0, 0], 0.5))}}}
+    lines = analyses.autoattack_section(analysis)
+    text = "\n".join(lines)
+    assert lines[0] == "### White-box AutoAttack (ART)"
+    assert "adversarial-robustness-toolbox 1.20.1: APGD-CE then APGD-DLR (100 iterations" in text
+    assert "| ensemble | clean | after APGD-CE @0.1 | after APGD-DLR @0.1 |" in text
+    assert "| T_Base | 100.0 | 50.0 | 25.0 |" in text and "| T_Div | 87.5 | 62.5 | 50.0 |" in text
+    assert ("- T_Div vs T_Base @0.1: 50.0 vs 25.0, higher (+25.0 pp, 3 / 1 images robust for one only, "
+            "Holm p = 0.62)." in text)
+    assert analyses.autoattack_section({"ensembles": {"T_Base": {"whitebox": {}}}}) == []
+    assert analyses.autoattack_section(None) == []
+    # the methods report reads <row>/autoattack/analysis.json (the pipeline's field stage)
+    res = tmp_path / "cpu-methods"
+    (res / "mnist_conv3" / "autoattack").mkdir(parents=True)
+    (res / "mnist_conv3" / "autoattack" / "analysis.json").write_text(json.dumps(analysis))
+    text = report.build_report("cpu-methods", str(res))
+    assert "## White-box AutoAttack (ART)" in text and "| T_Div | 87.5 | 62.5 | 50.0 |" in text
+    (res.parent / "cpu" / "mnist_conv3" / "autoattack").mkdir(parents=True)
+    (res.parent / "cpu" / "mnist_conv3" / "autoattack" / "analysis.json").write_text(json.dumps(analysis))
+    assert "### White-box AutoAttack (ART)" in report.build_report("cpu", str(res.parent / "cpu"))

@@ -15,7 +15,7 @@ from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 from tf_divtrain import results as results_lib
 from tf_divtrain.pipeline.presets import Preset, PresetError, Row
 
-KINDS = ("train", "benchmark", "evaluate", "analyze", "report")  # --only values
+KINDS = ("train", "benchmark", "evaluate", "analyze", "field", "report")  # --only values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,6 +216,31 @@ def prediction_ce_stages(row: Row, ctx: Context) -> List[Stage]:
                   (Newer((f"{out}/results.json", f"{res}/eval/results.json")),))]
 
 
+def field_stages(row: Row, ctx: Context) -> List[Stage]:
+    """The field's transfer protocol from the row's field surrogates (``<row>/eval_field/``, which
+    the report's "Field protocol" section reads) and ART's AutoAttack on every target
+    (``<row>/autoattack/analysis.json``), issue 23. The field sets share the row's attack cache."""
+    run = row.field
+    res = os.path.join(ctx.results, row.name)
+    labels = [row.model(n).label for n in row.targets]
+    bare = row.surrogate_bare and tuple(run.surrogates) == tuple(row.surrogates)
+    slabels = [] if bare else [row.model(n).label for n in run.surrogates]
+    ev = _module(ctx, "tf_divtrain.evaluate", "--protocol=field",
+                 f"--surrogate_dir={_spec(row, ctx, run.surrogates, bare)}",
+                 f"--targets={_spec(row, ctx, row.targets)}", f"--out_dir={res}/eval_field",
+                 f"--cache_dir={os.path.join(ctx.work, row.name, 'adv_cache')}", *run.evaluate)
+    aa = _module(ctx, "tf_divtrain.analyze", "--analyses=autoattack",
+                 f"--ensembles={_spec(row, ctx, row.targets)}", f"--out_dir={res}/autoattack",
+                 *run.autoattack)
+    lacks = " ".join(labels + slabels)
+    return [Stage(f"field_{row.name}", "field", ev, f"{res}/eval_field/results.json",
+                  (Lacks(tuple(labels + slabels), "{done} lacks some of: " + lacks + "; re-running" + CACHED),
+                   Newer(_metrics(row, ctx, row.targets + run.surrogates), RETRAINED + CACHED))),
+            Stage(f"autoattack_{row.name}", "field", aa, f"{res}/autoattack/analysis.json",
+                  (Lacks(tuple(labels), "{done} lacks some of: " + " ".join(labels) + "; re-running"),
+                   Newer(_metrics(row, ctx, row.targets), RETRAINED)))]
+
+
 EXTRA_STAGES = {"method_steps": method_steps_stage, "prediction_ce": prediction_ce_stages}
 
 
@@ -231,6 +256,8 @@ def row_stages(row: Row, ctx: Context) -> List[Stage]:
     for extra in row.extras:
         if extra != "method_steps":
             stages += EXTRA_STAGES[extra](row, ctx)
+    if row.field is not None:
+        stages += field_stages(row, ctx)
     return stages
 
 

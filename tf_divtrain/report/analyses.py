@@ -190,8 +190,56 @@ def analysis_sections(analysis: dict, rel: str) -> List[str]:
             out.append(f"| {label} | {pct(wb['clean_accuracy'])} | " +
                        " | ".join(pct(v) for v in vals) + f" | {flag} |")
         out.append("")
+    out += autoattack_section(analysis, "###")
     if analysis.get("warnings"):
         out += ["Warnings from the analysis:", ""] + [f"- {w}" for w in analysis["warnings"]] + [""]
+    return out
+
+
+def autoattack_section(analysis, level: str = "###", base: str = "T_Base") -> List[str]:
+    """ART's AutoAttack check (issue 23, ``analyze --analyses=autoattack``): per target and eps the
+    accuracy left after APGD-CE and after APGD-CE then APGD-DLR (= robust), and each target against
+    ``base`` on the same images (McNemar, Holm-corrected over the cells). Nothing without one."""
+    ens = (analysis or {}).get("ensembles", {})
+    aas = {k: v["autoattack"] for k, v in ens.items() if v.get("autoattack")}
+    if not aas:
+        return []
+    first = next(iter(aas.values()))
+    eps = list(first["robust_accuracy"])
+    names = first["attacks"]
+    out = [f"{level} White-box AutoAttack (ART)", "",
+           f"{first.get('library', 'ART')}: {' then '.join(a.upper() for a in names)} ({first['max_iter']} "
+           f"iterations, {first['restarts']} restart(s) each; AutoAttack's rule: an image is robust only "
+           f"if it survives every attack) on the log of each ensemble's averaged softmax, i.e. on the "
+           f"prediction that is scored; first {first['n']} test images. Left out of AutoAttack's standard "
+           "suite: the targeted APGD-T and FAB-T. Accuracy %.", ""]
+    cols = [f"after {a.upper()} @{e}" for e in eps for a in names]
+    out += ["| ensemble | clean | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for label, aa in aas.items():
+        vals = [aa["after_attack"][e][a] for e in eps for a in names]
+        out.append(f"| {label} | {pct(aa['clean_accuracy'])} | " + " | ".join(pct(v) for v in vals) + " |")
+    out.append("")
+    ref = aas.get(base)
+    cells = []
+    if ref is not None:
+        for label, aa in aas.items():
+            if label == base or aa["n"] != ref["n"]:
+                continue
+            for e in eps:
+                a = stats_lib.decode_mask(aa["per_example"][e], aa["n"])
+                b = stats_lib.decode_mask(ref["per_example"][e], ref["n"])
+                cells.append((label, e, stats_lib.paired_comparison(a, b)))
+    if cells:
+        adj = stats_lib.holm_adjusted([c["p_value"] for _, _, c in cells])
+        out.append(f"Robust accuracy against {base} on the same images (McNemar, Holm-corrected over "
+                   f"these {len(cells)} cells):")
+        out.append("")
+        for (label, e, c), p in zip(cells, adj):
+            sign = "higher" if c["diff"] > 0 else "lower" if c["diff"] < 0 else "equal"
+            out.append(f"- {label} vs {base} @{e}: {pct(c['acc_a'])} vs {pct(c['acc_b'])}, {sign} "
+                       f"({c['diff'] * 100:+.1f} pp, {c['only_a']} / {c['only_b']} images robust for one "
+                       f"only, Holm p = {p:.2g}{', significant' if p < stats_lib.ALPHA else ''}).")
+        out.append("")
     return out
 
 

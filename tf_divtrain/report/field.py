@@ -27,8 +27,14 @@ from tf_divtrain import stats as stats_lib
 from tf_divtrain.report.common import ATTACK_NAMES, load_json, pct
 
 FIELD_EVAL_DIR = "eval_field"
+AUTOATTACK_DIR = "autoattack"  # analyze --analyses=autoattack (the pipeline's field stage)
 BASE = "T_Base"
 ALL = results_lib.ROBUST_ALL_KEY
+
+
+def autoattack_results(results_dir: str, row: str) -> Optional[dict]:
+    """The row's AutoAttack analysis.json (``<row>/autoattack/``, the pipeline's field stage), or None."""
+    return load_json(os.path.join(results_dir, row, AUTOATTACK_DIR, "analysis.json"))
 
 
 def is_field(results: Optional[dict]) -> bool:
@@ -175,8 +181,10 @@ def against_paper(field: dict, paper: Optional[dict], summaries: Dict[str, dict]
                 continue
             n = min([len(f)] + [len(m) for m in masks])
             c = stats_lib.paired_comparison(f[:n], np.logical_and.reduce([m[:n] for m in masks]))
+            gap = 100 * (c["acc_b"] - c["acc_a"])
+            how = f"{abs(gap):.1f} points " + ("lower" if gap > 0 else "higher" if gap < 0 else "apart")
             parts.append(f"{label} ε {e}: {pct(c['acc_a'])} vs {pct(c['acc_b'])}, "
-                         f"{100 * (c['acc_b'] - c['acc_a']):.1f} points lower ({stats_lib.describe(c)}"
+                         f"{'the same' if gap == 0 else how} ({stats_lib.describe(c)}"
                          f"{'' if n == len(f) == len(masks[0]) else f', first {n} images'})")
     if not parts:
         return []
@@ -217,5 +225,5 @@ def field_section(results: Optional[dict], paper: Optional[dict] = None, level: 
     return lines + [""]
 
 
-__all__ = ["FIELD_EVAL_DIR", "field_results", "field_section", "field_table", "is_field",
+__all__ = ["AUTOATTACK_DIR", "FIELD_EVAL_DIR", "autoattack_results", "field_results", "field_section", "field_table", "is_field",
            "paired_against_base", "target_summary", "against_paper"]

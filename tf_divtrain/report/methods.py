@@ -13,7 +13,8 @@ from tf_divtrain import stats as stats_lib
 from tf_divtrain.results import eps_key
 from tf_divtrain.report.common import (ATTACK_NAMES, ATTACK_ORDER, NOT_RUN, footer, header,
                                        load_json, pct, run_metrics, target_rows)
-from tf_divtrain.report.field import field_results, field_section
+from tf_divtrain.report.analyses import autoattack_section
+from tf_divtrain.report.field import autoattack_results, field_results, field_section
 
 
 METHODS_PRESETS = ("cpu-methods",)
@@ -348,6 +349,7 @@ def build_methods_report(preset: str, results_dir: str) -> str:
     lines += paired_table(results_dir, row) + [""]
     lines += field_section(field_results(results_dir, row),
                            load_json(os.path.join(results_dir, row, "eval", "results.json")), "##")
+    lines += autoattack_section(autoattack_results(results_dir, row), "##")
     lines += ["## The attacker's objective", "",
               "The Table 2 attacks maximise the mean of the members' CE (§4.1). On a GAL-trained "
               "surrogate the members' gradients point apart and that mean partly cancels; the CE of "

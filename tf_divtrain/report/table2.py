@@ -7,11 +7,11 @@ import os
 from typing import List, Optional, Sequence
 
 from tf_divtrain.results import eps_key
-from tf_divtrain.report.analyses import analysis_sections
+from tf_divtrain.report.analyses import analysis_sections, autoattack_section
 from tf_divtrain.report.checks import (  # noqa: F401 (re-exported)
     above_clean_check, coherence_check_extra, corrected_by_attack, distance_from_paper,
     ordering_checks)
-from tf_divtrain.report.field import field_results, field_section, is_field
+from tf_divtrain.report.field import autoattack_results, field_results, field_section, is_field
 from tf_divtrain.report.common import (ATTACK_NAMES, ATTACK_ORDER, NOT_RUN, PAPER_EPOCHS,
                                        PAPER_GAAS_K, PAPER_TABLE2, PAPER_TEST_EXAMPLES, PRESET_ROWS,
                                        ROLES, ROW_DATASET, ROWS, TARGETS, all_metrics, footer,
@@ -214,7 +214,8 @@ def row_outputs(results_dir: str, row: str):
     w = os.path.join(results_dir, "work", row)
     results = load_json(os.path.join(results_dir, row, "eval", "results.json"))
     analysis = load_json(os.path.join(results_dir, row, "analysis", "analysis.json"))
-    ran = all_metrics(w) or results or analysis or field_results(results_dir, row)
+    ran = (all_metrics(w) or results or analysis or field_results(results_dir, row)
+           or autoattack_results(results_dir, row))
     return w, results, analysis, bool(ran)
 
 
@@ -268,6 +269,7 @@ def build_table2_report(preset: str, results_dir: str) -> str:
                   + corrected_by_attack(results) + [""])
         lines += member_table(results_dir, row)
         lines += field_section(field, results)
+        lines += autoattack_section(autoattack_results(results_dir, row))
         if analysis:
             lines += analysis_sections(analysis, f"{row}/analysis")
         else:
