@@ -231,8 +231,10 @@ def cpu_isa() -> dict:
     """The CPU's vector ISA flags that decide which oneDNN / MKL kernels run, and the oneDNN cap.
 
     ``ONEDNN_MAX_CPU_ISA`` (e.g. ``AVX2``) restricts both TF's and PyTorch's oneDNN to that ISA: the
-    way this benchmark emulates an AVX2-only CPU's kernels on an AVX-512 machine (it does not
-    restrict non-oneDNN code such as Eigen element-wise ops or PyTorch's own vectorised kernels).
+    way this benchmark emulates an AVX2-only CPU's kernels on an AVX-512 machine. PyTorch's own
+    vectorised kernels follow ``ATEN_CPU_CAPABILITY`` (e.g. ``avx2``) and MKL's sgemm
+    ``MKL_ENABLE_INSTRUCTIONS`` (e.g. ``AVX2``); set all three for a fair emulation (TF's Eigen
+    element-wise code is compiled in and cannot be capped). Every cap set is recorded.
     """
     flags = set()
     try:
@@ -247,8 +249,10 @@ def cpu_isa() -> dict:
     best = ("AMX" if have["amx_tile"] else "AVX-512" if have["avx512f"] else "AVX2" if have["avx2"]
             else "pre-AVX2")
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
-    return {**have, "native": best, "onednn_max_cpu_isa": cap or "unset (native)",
-            "label": best + (f", oneDNN capped at ONEDNN_MAX_CPU_ISA={cap}" if cap else "")}
+    caps = {v: os.environ[v] for v in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
+            if os.environ.get(v)}
+    return {**have, "native": best, "onednn_max_cpu_isa": cap or "unset (native)", "caps": caps,
+            "label": best + (", capped at " + ", ".join(f"{k}={v}" for k, v in caps.items()) if caps else "")}
 
 
 def quiet_check(load_start, cores, load_end=None) -> dict:
