@@ -119,7 +119,7 @@ def bench_one(surrogate: str, attack: str, members: int, batches, torch_batches,
                                                    "mode": "baseline", "seed": 0}, overwrite=True)
             sur = export_lib.load_ensemble(path)
         else:
-            raise SystemExit(f"attack_bench.py: unknown --ours kind {kind!r} (keras, export)")
+            raise SystemExit(f"error: unknown --ours kind {kind!r}; valid: keras, export")
         atk = attacks_lib.make_attack(attack, sur, eps, nb_iter=nb_iter)  # one trace, any batch
         for b in batches:
             xb, yb = tf.constant(x_all[:b]), tf.constant(y_all[:b])
@@ -131,8 +131,8 @@ def bench_one(surrogate: str, attack: str, members: int, batches, torch_batches,
         tmembers, why = torch_side(ens, model_name, shape, threads)
         if tmembers is not None:
             import torch
-            import torch_attacks
-            import torch_gal
+
+            from benchmarks import torch_attacks, torch_gal
 
             fn = torch_attacks.ATTACKS[attack]
             for nt in threads:
@@ -242,10 +242,10 @@ def main(args) -> dict:
     surrogates = [s.strip() for s in args.surrogates.split(",") if s.strip()]
     for a in attacks:
         if a not in NB_ITER:
-            raise SystemExit(f"attack_bench.py: unknown attack {a!r}; valid: {', '.join(NB_ITER)}")
+            raise SystemExit(f"error: unknown attack {a!r}; valid: {', '.join(NB_ITER)}")
     for s in surrogates:
         if s not in SURROGATES:
-            raise SystemExit(f"attack_bench.py: unknown surrogate {s!r}; valid: {', '.join(SURROGATES)}")
+            raise SystemExit(f"error: unknown surrogate {s!r}; valid: {', '.join(SURROGATES)}")
     try:
         import torch
 

@@ -315,3 +315,28 @@ def test_method_steps_builds_the_ens_adv_modes_with_a_static_model(data_dir):
     out = trainer.train_step(*batches[0])
     assert all(math.isfinite(float(v)) for v in tf.nest.flatten(out) if tf.size(v) == 1)
     assert any(not np.array_equal(b, v.numpy()) for b, v in zip(before, trainer.ensemble.trainable_variables))
+
+
+def test_attack_bench_runs_as_a_module_and_compares_both_sides(data_dir, tmp_path):
+    """benchmarks/attack_bench.py (issue 26) in process on its smallest setting: one attack on one
+    surrogate, ours and (when torch is installed) PyTorch's, each side's best compared. It once
+    imported its PyTorch helpers as top-level modules, which fails under ``python -m``."""
+    from benchmarks import attack_bench as ab
+
+    out, md = tmp_path / "a.json", tmp_path / "a.md"
+    res = ab.main(ab.parse_args(["--quick", f"--data_dir={data_dir}", "--surrogates=conv3_mnist",
+                                 "--attacks=ifgsm", "--ours=keras", "--torch_threads=1",
+                                 f"--out={out}", f"--md={md}"]))
+    assert json.loads(out.read_text())["settings"] == res["settings"]
+    (run,) = res["runs"]
+    assert run["attack"] == "ifgsm" and run["best_ours"] == "ours_keras_b8"
+    assert _positive_finite(run["variants"]["ours_keras_b8"]["images_per_s"])
+    if _has_torch():
+        assert run["best_torch"] and _positive_finite(run["ours_over_torch"])
+        assert "ours best / PyTorch best" in md.read_text()
+    else:
+        assert run["best_torch"] is None and "torch" in run["torch"]  # why it was not compared
+    for bad, msg in ((["--attacks=fgsm"], "error: unknown attack 'fgsm'"),
+                     (["--surrogates=vgg"], "error: unknown surrogate 'vgg'")):
+        with pytest.raises(SystemExit, match=msg):
+            ab.main(ab.parse_args(["--quick", f"--data_dir={data_dir}", *bad]))
