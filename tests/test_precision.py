@@ -148,3 +148,48 @@ def test_evaluate_crafts_in_the_asked_precision_and_scores_in_float32(tmp_path, 
     assert len([f for f in os.listdir(tmp_path / "cache") if f.endswith(".npy")]) == 2  # the two precisions' examples are cached apart
     with pytest.raises(ValueError, match="does not name its members"):
         export.load_ensemble(tgt, precision="mixed_bfloat16")
+
+
+def test_one_inter_op_thread_exactly_where_bfloat16_gal_is_not_repeatable(monkeypatch, capsys):
+    """results/studies/determinism_probe: bfloat16 GAL steps of batch-norm members are bitwise
+    repeatable only with one inter-op thread. The train CLI sets it for exactly that case (a user's
+    --inter_op_threads wins), and a library caller gets a warning instead (threads cannot change
+    once TensorFlow runs)."""
+    from absl import flags
+
+    from tf_divtrain import precision, train, training
+    from tf_divtrain.training import run
+
+    rule = precision.serial_ops_for_determinism
+    assert rule("mixed_bfloat16", "gal", ["resnet20", "resnet20"], True)
+    assert rule("mixed_bfloat16", "gal", ["resnet26", "resnet20", "conv4", "conv3", "conv3"], True)  # MIX
+    assert not rule("float32", "gal", ["resnet20"], True)
+    assert not rule("mixed_bfloat16", "ce", ["resnet20"], True)  # CE-only steps repeat
+    assert not rule("mixed_bfloat16", "gal", ["conv4", "conv4"], True)  # no batch norm
+    assert not rule("mixed_bfloat16", "gal", ["resnet20"], False)
+
+    seen = {}
+    monkeypatch.setattr(train, "configure_threads", lambda intra, inter, n: seen.update(inter=inter))
+    monkeypatch.setattr(train.training, "train", lambda cfg: {"steps": 0})
+    monkeypatch.setattr(train.precision_lib, "resolve", lambda p, log=None: p)
+    for extra, inter in ((["--model=resnet20", "--mode=div", "--precision=mixed_bfloat16"], 1),
+                         (["--model=resnet20", "--mode=div", "--precision=mixed_bfloat16",
+                           "--inter_op_threads=2"], 2),
+                         (["--model=resnet20", "--mode=div", "--precision=mixed_bfloat16",
+                           "--deterministic=false"], 0),
+                         (["--model=conv4", "--mode=div", "--precision=mixed_bfloat16"], 0),
+                         (["--model=resnet20", "--mode=baseline", "--precision=mixed_bfloat16"], 0)):
+        fv = flags.FlagValues()
+        train.define_flags(fv)
+        fv(["train", "--dataset=cifar10", "--ensemble_size=2", "--out_dir=unused", *extra])
+        train.main(["train"], fv)
+        assert seen["inter"] == inter, extra
+        said = "one inter-op thread, so that a re-run gives the same weights" in capsys.readouterr().out
+        assert said == (inter == 1), extra
+
+    cfg = training.TrainConfig(model="resnet20", mode="div", ensemble_size=2, precision="mixed_bfloat16")
+    assert "not bitwise repeatable with the default number of inter-op threads" in run.repeatability_warning(cfg, 0)
+    assert "with 2 inter-op threads" in run.repeatability_warning(cfg, 2)
+    assert run.repeatability_warning(cfg, 1) is None
+    assert run.repeatability_warning(training.TrainConfig(model="conv3", mode="div",
+                                                          precision="mixed_bfloat16"), 0) is None

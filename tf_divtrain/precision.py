@@ -114,6 +114,26 @@ def resolve(precision: str, log: Optional[logging.Logger] = None) -> str:
     return chosen
 
 
+BATCH_NORM_MODELS = ("resnet20", "resnet26")  # members with BatchNormalization (models.py)
+
+
+def serial_ops_for_determinism(precision: str, objective: str, members, deterministic: bool) -> bool:
+    """True when a bitwise-repeatable run needs one inter-op thread: mixed_bfloat16, an input-gradient
+    (GAL) objective and batch-norm members, with ``deterministic`` on.
+
+    Measured on a 2-core Xeon (AVX-512, AMX; TF 2.21), ResNet-20 x 2, 4 GAL steps, two fresh Trainers
+    with one seed (results/studies/determinism_probe): with TensorFlow's default inter-op pool, 3 of 4
+    repetitions ended on different weights (max |dw| 6e-4 to 4e-3; the same with oneDNN capped below
+    AMX); with one inter-op thread, 4 of 4 were identical. Float32, bfloat16 CE-only steps and the
+    batch-norm-free Conv-3 / Conv-4 were identical either way. Some concurrently scheduled bfloat16
+    kernel of the double backprop is the cause; which one is not measured. Cost of one inter-op
+    thread, same machine: ResNet-20 x 5 bfloat16 GAL step 1.21x slower (Conv-3 x 5: 1.38x, which is
+    why the rule stays this narrow). TRS / DVERGE with batch-norm members in bfloat16 were not measured.
+    """
+    return (deterministic and precision == "mixed_bfloat16" and objective == "gal"
+            and any(m in BATCH_NORM_MODELS for m in members))
+
+
 def _stderr(msg: str) -> None:
     import sys
 

@@ -118,7 +118,14 @@ def main(argv, fv=None):
         cli_flags.fail(f"unexpected arguments {argv[1:]}")
     cfg = config_from_flags(fv)
     cfg.precision = precision_lib.resolve(cfg.precision)
-    configure_threads(fv.intra_op_threads, fv.inter_op_threads, len(cfg.members))
+    inter = fv.inter_op_threads
+    if inter == 0 and precision_lib.serial_ops_for_determinism(
+            cfg.precision, modes_lib.MODES[cfg.mode].objective, cfg.members, cfg.deterministic):
+        inter = 1
+        print("deterministic mixed_bfloat16 GAL training of batch-norm members: one inter-op thread, "
+              "so that a re-run gives the same weights (measured ~1.2x slower; --inter_op_threads=N "
+              "or --deterministic=false drops it, --precision=float32 does not need it)")
+    configure_threads(fv.intra_op_threads, inter, len(cfg.members))
     try:
         metrics = training.train(cfg)
     except (training.TrainingError, data_lib.DataError, ValueError) as e:

@@ -22,6 +22,8 @@ from tf_divtrain import inference
 from tf_divtrain import locking
 from tf_divtrain import loop as loop_lib
 from tf_divtrain import models as models_lib
+from tf_divtrain import modes as modes_lib
+from tf_divtrain import precision as precision_lib
 
 from tf_divtrain.training.config import (
     ADV_MODES, MAX_SKIPPED_FP16_STEPS, RESUMABLE_KEYS, TrainConfig, TrainingError)
@@ -88,6 +90,22 @@ def seed_everything(cfg: TrainConfig) -> None:
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
+    warning = repeatability_warning(cfg, tf.config.threading.get_inter_op_parallelism_threads())
+    if warning:
+        logging.warning(warning)
+
+
+def repeatability_warning(cfg: TrainConfig, inter_op_threads: int) -> Optional[str]:
+    """What to say when this run will not be bitwise repeatable although ``deterministic`` is on
+    (:func:`tf_divtrain.precision.serial_ops_for_determinism`): the ``train`` CLI sets one inter-op
+    thread itself, a library caller must do it before TensorFlow starts."""
+    if inter_op_threads == 1 or not precision_lib.serial_ops_for_determinism(
+            cfg.precision, modes_lib.MODES[cfg.mode].objective, cfg.members, cfg.deterministic):
+        return None
+    return ("mixed_bfloat16 GAL training of batch-norm members is not bitwise repeatable with "
+            f"{inter_op_threads or 'the default number of'} inter-op threads (measured: "
+            "results/studies/determinism_probe); call tf.config.threading."
+            "set_inter_op_parallelism_threads(1) before TensorFlow starts, or train in float32.")
 
 
 def step_budget(cfg: TrainConfig, num_train: int) -> tuple:
