@@ -185,7 +185,7 @@ def _smoke(k):
     return (paper_row(
         "mnist_conv3", "--max_steps=4 --batch_size=32 --ensemble_size=2 --train_examples=2000 "
         "--eval_examples=100 --log_every=2",
-        "--dataset=mnist --num_examples=100 --batch_size=100 --attacks=fgsm,rfgsm,ifgsm,mifgsm,pgd_cw",
+        "--dataset=mnist --num_examples=50 --batch_size=50 --attacks=fgsm,rfgsm,ifgsm,mifgsm,pgd_cw",
         "--dataset=mnist --num_examples=50 --analyses=coherence,gaas --gaas_k=4,16 --gaas_eps=0.3 "
         "--batch_size=50"),)
 
@@ -274,7 +274,7 @@ PRESETS: Dict[str, Preset] = {p.name: p for p in (
            _cpu_methods, "auto",
            knobs=_knobs(CPU_STEPS, ("FIELD_EXAMPLES", "300", "test images of the field-protocol stage"),
                         AUTOATTACK_EXAMPLES)),
-    Preset("smoke", "Every stage on tiny settings (2 members, 4 steps; the five attacks on 100 test "
+    Preset("smoke", "Every stage on tiny settings (2 members, 4 steps; the five attacks on 50 test "
            "images; coherence and GAAS on 50, no transferability or white-box check): a few minutes; "
            "used by the test suite to prove the pipeline works end to end.", _smoke,
            members=False),
