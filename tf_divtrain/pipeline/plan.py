@@ -153,19 +153,27 @@ RETRAINED = "a model was retrained after {done}; re-running"
 CACHED = " (cached attacks are reused)"
 
 
-def evaluate_stage(row: Row, ctx: Context) -> Stage:
-    out = os.path.join(ctx.results, row.name, "eval")
+def evaluate_stage(row: Row, ctx: Context, name: str = "", surrogates: Optional[Sequence[str]] = None,
+                   out: str = "eval", flags: Optional[Sequence[str]] = None, kind: str = "evaluate",
+                   protocol: Tuple[str, ...] = ()) -> Stage:
+    """The transfer evaluation of the row's targets from ``surrogates`` (default: the row's) into
+    ``<row>/<out>/``; the field stage (:func:`field_stages`) is the same with its own surrogates,
+    flags and ``--protocol=field``. The attack cache is the row's."""
+    surrogates = tuple(row.surrogates if surrogates is None else surrogates)
+    bare = row.surrogate_bare and surrogates == tuple(row.surrogates)
+    out = os.path.join(ctx.results, row.name, out)
     labels = [row.model(n).label for n in row.targets]
-    slabels = [] if row.surrogate_bare else [row.model(n).label for n in row.surrogates]
-    argv = _module(ctx, "tf_divtrain.evaluate",
-                   f"--surrogate_dir={_spec(row, ctx, row.surrogates, row.surrogate_bare)}",
+    slabels = [] if bare else [row.model(n).label for n in surrogates]
+    argv = _module(ctx, "tf_divtrain.evaluate", *protocol,
+                   f"--surrogate_dir={_spec(row, ctx, surrogates, bare)}",
                    f"--targets={_spec(row, ctx, row.targets)}", f"--out_dir={out}",
-                   f"--cache_dir={os.path.join(ctx.work, row.name, 'adv_cache')}", *row.eval_flags)
+                   f"--cache_dir={os.path.join(ctx.work, row.name, 'adv_cache')}",
+                   *(row.eval_flags if flags is None else flags))
     lacks = " ".join(labels + slabels)
-    return Stage(f"evaluate_{row.name}", "evaluate", argv, os.path.join(out, "results.json"),
+    return Stage(name or f"evaluate_{row.name}", kind, argv, os.path.join(out, "results.json"),
                  (Lacks(tuple(labels + slabels),
                         "{done} lacks some of: " + lacks + ", or per-example results; re-running" + CACHED),
-                  Newer(_metrics(row, ctx, row.targets + row.surrogates), RETRAINED + CACHED)))
+                  Newer(_metrics(row, ctx, row.targets + surrogates), RETRAINED + CACHED)))
 
 
 def analyze_stage(row: Row, ctx: Context) -> Stage:
@@ -219,25 +227,17 @@ def prediction_ce_stages(row: Row, ctx: Context) -> List[Stage]:
 def field_stages(row: Row, ctx: Context) -> List[Stage]:
     """The field's transfer protocol from the row's field surrogates (``<row>/eval_field/``, which
     the report's "Field protocol" section reads) and ART's AutoAttack on every target
-    (``<row>/autoattack/analysis.json``), issue 23. The field sets share the row's attack cache."""
+    (``<row>/autoattack/analysis.json``), issue 23; both of kind ``field``."""
     run = row.field
+    labels = tuple(row.model(n).label for n in row.targets)
     res = os.path.join(ctx.results, row.name)
-    labels = [row.model(n).label for n in row.targets]
-    bare = row.surrogate_bare and tuple(run.surrogates) == tuple(row.surrogates)
-    slabels = [] if bare else [row.model(n).label for n in run.surrogates]
-    ev = _module(ctx, "tf_divtrain.evaluate", "--protocol=field",
-                 f"--surrogate_dir={_spec(row, ctx, run.surrogates, bare)}",
-                 f"--targets={_spec(row, ctx, row.targets)}", f"--out_dir={res}/eval_field",
-                 f"--cache_dir={os.path.join(ctx.work, row.name, 'adv_cache')}", *run.evaluate)
     aa = _module(ctx, "tf_divtrain.analyze", "--analyses=autoattack",
                  f"--ensembles={_spec(row, ctx, row.targets)}", f"--out_dir={res}/autoattack",
                  *run.autoattack)
-    lacks = " ".join(labels + slabels)
-    return [Stage(f"field_{row.name}", "field", ev, f"{res}/eval_field/results.json",
-                  (Lacks(tuple(labels + slabels), "{done} lacks some of: " + lacks + "; re-running" + CACHED),
-                   Newer(_metrics(row, ctx, row.targets + run.surrogates), RETRAINED + CACHED))),
+    return [evaluate_stage(row, ctx, f"field_{row.name}", run.surrogates, "eval_field", run.evaluate,
+                           "field", ("--protocol=field",)),
             Stage(f"autoattack_{row.name}", "field", aa, f"{res}/autoattack/analysis.json",
-                  (Lacks(tuple(labels), "{done} lacks some of: " + " ".join(labels) + "; re-running"),
+                  (Lacks(labels, "{done} lacks some of: " + " ".join(labels) + "; re-running"),
                    Newer(_metrics(row, ctx, row.targets), RETRAINED)))]
 
 
