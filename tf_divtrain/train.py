@@ -19,6 +19,7 @@ from tf_divtrain import models as models_lib
 from tf_divtrain import modes as modes_lib
 from tf_divtrain import precision as precision_lib
 from tf_divtrain import training
+from tf_divtrain.training import run as training_run
 
 FLAGS = flags.FLAGS
 
@@ -119,8 +120,7 @@ def main(argv, fv=None):
     cfg = config_from_flags(fv)
     cfg.precision = precision_lib.resolve(cfg.precision)
     inter = fv.inter_op_threads
-    if inter == 0 and precision_lib.serial_ops_for_determinism(
-            cfg.precision, modes_lib.MODES[cfg.mode].objective, cfg.members, cfg.deterministic):
+    if inter == 0 and training_run.needs_serial_ops(cfg):
         inter = 1
         print("deterministic mixed_bfloat16 GAL training of batch-norm members: one inter-op thread, "
               "so that a re-run gives the same weights (measured ~1.2x slower; --inter_op_threads=N "

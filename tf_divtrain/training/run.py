@@ -95,12 +95,17 @@ def seed_everything(cfg: TrainConfig) -> None:
         logging.warning(warning)
 
 
+def needs_serial_ops(cfg: TrainConfig) -> bool:
+    """:func:`tf_divtrain.precision.serial_ops_for_determinism` for this run's settings."""
+    return precision_lib.serial_ops_for_determinism(
+        cfg.precision, modes_lib.MODES[cfg.mode].objective, cfg.members, cfg.deterministic)
+
+
 def repeatability_warning(cfg: TrainConfig, inter_op_threads: int) -> Optional[str]:
     """What to say when this run will not be bitwise repeatable although ``deterministic`` is on
     (:func:`tf_divtrain.precision.serial_ops_for_determinism`): the ``train`` CLI sets one inter-op
     thread itself, a library caller must do it before TensorFlow starts."""
-    if inter_op_threads == 1 or not precision_lib.serial_ops_for_determinism(
-            cfg.precision, modes_lib.MODES[cfg.mode].objective, cfg.members, cfg.deterministic):
+    if inter_op_threads == 1 or not needs_serial_ops(cfg):
         return None
     return ("mixed_bfloat16 GAL training of batch-norm members is not bitwise repeatable with "
             f"{inter_op_threads or 'the default number of'} inter-op threads (measured: "
