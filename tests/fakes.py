@@ -1,7 +1,8 @@
 """Fake run outputs in the results schema (results.json, analysis.json, metrics.json) for the
 report and pipeline tests, small and hand-made so every rendered number can be checked; the
 run_all.sh runner those tests share; tiny exportable ensembles (the evaluation tests' surrogates
-and targets); and the local multi-worker launcher of the ``--strategy=multi_worker`` tests.
+and targets); the local multi-worker launcher of the ``--strategy=multi_worker`` tests; and a
+CLI's flags parsed as its console script parses them, to run its ``main`` in the test process.
 Importing this module imports no TensorFlow (the report tests use it)."""
 
 import json
@@ -28,6 +29,27 @@ def run_all_sh(args, tmp_path, data_dir, extra=None):
     env.update(extra or {})
     return subprocess.run(["bash", os.path.join(REPO, "run_all.sh"), *args], env=env,
                           capture_output=True, text=True, cwd=REPO)
+
+
+def parse_cli_flags(mod, argv):
+    """Flags of CLI module ``mod`` parsed the way its ``run()`` does (``cli_flags.parse_flags``)."""
+    from absl import flags
+
+    from tf_divtrain import cli_flags
+
+    fv = flags.FlagValues()
+    mod.define_flags(fv)
+    cli_flags.parse_flags(argv, fv)
+    return fv
+
+
+def run_cli_in_process(mod, argv):
+    """``mod.main`` in this process as its console script runs it (flags parsed, faults turned
+    into ``error:`` lines and exit codes by ``cli_flags.guarded``): one TensorFlow start-up fewer
+    than a subprocess."""
+    from tf_divtrain import cli_flags
+
+    return cli_flags.guarded(mod.main)([argv[0]], parse_cli_flags(mod, argv))
 
 
 def free_ports(n):

@@ -25,6 +25,7 @@ from absl import flags
 from tf_divtrain import cli_flags, io_utils, locking
 
 from conftest import cli_env
+from fakes import parse_cli_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUTCOMES = []  # (fault, survived, data_lost) of every injected fault
@@ -94,18 +95,10 @@ def _assert_same_weights(a_prefix, b_prefix):
         assert np.array_equal(a[k], b[k]), f"{k} differs"  # bitwise: the run is deterministic
 
 
-def _parse(mod, argv):
-    """Flags of CLI ``mod`` parsed the way its ``run()`` does (``cli_flags.parse_flags``)."""
-    fv = flags.FlagValues()
-    mod.define_flags(fv)
-    cli_flags.parse_flags(argv, fv)
-    return fv
-
-
 def _cli_exit(capsys, mod, argv):
     """Runs CLI ``mod`` in-process as its console script would; returns (exit code, stderr)."""
     with pytest.raises(SystemExit) as e:
-        fv = _parse(mod, argv)
+        fv = parse_cli_flags(mod, argv)
         cli_flags.guarded(mod.main)([argv[0]], fv)
         raise SystemExit(0)
     return e.value.code, capsys.readouterr().err
@@ -374,7 +367,7 @@ def _train_in_process(out_dir, extra=(), capsys=None):
     """``train.main`` in this process, flags parsed as the console script does."""
     from tf_divtrain import train
 
-    fv = _parse(train, ["train", f"--out_dir={out_dir}", *TRAIN_ARGS, *extra])
+    fv = parse_cli_flags(train, ["train", f"--out_dir={out_dir}", *TRAIN_ARGS, *extra])
     return cli_flags.guarded(train.main)(["train"], fv)
 
 
@@ -682,7 +675,7 @@ def test_analyze_and_report_interrupted_during_their_writes(reference, tmp_path,
     shutil.copytree(tmp_path / "an", res / "mnist_conv3" / "analysis")
 
     def build():
-        fv = _parse(report, ["report", "--preset=smoke", f"--results_dir={res}"])
+        fv = parse_cli_flags(report, ["report", "--preset=smoke", f"--results_dir={res}"])
         cli_flags.guarded(report.main)(["report"], fv)
         return [l for l in (res / "REPORT.md").read_text().splitlines() if not l.startswith("Generated")]
 

@@ -20,7 +20,9 @@ def test_smoke_preset_end_to_end_and_resume(tmp_path, data_dir):
         assert (res / f).exists(), f
     text = (res / "REPORT.md").read_text()
     for needle in ("| T_Div | ours |", "| T_Div | paper | 99.2 |", "T_Div > T_Base", "Coherence",
-                   "Ensemble size 2 instead of 5", "train_mnist_conv3_ensdiv"):
+                   "Ensemble size 2 instead of 5", "train_mnist_conv3_ensdiv",
+                   "Attack settings instead of the paper's: I-FGSM nb_iter=2; MI-FGSM nb_iter=2; "
+                   "PGD-CW nb_iter=3."):
         assert needle in text, needle
     # Weights stay out of the results that get committed: they live under work/ (git-ignored).
     assert (res / "work" / "mnist_conv3" / "div" / "saved_model" / "saved_model.pb").exists()

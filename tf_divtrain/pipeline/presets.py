@@ -185,7 +185,8 @@ def _smoke(k):
     return (paper_row(
         "mnist_conv3", "--max_steps=4 --batch_size=32 --ensemble_size=2 --train_examples=2000 "
         "--eval_examples=100 --log_every=2",
-        "--dataset=mnist --num_examples=50 --batch_size=50 --attacks=fgsm,rfgsm,ifgsm,mifgsm,pgd_cw",
+        "--dataset=mnist --num_examples=50 --batch_size=50 --attacks=fgsm,rfgsm,ifgsm,mifgsm,pgd_cw "
+        '--attack_options={"ifgsm":{"nb_iter":2},"mifgsm":{"nb_iter":2},"pgd_cw":{"nb_iter":3}}',
         "--dataset=mnist --num_examples=50 --analyses=coherence,gaas --gaas_k=4,16 --gaas_eps=0.3 "
         "--batch_size=50"),)
 
@@ -275,8 +276,9 @@ PRESETS: Dict[str, Preset] = {p.name: p for p in (
            knobs=_knobs(CPU_STEPS, ("FIELD_EXAMPLES", "300", "test images of the field-protocol stage"),
                         AUTOATTACK_EXAMPLES)),
     Preset("smoke", "Every stage on tiny settings (2 members, 4 steps; the five attacks on 50 test "
-           "images; coherence and GAAS on 50, no transferability or white-box check): a few minutes; "
-           "used by the test suite to prove the pipeline works end to end.", _smoke,
+           "images, I-FGSM/MI-FGSM 2 and PGD-CW 3 iterations; coherence and GAAS on 50, no "
+           "transferability or white-box check): a few minutes; used by the test suite to prove the "
+           "pipeline works end to end.", _smoke,
            members=False),
     Preset("smoke-cifar", "The CIFAR-10 Conv-4 row on tiny settings (surrogate, T_Base, T_Div; 3 members, "
            "2 steps of batch 16 on 256 training images; FGSM and PGD-CW at eps 0.03/0.09 on 32 test "

@@ -170,6 +170,12 @@ def reductions(row: str, work: str, results: Optional[dict], analysis: Optional[
         if full and results["num_examples"] < full:
             out.append(f"- Transfer attacks: first {results['num_examples']} test images instead of "
                        f"the full test set ({full}).")
+        opts = {a: o for a, o in (results.get("attack_options") or {}).items()
+                if o and not results.get("field")}
+        if opts:
+            out.append("- Attack settings instead of the paper's: " + "; ".join(
+                f"{ATTACK_NAMES.get(a, a)} " + ", ".join(f"{k}={v}" for k, v in sorted(o.items()))
+                for a, o in opts.items()) + ".")
         left = [ATTACK_NAMES[a] for a in ATTACK_ORDER if a not in results["attacks"]]
         if left:
             out.append(f"- Attacks {NOT_RUN}: {', '.join(left)}.")
