@@ -52,6 +52,16 @@ def run_cli_in_process(mod, argv):
     return cli_flags.guarded(mod.main)([argv[0]], parse_cli_flags(mod, argv))
 
 
+def cli_exit(capsys, mod, argv):
+    """:func:`run_cli_in_process` of a run that must end: returns (exit code, stderr)."""
+    import pytest
+
+    with pytest.raises(SystemExit) as e:
+        run_cli_in_process(mod, argv)
+        raise SystemExit(0)
+    return e.value.code, capsys.readouterr().err
+
+
 def free_ports(n):
     """``n`` free TCP ports on the loopback interface (bound once, then released)."""
     socks = [socket.socket() for _ in range(n)]

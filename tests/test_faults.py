@@ -25,7 +25,7 @@ from absl import flags
 from tf_divtrain import cli_flags, io_utils, locking
 
 from conftest import cli_env
-from fakes import parse_cli_flags
+from fakes import cli_exit, parse_cli_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUTCOMES = []  # (fault, survived, data_lost) of every injected fault
@@ -93,15 +93,6 @@ def _assert_same_weights(a_prefix, b_prefix):
     assert a.keys() == b.keys() and len(a) > 10
     for k in a:
         assert np.array_equal(a[k], b[k]), f"{k} differs"  # bitwise: the run is deterministic
-
-
-def _cli_exit(capsys, mod, argv):
-    """Runs CLI ``mod`` in-process as its console script would; returns (exit code, stderr)."""
-    with pytest.raises(SystemExit) as e:
-        fv = parse_cli_flags(mod, argv)
-        cli_flags.guarded(mod.main)([argv[0]], fv)
-        raise SystemExit(0)
-    return e.value.code, capsys.readouterr().err
 
 
 def _one_error_line(err, *needles):
@@ -204,7 +195,7 @@ def test_cut_off_results_json_in_report(tmp_path, capsys):
 
     bad = tmp_path / "mnist_conv3" / "eval" / "results.json"
     _cut(str(bad), RESULTS)
-    code, err = _cli_exit(capsys, report, ["report", "--preset=smoke", f"--results_dir={tmp_path}"])
+    code, err = cli_exit(capsys, report, ["report", "--preset=smoke", f"--results_dir={tmp_path}"])
     assert code == 2
     _one_error_line(err, f"error: {bad} is not a complete evaluation results file (",
                     "re-run evaluate")
@@ -408,7 +399,7 @@ def test_train_interrupted_at_every_write_point_finishes_with_the_same_numbers(
     survived.append("train: crash between checkpoint and state file")
 
     fault("checkpoint:saved=enospc")
-    code, err = _cli_exit(capsys, _train_mod(), ["train", f"--out_dir={run}", *TRAIN_ARGS])
+    code, err = cli_exit(capsys, _train_mod(), ["train", f"--out_dir={run}", *TRAIN_ARGS])
     assert code == 2
     _one_error_line(err, f"cannot write {ckpts} (No space left on device); free some space")
     assert latest().endswith("ckpt-2")  # ckpt-3's files were written, its commit failed
@@ -423,7 +414,7 @@ def test_train_interrupted_at_every_write_point_finishes_with_the_same_numbers(
     survived.append("train: crash during SavedModel export")
 
     fault("write:metrics.json=enospc")
-    code, err = _cli_exit(capsys, _train_mod(), ["train", f"--out_dir={run}", *TRAIN_ARGS])
+    code, err = cli_exit(capsys, _train_mod(), ["train", f"--out_dir={run}", *TRAIN_ARGS])
     assert code == 2
     _one_error_line(err, f"cannot write {run}/metrics.json (No space left on device)")
     assert (run / "saved_model" / "saved_model.pb").exists() and not (run / "metrics.json").exists()
@@ -475,7 +466,7 @@ def test_damaged_checkpoint_rerun_resumes_from_the_older_one(reference, tmp_path
         with open(f, "r+b") as fh:
             fh.truncate(100)
     before = (run / "metrics.json").read_bytes()
-    code, err = _cli_exit(capsys, _train_mod(), ["train", f"--out_dir={run}", *TRAIN_ARGS])
+    code, err = cli_exit(capsys, _train_mod(), ["train", f"--out_dir={run}", *TRAIN_ARGS])
     assert code == 2
     _one_error_line(err, f"no readable checkpoint in {run}/checkpoints", "pass --fresh")
     assert (run / "metrics.json").read_bytes() == before
@@ -503,7 +494,7 @@ def test_vanished_and_read_only_out_dir(tmp_path, fault, capsys):
 
     ro = tmp_path / "ro"
     fault("write:config.json=erofs")
-    code, err = _cli_exit(capsys, _train_mod(), ["train", f"--out_dir={ro}", *TRAIN_ARGS])
+    code, err = cli_exit(capsys, _train_mod(), ["train", f"--out_dir={ro}", *TRAIN_ARGS])
     assert code == 2
     _one_error_line(err, f"{ro}/config.json (Read-only file system)")
     assert not glob.glob(str(ro / "checkpoints" / "*"))
@@ -531,7 +522,7 @@ def test_second_run_on_the_same_out_dir_refuses_and_a_killed_one_leaves_no_stale
     run = tmp_path / "run"
     holder = _holder(run)
     try:
-        code, err = _cli_exit(capsys, _train_mod(), ["train", f"--out_dir={run}", *TRAIN_ARGS])
+        code, err = cli_exit(capsys, _train_mod(), ["train", f"--out_dir={run}", *TRAIN_ARGS])
         assert code == 2
         _one_error_line(err, f"{run} is in use by another run (pid {holder.pid}")
         assert sorted(os.listdir(run)) == [".lock"]  # no config.json, no checkpoints
@@ -576,7 +567,7 @@ def test_bad_dataset_file_through_the_cli(case, tmp_path, capsys):
         _npz(path, x_train=np.zeros((8, 32, 32), np.uint8), y_train=y, x_test=x, y_test=y)
         needle = "x_train has shape (8, 32, 32), expected (n, 28, 28)"
     out = tmp_path / "run"
-    code, err = _cli_exit(capsys, _train_mod(), ["train", f"--out_dir={out}", f"--data_dir={d}",
+    code, err = cli_exit(capsys, _train_mod(), ["train", f"--out_dir={out}", f"--data_dir={d}",
                                                  *TRAIN_ARGS])
     assert code == 2
     _one_error_line(err, path, needle)

@@ -3,9 +3,6 @@ own diversity term, the schedules (Trainer.begin_epoch), stateless seeds, determ
 metrics plumbing, and every bad-input error. Tiny settings: 2-3 Conv-3 members, batch 16-32."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,9 +13,8 @@ from tf_divtrain import training
 from tf_divtrain.methods import adp, config_from_string, dverge, parse_params, trs
 from tf_divtrain.methods.objective import MethodObjective
 
-from conftest import cli_env
+from fakes import cli_exit
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _cfg(mode, **kw):
@@ -283,13 +279,15 @@ def test_adp_accepts_mixed_float16():
     assert _cfg("adp", precision="mixed_float16").precision == "mixed_float16"  # no inner tape
 
 
-def test_dverge_layer_out_of_range_names_the_fix(tmp_path, data_dir):
+def test_dverge_layer_out_of_range_names_the_fix(tmp_path, data_dir, capsys):
     with pytest.raises(ValueError, match=r"layer=13 is out of range .* valid layers are 1\.\.12.*"
                                          r"Fix: --method_params=layer=K with K one of the candidate "
                                          r"feature layers \[1, 3, 6, 10, 12\]"):
         _trainer("dverge", ensemble_size=2, method_params="layer=13")
-    r = subprocess.run([sys.executable, "-m", "tf_divtrain.train", "--mode=dverge", "--ensemble_size=2",
-                        "--method_params=layer=13", "--max_steps=1", f"--out_dir={tmp_path}/x"],
-                       env=cli_env(data_dir), capture_output=True, text=True, cwd=REPO)
-    assert r.returncode == 2 and "Fix: --method_params=layer=K" in r.stderr, r.stderr[-2000:]
+    from tf_divtrain import train
+
+    code, err = cli_exit(capsys, train, ["train", "--mode=dverge", "--ensemble_size=2",
+                                         "--method_params=layer=13", "--max_steps=1",
+                                         f"--data_dir={data_dir}", f"--out_dir={tmp_path}/x"])
+    assert code == 2 and err.startswith("error: ") and "Fix: --method_params=layer=K" in err, err
     assert not (tmp_path / "x").exists()  # refused before writing anything

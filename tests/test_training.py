@@ -15,6 +15,7 @@ import tensorflow as tf
 from tf_divtrain import data, ens_adv, export, gal, models, training
 
 from conftest import cli_env
+from fakes import cli_exit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -241,14 +242,19 @@ def test_config_validation(kw, pattern):
 
 
 @pytest.mark.e2e
-def test_cli_validators_and_missing_static(tmp_path, data_dir):
-    r = _cli(["--out_dir=" + str(tmp_path / "x"), "--noise_eps=1.5"], data_dir)
-    assert r.returncode != 0 and "noise_eps=1.5 is outside [0, 1]" in r.stderr  # TrainConfig.validate's rule
-    r = _cli(["--out_dir=" + str(tmp_path / "x"), "--mode=div", "--ensemble_size=1"], data_dir)
-    assert r.returncode != 0 and "at least 2 members" in r.stderr
-    r = _cli(["--out_dir=" + str(tmp_path / "x"), "--mode=ens_adv",
-              "--static_model=" + str(tmp_path / "none"), "--max_steps=1"], data_dir)
-    assert r.returncode == 2 and "No tf_divtrain export found" in r.stderr
+def test_cli_validators_and_missing_static(tmp_path, data_dir, capsys):
+    from tf_divtrain import train
+
+    def run(*args):
+        return cli_exit(capsys, train, ["train", "--out_dir=" + str(tmp_path / "x"),
+                                        f"--data_dir={data_dir}", *args])
+
+    code, err = run("--noise_eps=1.5")
+    assert code != 0 and "noise_eps=1.5 is outside [0, 1]" in err  # TrainConfig.validate's rule
+    code, err = run("--mode=div", "--ensemble_size=1")
+    assert code != 0 and "at least 2 members" in err
+    code, err = run("--mode=ens_adv", "--static_model=" + str(tmp_path / "none"), "--max_steps=1")
+    assert code == 2 and "No tf_divtrain export found" in err
     assert not (tmp_path / "x").exists()  # refused before writing anything
 
 
