@@ -16,7 +16,6 @@ from tf_divtrain.methods.objective import MethodObjective
 from fakes import cli_exit
 
 
-
 def _cfg(mode, **kw):
     base = dict(mode=mode, ensemble_size=3, batch_size=32, seed=1, out_dir="unused")
     base.update(kw)
