@@ -43,7 +43,7 @@ class _ServingModule(tf.Module):
         self.metadata = tf.Variable(json.dumps(metadata, sort_keys=True), trainable=False,
                                     dtype=tf.string, name="metadata")
         shape = [None] + list(metadata["input_shape"])
-        self.serve = tf.function(self._serve,
+        self.serve = tf.function(self._serve, autograph=False,
                                  input_signature=[tf.TensorSpec(shape, tf.float32, name="images")])
 
     def _serve(self, images):

@@ -132,7 +132,7 @@ class Attack:
             sig = [tf.TensorSpec((None,) + self._image_shape, tf.float32, name="x"),
                    tf.TensorSpec((None,), tf.int64, name="y"),
                    tf.TensorSpec((2,), tf.int64, name="seed")]
-            self._fn = tf.function(self._body, input_signature=sig)
+            self._fn = tf.function(self._body, input_signature=sig, autograph=False)  # explicit loops
         elif tuple(x.shape[1:]) != self._image_shape:
             raise ValueError(f"{self.name}: images of shape {tuple(x.shape[1:])}, but this attack was "
                              f"compiled for {self._image_shape}.")

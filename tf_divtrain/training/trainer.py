@@ -79,7 +79,11 @@ class Trainer:
         # structure in every precision (a run's weights restore under another precision).
         self.checkpoint = tf.train.Checkpoint(members=self.ensemble.members,
                                               optimizer=inner, step=self.step)
-        self._train_step = tf.function(self._distributed_step, jit_compile=cfg.jit_compile)
+        # autograph=False: the step has no tensor-dependent Python control flow (loops are
+        # tf.while_loop or Python ranges), as Keras 3 compiles its own train_step; converting the
+        # Keras internals it calls took ~25 % of a short run's start-up (issue 24).
+        self._train_step = tf.function(self._distributed_step, jit_compile=cfg.jit_compile,
+                                       autograph=False)
         self.begin_epoch(0, max(1, cfg.epochs))  # epoch 0's schedule until the loop says otherwise
 
     # -- per-epoch schedules (method modes) ----------------------------------------------------
@@ -186,7 +190,7 @@ def gradient_statistics(members, x: np.ndarray, y: np.ndarray, batch_size: int =
     if len(members) < 2:
         return {}
 
-    @tf.function
+    @tf.function(autograph=False)
     def stats(xb, yb):
         grads, _, _ = gal_lib.member_input_gradients(members, xb, yb, training=False)
         measured, _, _ = gal_lib.member_input_gradients(members, xb, yb, training=False,
