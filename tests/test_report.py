@@ -5,6 +5,7 @@ import json
 import os
 
 from tf_divtrain import report
+from tf_divtrain import results as results_lib
 
 from fakes import _block, _cifar_results, _comparison, _field_results, _gaas, _metrics, _mnist_metrics, _results  # noqa: F401
 
@@ -354,3 +355,11 @@ def test_autoattack_section_table_and_paired_cells_against_t_base(tmp_path):
     (res.parent / "cpu" / "mnist_conv3" / "autoattack").mkdir(parents=True)
     (res.parent / "cpu" / "mnist_conv3" / "autoattack" / "analysis.json").write_text(json.dumps(analysis))
     assert "### White-box AutoAttack (ART)" in report.build_report("cpu", str(res.parent / "cpu"))
+
+
+def test_attack_options_text_lists_changes_only_for_the_paper_protocol():
+    names = {"fgsm": "FGSM", "pgd_cw": "PGD-CW"}
+    r = {"attack_options": {"fgsm": {}, "pgd_cw": {"nb_iter": 3, "confidence": 0.0}}}
+    assert results_lib.attack_options_text(r, names) == "PGD-CW confidence=0.0, nb_iter=3"
+    assert results_lib.attack_options_text({"attack_options": {"fgsm": {}}}, names) == ""
+    assert results_lib.attack_options_text(dict(r, field={"sets": {}}), names) == ""

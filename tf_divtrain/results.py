@@ -76,6 +76,17 @@ def surrogate_blocks(results: dict) -> List[dict]:
              "crafting": results.get("crafting", {})}]
 
 
+def attack_options_text(results: dict, names: Dict[str, str]) -> str:
+    """``"FGSM loss=prediction_ce; PGD-CW nb_iter=3"``: the attack options a paper-protocol
+    results.json ran with instead of the paper's (``names``: attack -> display name); "" if none.
+    A field run's options are its sets' settings, not changes, so they are not listed."""
+    options = {a: o for a, o in (results.get("attack_options") or {}).items() if o}
+    if not options or results.get("field"):
+        return ""
+    return "; ".join(f"{names.get(a, a)} " + ", ".join(f"{k}={v}" for k, v in sorted(o.items()))
+                     for a, o in options.items())
+
+
 def labels(results: dict) -> set:
     """Every label a results.json or analysis.json holds: rows, ensembles and surrogate blocks."""
     return ({r.get("label") for r in results.get("rows", [])} | set(results.get("ensembles", {}))

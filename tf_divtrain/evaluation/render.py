@@ -11,7 +11,7 @@ from typing import Dict, List
 
 from tf_divtrain import attacks as attacks_lib
 from tf_divtrain import io_utils
-from tf_divtrain.results import ROBUST_ALL_KEY, eps_key, surrogate_blocks
+from tf_divtrain.results import ROBUST_ALL_KEY, attack_options_text, eps_key, surrogate_blocks
 
 
 
@@ -82,12 +82,9 @@ def format_table2(results: dict) -> str:
         lines += _table2_lines(results, b["rows"]) + [""]
     sanity = ", ".join(f"*{r['label']}*" for b in blocks for r in b["rows"] if r["role"] != "target")
     lines.append(f"{sanity}: the surrogate attacked white-box (sanity row, not a target).")
-    options = {a: o for a, o in (results.get("attack_options") or {}).items()
-               if o and not results.get("field")}
+    options = attack_options_text(results, attacks_lib.DISPLAY_NAMES)
     if options:
-        lines.append("Attack options (not the paper's defaults): " + "; ".join(
-            f"{attacks_lib.DISPLAY_NAMES[a]} " + ", ".join(f"{k}={v}" for k, v in sorted(o.items()))
-            for a, o in options.items()) + ".")
+        lines.append(f"Attack options (not the paper's defaults): {options}.")
     if robust:
         lines.append(f"{ROBUST_HEADERS[0]}: fraction of the test images classified correctly under "
                      f"every attack at that eps; {ROBUST_HEADERS[1]}: under every attack at every "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Sequence
 
-from tf_divtrain.results import eps_key
+from tf_divtrain.results import attack_options_text, eps_key
 from tf_divtrain.report.analyses import analysis_sections, autoattack_section
 from tf_divtrain.report.checks import (  # noqa: F401 (re-exported)
     above_clean_check, coherence_check_extra, corrected_by_attack, distance_from_paper,
@@ -170,12 +170,9 @@ def reductions(row: str, work: str, results: Optional[dict], analysis: Optional[
         if full and results["num_examples"] < full:
             out.append(f"- Transfer attacks: first {results['num_examples']} test images instead of "
                        f"the full test set ({full}).")
-        opts = {a: o for a, o in (results.get("attack_options") or {}).items()
-                if o and not results.get("field")}
+        opts = attack_options_text(results, ATTACK_NAMES)
         if opts:
-            out.append("- Attack settings instead of the paper's: " + "; ".join(
-                f"{ATTACK_NAMES.get(a, a)} " + ", ".join(f"{k}={v}" for k, v in sorted(o.items()))
-                for a, o in opts.items()) + ".")
+            out.append(f"- Attack settings instead of the paper's: {opts}.")
         left = [ATTACK_NAMES[a] for a in ATTACK_ORDER if a not in results["attacks"]]
         if left:
             out.append(f"- Attacks {NOT_RUN}: {', '.join(left)}.")
