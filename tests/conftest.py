@@ -19,7 +19,6 @@ os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 
-
 def _data_dir():
     d = os.environ.get("TF_DIVTRAIN_DATA") or os.path.join(os.path.dirname(_REPO), "shared", "data")
     if not os.path.isfile(os.path.join(d, "mnist.npz")):

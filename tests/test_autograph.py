@@ -15,7 +15,8 @@ def _weights(tr):
     return [w for m in tr.ensemble.members for w in m.get_weights()]
 
 
-@pytest.mark.parametrize("mode, params", [("ens_adv_div", ""), ("dverge", "steps=1,rand_start=true")])
+@pytest.mark.parametrize("mode, params",
+                         [("ens_adv_div", ""), ("dverge", "steps=1,rand_start=true")])
 def test_train_step_without_autograph_equals_with_it(mnist_batch, mode, params):
     """T_Ens+Div's step holds every piece of the GAL modes (noise, FGSM on the static model, the
     nested tape); DVERGE's holds a ``tf.while_loop``."""

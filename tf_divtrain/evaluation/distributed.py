@@ -114,7 +114,8 @@ def craft_distributed(attack_fn, x: np.ndarray, y: np.ndarray, batch_size: int, 
         return strategy.gather(adv, axis=0), strategy.gather(idx, axis=0)
 
     dist = strategy.distribute_datasets_from_function(dataset_fn)
-    step = tf.function(gathered, input_signature=[dist.element_spec], autograph=False)  # one trace, any batch size
+    # One trace for any batch size; no autograph: the step has no Python control flow on tensors.
+    step = tf.function(gathered, input_signature=[dist.element_spec], autograph=False)
     out = np.zeros_like(x)
     seen = np.zeros(n, np.int64)
     it = iter(dist)

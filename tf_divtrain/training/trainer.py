@@ -81,7 +81,7 @@ class Trainer:
                                               optimizer=inner, step=self.step)
         # autograph=False: the step has no tensor-dependent Python control flow (loops are
         # tf.while_loop or Python ranges), as Keras 3 compiles its own train_step; converting the
-        # Keras internals it calls took ~25 % of a short run's start-up (issue 24).
+        # Keras internals it calls took about a quarter of a 4-step run (issue 24).
         self._train_step = tf.function(self._distributed_step, jit_compile=cfg.jit_compile,
                                        autograph=False)
         self.begin_epoch(0, max(1, cfg.epochs))  # epoch 0's schedule until the loop says otherwise
