@@ -168,6 +168,7 @@ def test_one_inter_op_thread_exactly_where_bfloat16_gal_is_not_repeatable(monkey
     assert not rule("mixed_bfloat16", "gal", ["conv4", "conv4"], True)  # no batch norm
     assert not rule("mixed_bfloat16", "gal", ["resnet20"], False)
 
+    monkeypatch.delenv("TF_NUM_INTEROP_THREADS", raising=False)  # conftest sets it for the suite
     seen = {}
     monkeypatch.setattr(train, "configure_threads", lambda intra, inter, n: seen.update(inter=inter))
     monkeypatch.setattr(train.training, "train", lambda cfg: {"steps": 0})
@@ -186,6 +187,19 @@ def test_one_inter_op_thread_exactly_where_bfloat16_gal_is_not_repeatable(monkey
         assert seen["inter"] == inter, extra
         said = "one inter-op thread, so that a re-run gives the same weights" in capsys.readouterr().out
         assert said == (inter == 1), extra
+
+    # A thread count from $TF_NUM_INTEROP_THREADS is the user's choice too: the CLI keeps it (TF
+    # reads it), and one thread there satisfies the rule without a warning.
+    assert run.inter_op_threads_requested(0) == 0 and run.inter_op_threads_requested(3) == 3
+    for env, inter in (("2", 0), ("1", 0)):
+        monkeypatch.setenv("TF_NUM_INTEROP_THREADS", env)
+        assert run.inter_op_threads_requested(0) == int(env)
+        fv = flags.FlagValues()
+        train.define_flags(fv)
+        fv(["train", "--dataset=cifar10", "--ensemble_size=2", "--out_dir=unused", "--model=resnet20",
+            "--mode=div", "--precision=mixed_bfloat16"])
+        train.main(["train"], fv)
+        assert seen["inter"] == inter and "one inter-op thread" not in capsys.readouterr().out
 
     cfg = training.TrainConfig(model="resnet20", mode="div", ensemble_size=2, precision="mixed_bfloat16")
     assert "not bitwise repeatable with the default number of inter-op threads" in run.repeatability_warning(cfg, 0)

@@ -120,7 +120,7 @@ def main(argv, fv=None):
     cfg = config_from_flags(fv)
     cfg.precision = precision_lib.resolve(cfg.precision)
     inter = fv.inter_op_threads
-    if inter == 0 and training_run.needs_serial_ops(cfg):
+    if training_run.inter_op_threads_requested(inter) == 0 and training_run.needs_serial_ops(cfg):
         inter = 1
         print("deterministic mixed_bfloat16 GAL training of batch-norm members: one inter-op thread, "
               "so that a re-run gives the same weights (measured ~1.2x slower; --inter_op_threads=N "

@@ -90,9 +90,20 @@ def seed_everything(cfg: TrainConfig) -> None:
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
-    warning = repeatability_warning(cfg, tf.config.threading.get_inter_op_parallelism_threads())
+    warning = repeatability_warning(
+        cfg, inter_op_threads_requested(tf.config.threading.get_inter_op_parallelism_threads()))
     if warning:
         logging.warning(warning)
+
+
+def inter_op_threads_requested(configured: int) -> int:
+    """The inter-op thread count asked for: ``configured`` (flag or ``tf.config``), else
+    ``$TF_NUM_INTEROP_THREADS`` (which TensorFlow reads when the config says 0), else 0 (its
+    default, one per core)."""
+    if configured:
+        return configured
+    env = os.environ.get("TF_NUM_INTEROP_THREADS", "")
+    return int(env) if env.isdigit() else 0
 
 
 def needs_serial_ops(cfg: TrainConfig) -> bool:
