@@ -59,6 +59,31 @@ def test_cifar_paper_trains_the_conv4_row_at_the_papers_length(tmp_path):
     assert "cifar-paper" in cli.usage()
 
 
+def test_cifar_paper_resnet20_row_only_behind_its_switch(tmp_path):
+    """Issue 22, item 4: RESNET20_ROW=1 adds the ResNet-20 row's surrogate, T_Base and T_Div, all
+    at RESNET20_STEPS (1,560 = 4 epochs by default), after every Conv-4 stage, so that the Conv-4
+    row's plan (and a run resumed on it) is unchanged."""
+    off, _ = _plan("cifar-paper", tmp_path)
+    assert not [n for n in off if "resnet20" in n]
+    on, _ = _plan("cifar-paper", tmp_path, RESNET20_ROW="1")
+    names = list(on)
+    assert names[:len(off) - 1] == list(off)[:-1]  # the Conv-4 row's stages first, unchanged
+    trains = [n for n in names if n.startswith("train_cifar10_resnet20_")]
+    assert trains == [f"train_cifar10_resnet20_{r}" for r in ("surrogate", "base", "div")]
+    for n in trains:
+        assert _flag(on[n].argv, "max_steps") == "1560"  # 1,560 x 128 / 50,000 = 3.99 epochs
+        assert _flag(on[n].argv, "flagfile") == f"flags/{n[len('train_'):]}.cfg"
+        assert _flag(on[n].argv, "precision") == "auto"
+    ev = on["evaluate_cifar10_resnet20"].argv
+    assert _flag(ev, "num_examples") == "1000" and _flag(ev, "targets").count("=") == 2
+    an = on["analyze_cifar10_resnet20"].argv
+    assert (_flag(an, "analyses"), _flag(an, "num_examples")) == ("coherence", "1000")
+    short, _ = _plan("cifar-paper", tmp_path, RESNET20_ROW="1", RESNET20_STEPS="390")
+    assert {_flag(short[n].argv, "max_steps") for n in trains} == {"390"}
+    with pytest.raises(presets.PresetError, match="RESNET20_ROW='2' must be 0 or 1"):
+        presets.resolve("cifar-paper", {"RESNET20_ROW": "2"})
+
+
 def test_stage_decision_follows_outputs_and_inputs(tmp_path):
     stages, ctx = _plan("cpu", tmp_path)
     ev = stages["evaluate_mnist_conv3"]
