@@ -25,7 +25,7 @@ from absl import flags
 from tf_divtrain import cli_flags, io_utils, locking
 
 from conftest import cli_env
-from fakes import cli_exit, parse_cli_flags
+from fakes import cli_exit, free_ports, parse_cli_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUTCOMES = []  # (fault, survived, data_lost) of every injected fault
@@ -745,18 +745,10 @@ def test_multi_worker_job_killed_mid_run_resumes_from_the_chiefs_checkpoint(tmp_
     from the chief's last checkpoint and ends on the weights of an uninterrupted two-worker job.
     (The non-chief side of restore -- skip a damaged checkpoint, never move the chief's files --
     is covered fast by test_non_chief_restore_skips_without_moving.)"""
-    import socket
-
     import tensorflow as tf
 
     def launch(out_dir, fault_for_worker1=""):
-        socks = [socket.socket() for _ in range(2)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        ports = [s.getsockname()[1] for s in socks]
-        for s in socks:
-            s.close()
-        cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+        cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
         procs = []
         for i in range(2):
             env = _env(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
