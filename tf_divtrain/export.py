@@ -18,6 +18,7 @@ once (``keras.Model.export`` would store it twice).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -147,6 +148,19 @@ def find_export(path: str) -> str:
         f"No tf_divtrain export found at {path!r} (looked for {path}/{SAVED_MODEL_DIR}/saved_model.pb "
         f"and {path}/saved_model.pb). Train it first with `python -m tf_divtrain.train "
         f"--out_dir={path} ...`, which exports on completion.")
+
+
+def fingerprint(saved_model_dir: str) -> str:
+    """sha256 (16 hex) of an export's graph and variable index: identifies the ensemble (the
+    evaluation's adversarial cache and the analysis' resumable parts are keyed by it)."""
+    h = hashlib.sha256()
+    for rel in ("saved_model.pb", os.path.join("variables", "variables.index")):
+        p = os.path.join(saved_model_dir, rel)
+        h.update(rel.encode())
+        if os.path.isfile(p):
+            with open(p, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()[:16]
 
 
 def dataset_mismatch(metadata: dict, dataset: str) -> str:

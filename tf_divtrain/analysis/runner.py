@@ -14,6 +14,7 @@ from tf_divtrain import io_utils
 from tf_divtrain.analysis.common import (
     ANALYSES, AnalysisError, GAAS_DEFINITION, _compiled, num_members)
 from tf_divtrain.analysis.config import AnalysisConfig
+from tf_divtrain.analysis.parts import Parts, data_digest, part_key
 from tf_divtrain.analysis.gaas import gaas_analysis
 from tf_divtrain.analysis.coherence import (COHERENCE_DEFINITION, MARGIN_DEFINITION,
                                             coherence_stats, summarize_coherence, vanishing_text)
@@ -54,6 +55,13 @@ def load_targets(ensembles: Mapping[str, object], dataset: str,
     return out
 
 
+def export_fingerprint(path: str) -> str:
+    """The fingerprint of the export at ``path`` (a training out_dir or its saved_model dir)."""
+    from tf_divtrain import export as export_lib
+
+    return export_lib.fingerprint(export_lib.find_export(path))
+
+
 def run_analysis(ensembles: Mapping[str, object], dataset: str, out_dir: str,
                  data_dir: Optional[str] = None, num_examples: int = 500,
                  analyses: Iterable[str] = ANALYSES, gaas_k: Optional[Sequence[int]] = None,
@@ -77,6 +85,10 @@ def run_analysis(ensembles: Mapping[str, object], dataset: str, out_dir: str,
 def run(cfg: AnalysisConfig, x: Optional[np.ndarray] = None, y: Optional[np.ndarray] = None,
         log: Callable[[str], None] = print) -> dict:
     """Runs the chosen analyses on every ensemble and writes ``out_dir``/analysis.json + PNGs.
+
+    Resumable: each (ensemble, analysis) result is kept in ``out_dir``/.parts as it finishes
+    (:mod:`tf_divtrain.analysis.parts`), and a re-run with the same inputs starts after the last
+    finished one and writes the same analysis.json.
 
     All inputs are validated (:meth:`AnalysisConfig.validate`) before any heavy work. Returns the
     dict written to analysis.json.
@@ -104,8 +116,25 @@ def run(cfg: AnalysisConfig, x: Optional[np.ndarray] = None, y: Optional[np.ndar
     report = {"dataset": dataset, "num_examples": int(len(x)), "seed": int(seed), "precision": precision,
               "analyses": analyses, "subset_sizes": n_sub, "settings": cfg.settings(),
               "ensembles": {}, "files": {}, "warnings": []}
+    parts = Parts(out_dir, log)
+    common_key = {"dataset": dataset, "data": data_digest(x, y), "seed": int(seed),
+                  "precision": precision, "batch_size": int(batch_size), "settings": cfg.settings()}
     coh_values, gaas_res = {}, {}
     for label, ens in targets.items():
+        ens_id = (export_fingerprint(ensembles[label]) if isinstance(ensembles[label], str) else None)
+
+        def part(name: str, n: int, compute: Callable[[], object]):
+            """``compute()`` as JSON-safe data, or its value kept by an interrupted run."""
+            key = part_key(ensemble=ens_id, analysis=name, n=int(n), **common_key)
+            kept = parts.load(label, name, key) if ens_id else None
+            if kept is not None:
+                log(f"[{label}] {name}: kept from an interrupted run ({parts.path(label, name)})")
+                return kept
+            value = _json_safe(compute())
+            if ens_id:
+                parts.save(label, name, key, value)
+            return value
+
         c = _compiled(ens)
         pred, mem = c.predict(x, batch_size)
         entry = {"source": ensembles[label] if isinstance(ensembles[label], str) else type(ens).__name__,
@@ -114,25 +143,29 @@ def run(cfg: AnalysisConfig, x: Optional[np.ndarray] = None, y: Optional[np.ndar
         if "coherence" in analyses:
             for key, objective in (("coherence", "ce"),) + ((("coherence_margin", "margin"),)
                                                             if coherence_margin else ()):
-                st = coherence_stats(ens, x, y, batch_size, objective)
-                entry[key] = summarize_coherence(st)
+                def coherence(objective=objective):
+                    st = coherence_stats(ens, x, y, batch_size, objective)
+                    return {"summary": summarize_coherence(st),
+                            "values": st["values"] if objective == "ce" else None}
+
+                got = part(key, len(x), coherence)
+                entry[key] = c_ = got["summary"]
                 if objective == "ce":
-                    coh_values[label] = st["values"]
-                c = entry[key]
-                log(f"[{label}] {key}: mean {c.get('mean', float('nan')):.3f}, median "
-                    f"{c.get('median', float('nan')):.3f} ({vanishing_text(c)})")
+                    coh_values[label] = np.array([np.nan if v is None else v for v in got["values"]],
+                                                 np.float64)
+                log(f"[{label}] {key}: mean {_num(c_.get('mean'))}, median "
+                    f"{_num(c_.get('median'))} ({vanishing_text(c_)})")
         if "gaas" in analyses:
             m = n_sub["gaas"]
-            gaas_res[label] = gaas_analysis(ens, x[:m], y[:m], gaas_k, gaas_eps, batch_size,
-                                            gaas_blocks)
-            entry["gaas"] = gaas_res[label]
+            gaas_res[label] = entry["gaas"] = part("gaas", m, lambda: gaas_analysis(
+                ens, x[:m], y[:m], gaas_k, gaas_eps, batch_size, gaas_blocks))
             for e, per_k in gaas_res[label]["results"].items():
                 log(f"[{label}] GAAS eps={e}: " + ", ".join(
-                    f"k={k}: p_all={r['p_all']:.3f}" for k, r in per_k.items()))
+                    f"k={k}: p_all={_num(r['p_all'])}" for k, r in per_k.items()))
         if "transfer" in analyses:
             m = n_sub["transfer"]
-            tm = transfer_matrix(ens, x[:m], y[:m], transfer_eps, transfer_iters, batch_size, seed)
-            entry["transfer"] = tm
+            entry["transfer"] = tm = part("transfer", m, lambda: transfer_matrix(
+                ens, x[:m], y[:m], transfer_eps, transfer_iters, batch_size, seed))
             path = os.path.join(out_dir, f"transfer_{safe_label(label)}.png")
             plot_transfer(tm["matrix"], label, path, transfer_eps)
             report["files"][f"transfer_{label}"] = path
@@ -140,8 +173,8 @@ def run(cfg: AnalysisConfig, x: Optional[np.ndarray] = None, y: Optional[np.ndar
                 f"{tm['mean_off_diagonal']}")
         if "whitebox" in analyses:
             m = n_sub["whitebox"]
-            wb = whitebox_check(ens, x[:m], y[:m], whitebox_eps, whitebox_iters, batch_size, seed)
-            entry["whitebox"] = wb
+            entry["whitebox"] = wb = part("whitebox", m, lambda: whitebox_check(
+                ens, x[:m], y[:m], whitebox_eps, whitebox_iters, batch_size, seed))
             log(f"[{label}] white-box PGD-{whitebox_iters}: clean {wb['clean_accuracy']:.3f}, " +
                 ", ".join(f"eps={e}: {a:.3f} (prediction CE: "
                           f"{wb['adversarial_accuracy_prediction_ce'][e]:.3f})"
@@ -154,8 +187,8 @@ def run(cfg: AnalysisConfig, x: Optional[np.ndarray] = None, y: Optional[np.ndar
             from tf_divtrain.analysis.autoattack import autoattack_check
 
             m = n_sub["whitebox"]
-            entry["autoattack"] = aa = autoattack_check(ens, x[:m], y[:m], whitebox_eps,
-                                                        batch_size=batch_size, seed=seed)
+            entry["autoattack"] = aa = part("autoattack", m, lambda: autoattack_check(
+                ens, x[:m], y[:m], whitebox_eps, batch_size=batch_size, seed=seed))
             log(f"[{label}] AutoAttack (ART APGD-CE, APGD-DLR): " + ", ".join(
                 f"eps={e}: {a:.3f}" for e, a in aa["robust_accuracy"].items()))
         report["ensembles"][label] = entry
@@ -178,7 +211,13 @@ def run(cfg: AnalysisConfig, x: Optional[np.ndarray] = None, y: Optional[np.ndar
     report["files"]["analysis_json"] = path
     report = _json_safe(report)
     io_utils.atomic_write_json(path, report, indent=2, allow_nan=False)
+    parts.clear()  # analysis.json holds every part now
     return report
+
+
+def _num(v) -> str:
+    """A statistic for a log line: ``0.123``, or ``nan`` where it is undefined (None in JSON)."""
+    return "nan" if v is None else f"{v:.3f}"
 
 
 def _json_safe(o):

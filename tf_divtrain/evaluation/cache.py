@@ -17,6 +17,7 @@ from tf_divtrain import attacks as attacks_lib
 from tf_divtrain import batching
 from tf_divtrain import distribute as distribute_lib
 from tf_divtrain import io_utils
+from tf_divtrain.export import fingerprint  # noqa: F401  (re-exported: the cache's key)
 from tf_divtrain.evaluation import distributed
 from tf_divtrain.evaluation.validate import attack_kwargs
 
@@ -27,18 +28,6 @@ CACHE_VERSION = 1
 
 # ----------------------------------------------------------------------------------------------
 # Crafting with an on-disk cache.
-
-def fingerprint(saved_model_dir: str) -> str:
-    """sha256 (16 hex) of an export's graph and variable index: identifies the surrogate."""
-    h = hashlib.sha256()
-    for rel in ("saved_model.pb", os.path.join("variables", "variables.index")):
-        p = os.path.join(saved_model_dir, rel)
-        h.update(rel.encode())
-        if os.path.isfile(p):
-            with open(p, "rb") as f:
-                h.update(f.read())
-    return h.hexdigest()[:16]
-
 
 def cache_path(cache_dir: str, surrogate_id: str, dataset: str, attack: str, eps: float,
                num_examples: int, seed: int, batch_size: int, options: Optional[dict] = None) -> str:
