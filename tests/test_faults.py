@@ -30,6 +30,7 @@ from fakes import cli_exit, free_ports, parse_cli_flags
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUTCOMES = []  # (fault, survived, data_lost) of every injected fault
 TIMING_KEYS = {"created_utc", "train_seconds_this_session", "images_per_sec_this_session",
+               "train_seconds_total", "train_sessions",
                "wall_seconds_this_session", "seconds", "images_per_sec", "cached", "path", "cache_dir"}
 
 
@@ -432,6 +433,16 @@ def test_train_interrupted_at_every_write_point_finishes_with_the_same_numbers(
     a = _normalise(json.loads((reference / "metrics.json").read_text()), [reference])
     b = _normalise(json.loads((run / "metrics.json").read_text()), [run])
     assert a == b
+    # The whole run's time: ckpt-4's steps were trained by 3 runs (the first to step 1, the
+    # second to 2, the fourth to 4; the third's step 3 was never committed), the run that wrote
+    # metrics.json trained none. The uninterrupted reference: one session.
+    m, ref_m = (json.loads((d / "metrics.json").read_text()) for d in (run, reference))
+    rec = json.loads((run / "checkpoints" / "train_time.json").read_text())
+    assert [rec[k]["sessions"] for k in ("1", "2", "3", "4")] == [1, 2, 3, 3]
+    assert m["train_sessions"] == 3 and m["train_seconds_total"] == rec["4"]["train_seconds"]
+    assert rec["1"]["train_seconds"] < rec["2"]["train_seconds"] < rec["4"]["train_seconds"]
+    assert ref_m["train_sessions"] == 1
+    assert ref_m["train_seconds_total"] == ref_m["train_seconds_this_session"]
     _assert_same_weights(str(reference / "saved_model" / "variables" / "variables"),
                          str(run / "saved_model" / "variables" / "variables"))
     for name in survived:

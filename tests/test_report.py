@@ -363,3 +363,23 @@ def test_attack_options_text_lists_changes_only_for_the_paper_protocol():
     assert results_lib.attack_options_text(r, names) == "PGD-CW confidence=0.0, nb_iter=3"
     assert results_lib.attack_options_text({"attack_options": {"fgsm": {}}}, names) == ""
     assert results_lib.attack_options_text(dict(r, field={"sets": {}}), names) == ""
+
+
+def test_training_table_states_the_whole_runs_time_over_its_sessions(tmp_path):
+    """train s: the total over every session where metrics.json records it, else the last
+    session's, marked as such."""
+    from tf_divtrain.report import table2
+
+    w = tmp_path / "work"
+    runs = {"surrogate": dict(_metrics("baseline", 7800), train_seconds_total=12345.4, train_sessions=3),
+            "base": dict(_metrics("baseline", 7800), train_seconds_total=99.6, train_sessions=1),
+            "div": _metrics("div", 7800)}  # written before the total was recorded
+    for role, m in runs.items():
+        (w / role).mkdir(parents=True)
+        (w / role / "metrics.json").write_text(json.dumps(m))
+    lines = table2.training_table(str(w))
+    row = {l.split(" | ")[0][2:]: l for l in lines if l.startswith("| ")}
+    assert row["S"].endswith("| 12345 over 3 sessions |")
+    assert row["T_Base"].endswith("| 100 |")
+    assert row["T_Div"].endswith("| 10 (last session) |")
+    assert any(l.startswith("train s: training time over every session") for l in lines)

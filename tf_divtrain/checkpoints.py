@@ -5,7 +5,9 @@
   commit marker: a checkpoint whose save was cut off is never listed there, so never resumed from.
   Before each save the step's training metrics go to ``last_step.json`` (:func:`last_metrics`), so
   a run resumed after its last step (killed during the export or metrics.json) writes the same
-  metrics.json as an uninterrupted one.
+  metrics.json as an uninterrupted one. ``train_time.json`` records, per saved step, the training
+  time and the number of runs (the first and its resumptions) behind it (:func:`run_history`), so
+  metrics.json of a run resumed over several sessions states its whole training time.
 * :func:`restore_latest` -- restores the newest *readable* checkpoint the state file lists, newest
   first. A damaged one (truncated, bad checksum) is moved aside into ``checkpoints/damaged/`` (never
   deleted) with a warning naming it and the one resumed from; when none is readable it raises
@@ -26,6 +28,7 @@ import tensorflow as tf
 from tf_divtrain import io_utils
 
 LAST_STEP_FILE = "last_step.json"
+TIME_FILE = "train_time.json"
 DAMAGED_DIR = "damaged"
 
 
@@ -104,8 +107,9 @@ def restore_latest(checkpoint: tf.train.Checkpoint, ckpt_dir: str,
 
 
 def save(manager: tf.train.CheckpointManager, step: int, metrics: Optional[dict] = None,
-         scratch: bool = False) -> str:
-    """``manager.save(step)`` (after writing ``metrics`` to ``last_step.json``); a failed write
+         scratch: bool = False, history: Optional[dict] = None) -> str:
+    """``manager.save(step)`` (after writing ``metrics`` to ``last_step.json`` and ``history``,
+    ``{"train_seconds", "sessions"}`` up to this step, to ``train_time.json``); a failed write
     raises ``io_utils.OutputError`` naming the directory. ``scratch``: the directory is a non-chief
     worker's, deleted after every save and re-created here."""
     directory = manager.directory
@@ -121,6 +125,11 @@ def save(manager: tf.train.CheckpointManager, step: int, metrics: Optional[dict]
     if metrics is not None:
         io_utils.atomic_write_json(os.path.join(directory, LAST_STEP_FILE), {
             "step": int(step), "metrics": {k: np.asarray(v).tolist() for k, v in metrics.items()}})
+    if history is not None:  # before the save: an entry without its checkpoint is never read
+        record = _time_record(directory)
+        record[str(int(step))] = {"train_seconds": float(history["train_seconds"]),
+                                  "sessions": int(history["sessions"])}
+        io_utils.atomic_write_json(os.path.join(directory, TIME_FILE), record)
 
     def committed(save_path):  # files written, state file not yet (tests stop here)
         data = sorted(glob.glob(glob.escape(save_path) + ".data-*"))
@@ -145,5 +154,26 @@ def last_metrics(ckpt_dir: str, step: int) -> dict:
     return {k: np.asarray(v) for k, v in rec.get("metrics", {}).items()}
 
 
+def _time_record(ckpt_dir: str) -> dict:
+    try:
+        rec = io_utils.read_json(os.path.join(ckpt_dir, TIME_FILE), "training-time record",
+                                 "train (the same command)", missing_ok=True)
+    except io_utils.IncompleteFileError:
+        return {}
+    return rec if isinstance(rec, dict) else {}
+
+
+def run_history(ckpt_dir: str, step: int) -> Optional[dict]:
+    """``{"train_seconds", "sessions"}`` behind checkpoint ``step`` as :func:`save` recorded it;
+    ``{"train_seconds": 0.0, "sessions": 0}`` for step 0 (a fresh run); None if not recorded (a
+    checkpoint written before this record existed, or a damaged record)."""
+    if int(step) == 0:
+        return {"train_seconds": 0.0, "sessions": 0}
+    entry = _time_record(ckpt_dir).get(str(int(step)))
+    if not isinstance(entry, dict) or not {"train_seconds", "sessions"} <= set(entry):
+        return None
+    return {"train_seconds": float(entry["train_seconds"]), "sessions": int(entry["sessions"])}
+
+
 __all__ = ["NoReadableCheckpoint", "candidates", "move_aside", "restore_latest", "save",
-           "last_metrics"]
+           "last_metrics", "run_history"]

@@ -156,18 +156,31 @@ class Checkpointer(Hook):
 
     ``scratch_dir``: a non-chief worker's private save dir, deleted after each save (under
     multi_worker every worker takes part in a save; only the chief's lands in out_dir).
+    ``history``: ``{"train_seconds", "sessions"}`` of the checkpoint the run resumed from (None:
+    unknown); each save then records this run's time on top of it
+    (:func:`tf_divtrain.checkpoints.run_history`).
     """
 
-    def __init__(self, manager: tf.train.CheckpointManager, every: int, scratch_dir: str = ""):
+    def __init__(self, manager: tf.train.CheckpointManager, every: int, scratch_dir: str = "",
+                 history: Optional[dict] = None):
         self.manager, self.every, self.scratch_dir = manager, every, scratch_dir
+        self.history, self.t0 = history, None
         self.saved = None
+
+    def on_epoch_begin(self, epoch: int) -> None:
+        if self.t0 is None:  # the loop's first step (run_loop calls this before it)
+            self.t0 = time.time()
 
     def _save(self, step: int, metrics: Optional[dict] = None) -> None:
         if isinstance(self.manager, tf.train.CheckpointManager):
             from tf_divtrain import checkpoints  # save errors -> OutputError; fault points (tests)
 
+            history = None
+            if self.history is not None and not self.scratch_dir and self.t0 is not None:
+                history = {"train_seconds": self.history["train_seconds"] + time.time() - self.t0,
+                           "sessions": self.history["sessions"] + 1}
             checkpoints.save(self.manager, step, None if self.scratch_dir else metrics,
-                             scratch=bool(self.scratch_dir))
+                             scratch=bool(self.scratch_dir), history=history)
         else:  # any object with save(checkpoint_number=...)
             self.manager.save(checkpoint_number=step)
         self.saved = step

@@ -105,6 +105,7 @@ def member_table(results_dir: str, row: str) -> List[str]:
 def training_table(work: str) -> List[str]:
     lines = ["| model | mode | members | steps | batch | clean acc (ensemble) | members' clean acc | "
              "GAL | coherence | mean cosine | img/s | train s |", "|" + "---|" * 12]
+    resumed = False
     for role, label in ROLES:
         m = run_metrics(work, role)
         if not m:
@@ -118,8 +119,24 @@ def training_table(work: str) -> List[str]:
             f"| {label} | {c['mode']} | {len(m['member_accuracy'])} | {m['steps']} | {c['batch_size']} | "
             f"{pct(m['ensemble_accuracy'])} | {', '.join(pct(a) for a in m['member_accuracy'])} | "
             f"{fmt('gal')} | {fmt('coherence')}{vanish} | {fmt('mean_cosine')} | "
-            f"{(m.get('images_per_sec_this_session') or 0):.0f} | {m['train_seconds_this_session']:.0f} |")
+            f"{(m.get('images_per_sec_this_session') or 0):.0f} | {train_seconds_text(m)} |")
+        resumed = resumed or m.get("train_sessions") != 1
+    if resumed:
+        lines += ["", "train s: training time over every session of a run (a resumed run: "
+                      "\"over k sessions\"); \"last session\" where the run predates that record "
+                      "(its earlier sessions' time is not known to metrics.json). img/s: the last "
+                      "session's."]
     return lines
+
+
+def train_seconds_text(m: dict) -> str:
+    """The training time of a run: all its sessions' (``train_seconds_total``), or the last
+    session's where metrics.json has no total (written before it was recorded, or resumed from
+    a checkpoint without a record)."""
+    total, n = m.get("train_seconds_total"), m.get("train_sessions")
+    if total is None:
+        return f"{m['train_seconds_this_session']:.0f} (last session)"
+    return f"{total:.0f}" + (f" over {n} sessions" if n and n > 1 else "")
 
 
 def reductions(row: str, work: str, results: Optional[dict], analysis: Optional[dict]) -> List[str]:

@@ -152,8 +152,9 @@ def checkpoint_manager(cfg: TrainConfig, trainer: Trainer) -> tuple:
 
 
 def default_hooks(cfg: TrainConfig, trainer: Trainer, ds, manager, scratch: str, start: int,
-                  total: int, schedule_epochs: int) -> list:
-    """The CLI's hooks, in order: NaN guard, progress bar, TensorBoard, checkpoints, and the
+                  total: int, schedule_epochs: int, history: Optional[dict] = None) -> list:
+    """The CLI's hooks, in order: NaN guard, progress bar, TensorBoard, checkpoints (recording
+    the training time on top of ``history``, :func:`tf_divtrain.checkpoints.run_history`), and the
     objective's per-epoch schedule over ``schedule_epochs`` epochs (``Trainer.begin_epoch``)."""
     ckpt_dir = os.path.join(cfg.out_dir, "checkpoints")
     writer = (tf.summary.create_file_writer(os.path.join(cfg.out_dir, "logs")) if trainer.is_chief
@@ -173,18 +174,23 @@ def default_hooks(cfg: TrainConfig, trainer: Trainer, ds, manager, scratch: str,
                           lambda: manager.latest_checkpoint or ckpt_dir + " (none yet)"),
         loop_lib.ProgressBar(total, start, cfg.mode, cfg.progress),
         loop_lib.TensorBoardLogger(writer, cfg.log_every, val_accuracy),
-        loop_lib.Checkpointer(manager, cfg.checkpoint_every, scratch),
+        loop_lib.Checkpointer(manager, cfg.checkpoint_every, scratch, history),
         loop_lib.EpochCallback(lambda epoch: trainer.begin_epoch(epoch, schedule_epochs)),
     ]
 
 
-def final_metrics(cfg: TrainConfig, trainer: Trainer, final, ds, loop_out: dict) -> dict:
+def final_metrics(cfg: TrainConfig, trainer: Trainer, final, ds, loop_out: dict,
+                  history: Optional[dict] = None) -> dict:
     """metrics.json: clean accuracy and gradient statistics of ``final`` (the float32 weights,
-    :func:`float32_ensemble`) on the test subset, the last step's training metrics, and this
-    session's timing."""
+    :func:`float32_ensemble`) on the test subset, the last step's training metrics, this
+    session's timing, and the whole run's (``train_seconds_total`` over ``train_sessions`` runs:
+    ``history`` of the checkpoint it resumed from plus this session; None when not recorded)."""
     n_eval = cfg.eval_examples or len(ds.x_test)
     x_te, y_te = ds.x_test[:n_eval], ds.y_test[:n_eval]
     seconds, seen = loop_out["seconds"], loop_out["images"]
+    trained = bool(seen)  # a run resumed after its last step trains nothing
+    total = (None if history is None else history["train_seconds"] + (seconds if trained else 0.0))
+    sessions = (None if history is None else history["sessions"] + int(trained))
     return {
         "config": cfg.to_json(),
         "steps": int(trainer.step.numpy()),
@@ -195,6 +201,8 @@ def final_metrics(cfg: TrainConfig, trainer: Trainer, final, ds, loop_out: dict)
                         for k, v in loop_out["last"].items()},
         "train_seconds_this_session": seconds,
         "images_per_sec_this_session": seen / seconds if seen else None,
+        "train_seconds_total": total,
+        "train_sessions": sessions,
     }
 
 
@@ -247,11 +255,12 @@ def _train(cfg: TrainConfig, hooks, run_lock) -> dict:
     manager, scratch = checkpoint_manager(cfg, trainer)
     steps_per_epoch, total = step_budget(cfg, len(ds.x_train))
     start = int(trainer.step.numpy())
+    history = checkpoints_lib.run_history(os.path.join(cfg.out_dir, "checkpoints"), start)
     stream = data_lib.train_stream(ds.x_train, ds.y_train, cfg.dataset, cfg.batch_size,
                                    trainer.sources, cfg.resolved_noise_eps(), cfg.seed, start)
     schedule_epochs = max(cfg.epochs, -(-total // steps_per_epoch))  # Trainer.begin_epoch's span
-    hook_list = (default_hooks(cfg, trainer, ds, manager, scratch, start, total, schedule_epochs)
-                 + extra_hooks)
+    hook_list = (default_hooks(cfg, trainer, ds, manager, scratch, start, total, schedule_epochs,
+                               history) + extra_hooks)
     loop_out = loop_lib.run_loop(trainer.train_step, iter(trainer.distribute(stream)), start, total,
                                  hook_list, cfg.batch_size, steps_per_epoch)
     if not trainer.is_chief:
@@ -260,7 +269,7 @@ def _train(cfg: TrainConfig, hooks, run_lock) -> dict:
         loop_out["last"] = checkpoints_lib.last_metrics(os.path.join(cfg.out_dir, "checkpoints"),
                                                         int(trainer.step.numpy()))
     final = float32_ensemble(cfg, trainer, ds)
-    metrics_out = final_metrics(cfg, trainer, final, ds, loop_out)
+    metrics_out = final_metrics(cfg, trainer, final, ds, loop_out, history)
     export_run(cfg, final, ds, metrics_out["steps"])
     metrics_out["wall_seconds_this_session"] = time.time() - t_start
     io_utils.atomic_write_json(os.path.join(cfg.out_dir, "metrics.json"), metrics_out, indent=2)
