@@ -53,6 +53,9 @@ def test_cifar_paper_trains_the_conv4_row_at_the_papers_length(tmp_path):
     assert _flag(ev, "targets").count("=") == 4
     an = stages["analyze_cifar10_conv4"].argv
     assert _flag(an, "num_examples") == "1000" and _flag(an, "gaas_num_examples") == "500"
+    assert (_flag(an, "transfer_num_examples"), _flag(an, "whitebox_num_examples")) == ("500", "200")
+    aa = stages["autoattack_cifar10_conv4"].argv  # white-box PGD and AutoAttack: the same images
+    assert _flag(aa, "num_examples") == _flag(an, "whitebox_num_examples")
     assert _flag(an, "gaas_k") == "4,16,36,64" and _flag(an, "gaas_eps") == "0.03,0.06,0.09"
     assert _flag(an, "analyses") is None  # coherence, GAAS, transferability and white-box
     assert "members_cifar10_conv4" in stages and "report" in stages

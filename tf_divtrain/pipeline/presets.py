@@ -137,9 +137,11 @@ def _mnist_paper(k):
 
 
 def _cifar_paper(k):
+    # White-box PGD on the first AUTOATTACK_EXAMPLES images: the same images as the AutoAttack
+    # check, so the two white-box checks compare image by image (and ~1 h less than on 500).
     row = paper_row("cifar10_conv4", "--log_every=50", "--dataset=cifar10 --num_examples=1000",
                     f"--dataset=cifar10 --num_examples=1000 {CIFAR_GAAS} --gaas_num_examples=500 "
-                    "--transfer_num_examples=500")
+                    f"--transfer_num_examples=500 --whitebox_num_examples={k['AUTOATTACK_EXAMPLES']}")
     # Four of DVERGE's seven eps (0.01 ... 0.07) at full strength rather than all seven with fewer
     # restarts: about 2 h of crafting on 2 cores (issue 23); every reduction is in the report.
     field = FieldRun(("surrogate",), _flags(f"--dataset=cifar10 --num_examples={k['FIELD_EXAMPLES']} "
@@ -235,14 +237,15 @@ PRESETS: Dict[str, Preset] = {p.name: p for p in (
            "flags/cifar10_conv4_*.cfg: lambda 0.5, D_noise/D_adv eps 0.09, D_adv with the static model's "
            "predicted labels and half of each batch), --precision=auto; the five attacks at eps "
            "0.03/0.09 on all 1,000 CIFAR-10 test images held (float32); coherence on all 1,000 (Fig. 4); "
-           "GAAS at eps 0.03/0.06/0.09, k = 4, 16, 36, 64 on 500 (Fig. 5); member transferability and "
-           "white-box PGD on 500; member breakdown. Measured on a 2-core Xeon with AMX (mixed_bfloat16, "
+           "GAAS at eps 0.03/0.06/0.09, k = 4, 16, 36, 64 on 500 (Fig. 5); member transferability on "
+           "500; white-box PGD on the AUTOATTACK_EXAMPLES (default 200) images of the AutoAttack "
+           "check; member breakdown. Measured on a 2-core Xeon with AMX (mixed_bfloat16, "
            "unpaused, over several resumed sessions): a 5-member baseline (surrogate, T_Base) 1.2-1.5 "
            "steps/s, i.e. ~1.5-1.8 h per model; the static model 5.4 steps/s (24 min); T_Div's GAL step "
            "1.4-2.3 s/step, i.e. ~3.5 h; so ~12 h of training where bfloat16 is native (more in "
            "float32). Analyses (float32) extrapolated from quiet probes on T_Base (20-100 images): "
-           "~2.5-3 h for the four targets, of which white-box PGD-40 (2 eps x 2 losses on 500 images, "
-           "6.9 s per iteration per 100 images) is ~1.5 h; the evaluation's crafting an estimated "
+           "~1.5-2 h for the four targets, of which white-box PGD-40 (2 eps x 2 losses on 200 images, "
+           "6.9 s per iteration per 100 images) is ~40 min; the evaluation's crafting an estimated "
            "~0.5 h (52 gradient steps per image and eps). It "
            "resumes, so run it over several sessions. Then (stages of kind field, issue 23) the field's "
            "transfer protocol from S on FIELD_EXAMPLES (default 200) test images at eps "
