@@ -83,7 +83,7 @@ def test_cifar_paper_resnet20_row_only_behind_its_switch(tmp_path):
     assert (_flag(an, "analyses"), _flag(an, "num_examples")) == ("coherence", "1000")
     short, _ = _plan("cifar-paper", tmp_path, RESNET20_ROW="1", RESNET20_STEPS="390")
     assert {_flag(short[n].argv, "max_steps") for n in trains} == {"390"}
-    with pytest.raises(presets.PresetError, match="RESNET20_ROW='2' must be 0 or 1"):
+    with pytest.raises(presets.PresetError, match=r"RESNET20_ROW='2' must be 0 or 1 \(1 = add the ResNet-20 row"):
         presets.resolve("cifar-paper", {"RESNET20_ROW": "2"})
 
 
@@ -134,6 +134,14 @@ def test_bad_preset_arguments_and_knobs():
         presets.resolve("gpu-please", {})
     with pytest.raises(presets.PresetError, match="CPU_STEPS='ten' must be a whole number"):
         presets.resolve("cpu", {"CPU_STEPS": "ten"})
+    # 0 steps would reach train as --max_steps=0, i.e. the flagfile's full length: refused.
+    with pytest.raises(presets.PresetError, match="CPU_STEPS='0' must be at least 1"):
+        presets.resolve("cpu", {"CPU_STEPS": "0"})
+    with pytest.raises(presets.PresetError, match="FIELD_EXAMPLES='0' must be at least 1"):
+        presets.resolve("cifar-paper", {"FIELD_EXAMPLES": "0"})
+    with pytest.raises(presets.PresetError, match="CIFAR_FULL_ROWS='2' must be 0 or 1"):
+        presets.resolve("cpu-cifar", {"CIFAR_FULL_ROWS": "2"})
+    assert len(presets.resolve("cpu-cifar", {"CIFAR_FULL_ROWS": "0"})[1]) == 3  # a switch may be 0
     with pytest.raises(presets.PresetError, match="need the static role"):
         presets.paper_row("r", roles=("surrogate", "ens"))
     p, rows = presets.resolve("cpu", {})

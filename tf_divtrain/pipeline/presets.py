@@ -66,10 +66,12 @@ class FieldRun:
 
 @dataclasses.dataclass(frozen=True)
 class Knob:
-    """A size a user may change through an environment variable."""
+    """A size a user may change through an environment variable: a whole number >= 1 (a step or
+    image count), or 0 / 1 for a ``switch``."""
     env: str
     default: str
     help: str
+    switch: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,8 +159,6 @@ def _cifar_paper(k):
                            "--dataset=cifar10 --num_examples=1000",
                            "--dataset=cifar10 --num_examples=1000 --analyses=coherence",
                            ("surrogate", "base", "div")),)
-    elif k["RESNET20_ROW"] != "0":
-        raise PresetError(f"RESNET20_ROW={k['RESNET20_ROW']!r} must be 0 or 1 (1 adds the ResNet-20 row)")
     return rows
 
 
@@ -255,7 +255,7 @@ PRESETS: Dict[str, Preset] = {p.name: p for p in (
            "paper's 40), evaluated on the 1,000 images with coherence on 1,000 (issue 22, item 4).", _cifar_paper, "auto",
            knobs=_knobs(("FIELD_EXAMPLES", "200", "test images of the field-protocol stage"),
                         AUTOATTACK_EXAMPLES,
-                        ("RESNET20_ROW", "0", "1 = add the ResNet-20 row (surrogate, T_Base, T_Div)"),
+                        ("RESNET20_ROW", "0", "1 = add the ResNet-20 row (surrogate, T_Base, T_Div)", True),
                         ("RESNET20_STEPS", "1560", "ResNet-20 row steps (1,560 = 4 of the paper's "
                                                    "40 epochs)"))),
     Preset("cpu", "The MNIST Conv-3 row with the paper's architecture, attacks, eps (0.1/0.3), lambda, "
@@ -281,7 +281,7 @@ PRESETS: Dict[str, Preset] = {p.name: p for p in (
            knobs=_knobs(("CIFAR_STEPS", "160", "Conv-4 row steps"),
                         ("CIFAR_RESNET_STEPS", "130", "ResNet-20 row steps"),
                         ("CIFAR_MIX_STEPS", "", "MIX row steps (default: CIFAR_RESNET_STEPS)"),
-                        ("CIFAR_FULL_ROWS", "0", "1 = all six models in the ResNet-20 and MIX rows"),
+                        ("CIFAR_FULL_ROWS", "0", "1 = all six models in the ResNet-20 and MIX rows", True),
                         ("CIFAR_ROW_EVAL_EXAMPLES", "500", "test images of the ResNet-20/MIX evaluations"))),
     Preset("cpu-methods", "GAL next to the peer methods of issue 14 at the cpu preset's scale: MNIST "
            "Conv-3, every model CPU_STEPS (default 500) steps of batch 128. Targets T_Base, T_Div, T_ADP, "
@@ -336,6 +336,10 @@ def resolve(name: str, env: Mapping[str, str]) -> Tuple[Preset, Tuple[Row, ...]]
     values = knob_values(p, env)
     for kn in p.knobs:
         v = values[kn.env]
+        if v and kn.switch and v not in ("0", "1"):
+            raise PresetError(f"{kn.env}={v!r} must be 0 or 1 ({kn.help})")
         if v and not v.isdigit():
             raise PresetError(f"{kn.env}={v!r} must be a whole number ({kn.help})")
+        if v and not kn.switch and int(v) < 1:  # 0 steps would mean the flagfile's full length
+            raise PresetError(f"{kn.env}={v!r} must be at least 1 ({kn.help})")
     return p, () if p.study else p.rows(values)
