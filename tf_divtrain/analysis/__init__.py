@@ -24,7 +24,7 @@ the eps-ball and [0, 1]), compiled once per (ensemble, eps) with ``tf.function``
 to attack is a tensor argument).
 
 Layout: ``common`` (defaults, errors, per-member gradients, PGD), ``coherence``, ``gaas`` (with the
-regular Hadamard construction), ``transfer``, ``whitebox``, ``plots``, ``config`` (``AnalysisConfig``), ``runner`` (``run_analysis``, ``run``).
+regular Hadamard construction), ``transfer``, ``whitebox``, ``plots``, ``config`` (``AnalysisConfig``), ``parts`` (each finished (ensemble, analysis) kept on disk, so a killed run resumes), ``runner`` (``run_analysis``, ``run``).
 Everything is re-exported here, so ``from tf_divtrain import analysis; analysis.X`` keeps working.
 """
 
