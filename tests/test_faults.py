@@ -654,11 +654,13 @@ def test_evaluate_interrupted_at_every_write_point(reference, tmp_path, fault):
         record(name, True)
 
 
-def test_analyze_killed_mid_run_resumes_after_its_last_finished_part(reference, tmp_path, fault):
-    """A crash while the 5th part (T_B's white-box check) is being written: the re-run keeps the
-    four finished parts, computes only the rest, writes what an uninterrupted run writes and
-    removes the parts. A damaged part is recomputed; other settings recompute every part."""
+def test_analyze_killed_mid_run_resumes_after_its_last_finished_part(reference, tmp_path, fault,
+                                                                      monkeypatch):
+    """A crash while T_B's white-box part is being written: the re-run keeps the finished parts,
+    computes only the rest, writes what an uninterrupted run writes and removes the parts. A
+    damaged part is recomputed; other settings, or other code, recompute every part."""
     from tf_divtrain import analysis
+    from tf_divtrain.analysis import parts
 
     def analyze(out, **kw):
         lines = []
@@ -698,8 +700,13 @@ def test_analyze_killed_mid_run_resumes_after_its_last_finished_part(reference, 
     fault("")
     other, kept = analyze(out, whitebox_iters=4)  # other settings: nothing is reused
     assert kept == [] and other["settings"]["whitebox_iters"] == 4
-    assert _normalise(other, [out]) == _normalise(analyze(tmp_path / "ref4", whitebox_iters=4)[0],
-                                                  [tmp_path / "ref4"])
+    fault("write:T_B.coherence.json=crash")
+    with pytest.raises(io_utils.InjectedCrash):
+        analyze(out)
+    assert (out / ".parts" / "T_A.whitebox.json").exists()
+    fault("")
+    monkeypatch.setattr(parts, "code_digest", lambda: "other code")  # e.g. a git pull in between
+    assert analyze(out)[1] == []
 
 
 def test_analyze_and_report_interrupted_during_their_writes(reference, tmp_path, fault):

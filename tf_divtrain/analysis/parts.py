@@ -9,14 +9,16 @@ depend on what ran before it in the process, and a kept part is the value a fres
 
 A part is ``<out_dir>/.parts/<label>.<analysis>.json`` and carries a key: the sha256 of
 everything its numbers depend on (the ensemble's export fingerprint, the test images and labels,
-the settings, the subset size, seed, batch size and precision). A part whose key differs (another
-model in the same directory, other settings) is recomputed and replaced; a damaged one too. Only
+the settings, the subset size, seed, batch size and precision, and the package's own source
+code). A part whose key differs (another model in the same directory, other settings, changed
+code) is recomputed and replaced; a damaged one too. Only
 ensembles loaded from an export directory have a fingerprint; an in-memory ensemble's parts are
 computed and not kept. The parts are removed once analysis.json is written.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -41,9 +43,25 @@ def data_digest(x: np.ndarray, y: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """sha256 (16 hex) of the tf_divtrain package's Python sources: a part computed by other code
+    (a ``git pull`` between a kill and the re-run) is not reused."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    h = hashlib.sha256()
+    for d, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for name in sorted(f for f in files if f.endswith(".py")):
+            path = os.path.join(d, name)
+            h.update(os.path.relpath(path, root).encode())
+            with open(path, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()[:16]
+
+
 def part_key(**fields) -> str:
-    """sha256 (16 hex) of ``fields`` as sorted JSON (plain values only)."""
-    text = json.dumps(dict(fields, v=PART_VERSION), sort_keys=True, default=str)
+    """sha256 (16 hex) of ``fields`` and :func:`code_digest` as sorted JSON (plain values)."""
+    text = json.dumps(dict(fields, v=PART_VERSION, code=code_digest()), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
