@@ -122,6 +122,11 @@ def test_gaas_counts_match_direct_evaluation(trained_models, test_slice):
         assert out["p_any"] == pytest.approx(np.mean(n_adv >= 1))
         assert out["mean_num_adversarial"] == pytest.approx(n_adv.mean())
         assert out["inner_product_positive_fraction"] == 1.0
+    # The fast path (many examples' perturbed copies per forward pass) against one example per
+    # pass (batch_size 16 // k = 1 at k = 16): the same result, every field.
+    for fwd in (1024, 1):
+        assert analysis.gaas_analysis(ens, x[:16], y[:16], ks=[4, 16], eps_list=[0.3], batch_size=16,
+                                      forward_images=fwd) == res, fwd
 
 
 # ----------------------------------------------------------------------------------------------

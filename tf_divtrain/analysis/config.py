@@ -81,6 +81,7 @@ class AnalysisConfig:
     whitebox_num_examples: int = 0
     precision: str = "float32"
     coherence_margin: bool = False
+    gaas_forward_images: int = 1024
 
     def validate(self) -> "AnalysisConfig":
         """A copy with every field checked and resolved (lists, defaults, subset sizes), before
@@ -108,6 +109,9 @@ class AnalysisConfig:
             raise AnalysisError("num_examples, batch_size, transfer_iters and whitebox_iters must be >= 1.")
         if min(self.gaas_num_examples, self.transfer_num_examples, self.whitebox_num_examples) < 0:
             raise AnalysisError("gaas/transfer/whitebox_num_examples must be >= 0 (0 = num_examples).")
+        if self.gaas_forward_images < 0:
+            raise AnalysisError(f"gaas_forward_images={self.gaas_forward_images} must be >= 0 "
+                                f"(0 = batch_size perturbed images per forward pass).")
         d = int(np.prod(data_lib.DATASETS[ds][0]))
         if max(gaas_k) > d:
             raise AnalysisError(f"GAAS k={max(gaas_k)} exceeds the input dimension {d} of {ds}.")
@@ -127,7 +131,9 @@ class AnalysisConfig:
         from tf_divtrain.analysis.common import PGD_STEP_FACTOR
 
         return {"gaas_k": list(self.gaas_k), "gaas_eps": list(self.gaas_eps),
-                "gaas_blocks": self.gaas_blocks, "transfer_eps": self.transfer_eps,
+                "gaas_blocks": self.gaas_blocks,
+                "gaas_forward_images": int(self.gaas_forward_images),
+                "transfer_eps": self.transfer_eps,
                 "transfer_iters": int(self.transfer_iters), "whitebox_eps": list(self.whitebox_eps),
                 "whitebox_iters": int(self.whitebox_iters),
                 "pgd_step": f"{PGD_STEP_FACTOR:g} * eps / iters, random start",

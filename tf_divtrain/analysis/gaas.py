@@ -93,7 +93,7 @@ def gaas_directions(g, k: int, eps: float, blocks: str = "balanced"):
 
 def gaas_analysis(ensemble, x: np.ndarray, y: np.ndarray, ks: Sequence[int] = DEFAULT_GAAS_K,
                   eps_list: Sequence[float] = (0.1, 0.2, 0.3), batch_size: int = 100,
-                  blocks: str = "balanced") -> dict:
+                  blocks: str = "balanced", forward_images: int = 0) -> dict:
     """GAAS over the examples the ensemble classifies correctly (definition: ``GAAS_DEFINITION``).
 
     Returns ``{"definition", "blocks", "num_examples", "num_correct", "zero_gradient_examples",
@@ -101,7 +101,9 @@ def gaas_analysis(ensemble, x: np.ndarray, y: np.ndarray, ks: Sequence[int] = DE
     "mean_fraction_adversarial", "count_histogram" (k+1 ints), "inner_product_positive_fraction",
     "min_inner_product_ratio"}}}}``, where the inner-product ratio is ``<g, r_i> / (eps ||g||_1 /
     sqrt(k))`` (1 for perfectly balanced blocks). The k perturbed copies of a batch are evaluated
-    in one batched forward pass per chunk.
+    in one batched forward pass per chunk of at most ``max(batch_size, forward_images)``
+    perturbed images (``forward_images`` = 0: ``batch_size``, one example per pass at k = 64 with
+    the default 100; a larger value makes fewer, larger passes over the same images).
     """
     ks = [check_gaas_k(k) for k in ks]
     eps_list = [check_eps(e, "GAAS eps") for e in eps_list]
@@ -131,7 +133,7 @@ def gaas_analysis(ensemble, x: np.ndarray, y: np.ndarray, ks: Sequence[int] = DE
         g_all = tf.reshape(g_all, [tf.shape(g_all)[0], -1])
         zero_grad += int(tf.reduce_sum(tf.cast(tf.reduce_all(g_all == 0, -1), tf.int32)))
         for k in ks:
-            chunk = max(1, batch_size // k)  # chunk * k perturbed images per forward pass
+            chunk = max(1, max(batch_size, forward_images) // k)  # chunk * k images per pass
             for j in range(0, int(g_all.shape[0]), chunk):
                 g, xs, ys = g_all[j:j + chunk], xb[j:j + chunk], yb[j:j + chunk]
                 l1 = tf.reduce_sum(tf.abs(g), -1)

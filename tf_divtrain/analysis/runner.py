@@ -72,13 +72,14 @@ def run_analysis(ensembles: Mapping[str, object], dataset: str, out_dir: str,
                  transfer_num_examples: int = 0, whitebox_num_examples: int = 0,
                  x: Optional[np.ndarray] = None,
                  y: Optional[np.ndarray] = None, log: Callable[[str], None] = print,
-                 precision: str = "float32", coherence_margin: bool = False) -> dict:
+                 precision: str = "float32", coherence_margin: bool = False,
+                 gaas_forward_images: int = 1024) -> dict:
     """:func:`run` of the :class:`AnalysisConfig` with these fields (``x``, ``y``: test data to
     use instead of the dataset's first ``num_examples`` test images; ``log``: progress lines)."""
     cfg = AnalysisConfig(ensembles, dataset, out_dir, data_dir, num_examples, analyses, gaas_k,
                          gaas_eps, transfer_eps, transfer_iters, whitebox_eps, whitebox_iters,
                          batch_size, seed, gaas_blocks, gaas_num_examples, transfer_num_examples,
-                         whitebox_num_examples, precision, coherence_margin)
+                         whitebox_num_examples, precision, coherence_margin, gaas_forward_images)
     return run(cfg, x, y, log)
 
 
@@ -98,7 +99,8 @@ def run(cfg: AnalysisConfig, x: Optional[np.ndarray] = None, y: Optional[np.ndar
     cfg = cfg.validate()
     (ensembles, dataset, out_dir, data_dir, num_examples, analyses, gaas_k, gaas_eps, transfer_eps,
      transfer_iters, whitebox_eps, whitebox_iters, batch_size, seed, gaas_blocks, _, _, _,
-     precision, coherence_margin) = (getattr(cfg, f.name) for f in dataclasses.fields(AnalysisConfig))
+     precision, coherence_margin, gaas_forward_images) = (
+        getattr(cfg, f.name) for f in dataclasses.fields(AnalysisConfig))
     targets = load_targets(ensembles, dataset, precision)
     if "coherence" in analyses:
         small = [lbl for lbl, t in targets.items() if num_members(t) < 2]
@@ -158,7 +160,7 @@ def run(cfg: AnalysisConfig, x: Optional[np.ndarray] = None, y: Optional[np.ndar
         if "gaas" in analyses:
             m = n_sub["gaas"]
             gaas_res[label] = entry["gaas"] = part("gaas", m, lambda: gaas_analysis(
-                ens, x[:m], y[:m], gaas_k, gaas_eps, batch_size, gaas_blocks))
+                ens, x[:m], y[:m], gaas_k, gaas_eps, batch_size, gaas_blocks, gaas_forward_images))
             for e, per_k in gaas_res[label]["results"].items():
                 log(f"[{label}] GAAS eps={e}: " + ", ".join(
                     f"k={k}: p_all={_num(r['p_all'])}" for k, r in per_k.items()))
