@@ -120,7 +120,7 @@ def run(cfg: AnalysisConfig, x: Optional[np.ndarray] = None, y: Optional[np.ndar
               "ensembles": {}, "files": {}, "warnings": []}
     parts = Parts(out_dir, log)
     common_key = {"dataset": dataset, "data": data_digest(x, y), "seed": int(seed),
-                  "precision": precision, "batch_size": int(batch_size), "settings": cfg.settings()}
+                  "precision": precision, "settings": cfg.settings()}  # settings: batch size too
     coh_values, gaas_res = {}, {}
     for label, ens in targets.items():
         ens_id = (export_fingerprint(ensembles[label]) if isinstance(ensembles[label], str) else None)
