@@ -2,8 +2,8 @@
 killed ``analyze``, re-run with the same command, starts after the last finished part and writes
 the same analysis.json.
 
-Why: at the paper's sizes one analysis run takes hours (cifar-paper: white-box PGD-40 alone is
-about 23 minutes per target on 2 cores), longer than a working session. Every analysis is seeded
+Why: at the paper's sizes one analysis run takes hours (cifar-paper: an estimated 1.5-2 h on 2
+cores, extrapolated from probes), which may outlast a working session. Every analysis is seeded
 per call (PGD starts from ``[seed, batch]``, ART from ``np.random.seed(seed)``), so a part does not
 depend on what ran before it in the process, and a kept part is the value a fresh run computes.
 
@@ -49,8 +49,7 @@ def code_digest() -> str:
     (a ``git pull`` between a kill and the re-run) is not reused."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     h = hashlib.sha256()
-    for d, dirs, files in sorted(os.walk(root)):
-        dirs.sort()
+    for d, _, files in sorted(os.walk(root)):  # every directory, in path order
         for name in sorted(f for f in files if f.endswith(".py")):
             path = os.path.join(d, name)
             h.update(os.path.relpath(path, root).encode())
