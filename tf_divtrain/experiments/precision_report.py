@@ -21,6 +21,8 @@ import argparse
 import json
 import os
 
+from tf_divtrain.pipeline import clock
+
 ATTACKS = ("fgsm", "rfgsm", "ifgsm", "mifgsm", "pgd_cw")
 NAMES = {"fgsm": "FGSM", "rfgsm": "R-FGSM", "ifgsm": "I-FGSM", "mifgsm": "MI-FGSM", "pgd_cw": "PGD-CW"}
 VARIANTS = (("float32", "float32", ""), ("mixed_bfloat16", "mixed_bfloat16", ""),
@@ -46,12 +48,9 @@ def build(res: str) -> str:
         for line in open(tsv):
             name, s = line.split()
             secs[name] = int(s)
-    times = os.path.join(res, "stage_times.tsv")  # the pipeline's stage log: train_<name> rows
-    if os.path.isfile(times):
-        for line in open(times).readlines()[1:]:
-            stage, s, status = line.split("\t")[:3]
-            if stage.startswith("train_") and status == "ok":
-                secs[stage[len("train_"):]] = int(s)
+    for run in clock.stage_runs(res):  # the pipeline's stage log: train_<name> runs
+        if run.stage.startswith("train_") and run.status == "ok":
+            secs[run.stage[len("train_"):]] = run.seconds
     evals = {}
     for s in ("float32", "mixed_bfloat16"):
         p = os.path.join(res, f"eval_surrogate_{s}", "results.json")

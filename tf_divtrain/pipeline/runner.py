@@ -1,6 +1,9 @@
 """Runs a plan's stages in order: each logged to ``logs/<stage>.log`` and timed in
 ``stage_times.tsv``; a stage whose output is up to date is skipped, so a re-run after an
-interruption continues where it stopped (training resumes from its last checkpoint)."""
+interruption continues where it stopped (training resumes from its last checkpoint).
+
+A stage's log is appended to, one ``== session`` header per session, so a resumed stage keeps
+the log of the session that was killed; its time is kept per session by :mod:`clock`."""
 
 from __future__ import annotations
 
@@ -10,9 +13,8 @@ import sys
 import time
 from typing import Sequence, TextIO
 
+from tf_divtrain.pipeline import clock
 from tf_divtrain.pipeline.plan import Context, Stage
-
-TIMES_HEADER = "stage\tseconds\tstatus\tcommand\n"
 
 
 class StageFailed(RuntimeError):
@@ -29,21 +31,45 @@ def _tail(path: str, n: int = 20) -> str:
         return ""
 
 
-def _record(times: str, name: str, seconds: int, status: str, command: str) -> None:
-    with open(times, "a") as f:
-        f.write(f"{name}\t{seconds}\t{status}\t{command}\n")
+def _session_header(log: str, stage: Stage, results: str) -> str:
+    """The line that opens a session in the stage's log (which earlier sessions' text precedes)."""
+    before = clock.run_of(results, stage.name)
+    resumed = before is not None and before.status != "ok"
+    n = len(before.sessions) + 1 if resumed else 1
+    what = f"session {n}, resuming after {before.status} session(s)" if resumed else "session 1"
+    return (f"== {stage.name}: {what}, started {clock.now()}\n"
+            f"== {stage.command()}\n")
+
+
+def _call(argv, log: str, header: str, tick, env) -> int:
+    """Runs ``argv`` with its output appended to ``log``; ``tick(seconds)`` every TICK_SECONDS."""
+    t0 = time.monotonic()
+    with open(log, "a") as f:
+        f.write(header)
+        f.flush()
+        proc = subprocess.Popen(list(argv), stdout=f, stderr=subprocess.STDOUT, env=env)
+        while True:
+            try:
+                return proc.wait(timeout=clock.TICK_SECONDS)
+            except subprocess.TimeoutExpired:
+                tick(time.monotonic() - t0)
+            except BaseException:  # Ctrl-C: stop the stage; its clock is kept, as interrupted
+                proc.kill()
+                proc.wait()
+                tick(time.monotonic() - t0)
+                raise
 
 
 def run(stages: Sequence[Stage], ctx: Context, dry_run: bool = False, out: TextIO = sys.stdout,
         err: TextIO = sys.stderr, env=None) -> None:
     """Runs (or, with ``dry_run``, prints) every stage that is not up to date."""
-    logs, times = os.path.join(ctx.results, "logs"), os.path.join(ctx.results, "stage_times.tsv")
+    logs = os.path.join(ctx.results, "logs")
     if not dry_run:
         os.makedirs(ctx.work, exist_ok=True)
         os.makedirs(logs, exist_ok=True)
-        if not os.path.exists(times):
-            with open(times, "w") as f:
-                f.write(TIMES_HEADER)
+        for s in clock.recover(ctx.results):
+            print(f"== {s.stage}: its last session was killed after about {s.seconds}s; that time "
+                  f"is kept in stage_times.tsv as 'interrupted'", file=out, flush=True)
     for stage in stages:
         go, messages = stage.decide()
         for m in messages:
@@ -54,16 +80,20 @@ def run(stages: Sequence[Stage], ctx: Context, dry_run: bool = False, out: TextI
         elif go:
             print(f"== {stage.name}: {stage.command()}", file=out, flush=True)
             log = os.path.join(logs, f"{stage.name}.log")
+            header = _session_header(log, stage, ctx.results)
+            c = clock.Clock(ctx.results, stage.name, stage.command())
             t0 = time.monotonic()
-            with open(log, "w") as f:
-                rc = subprocess.call(list(stage.argv), stdout=f, stderr=subprocess.STDOUT, env=env)
+            rc = _call(stage.argv, log, header, c.tick, env)
             dt = int(round(time.monotonic() - t0))
-            _record(times, stage.name, dt, "ok" if rc == 0 else "failed", stage.command())
+            c.close(dt, "ok" if rc == 0 else "failed")
             if rc != 0:
                 print(f"   FAILED after {dt}s (exit {rc}); last lines of {log}:", file=err)
                 print(_tail(log), file=err, end="", flush=True)
                 raise StageFailed(stage, rc)
-            print(f"   finished in {dt}s (log: {log})", file=out, flush=True)
+            whole = clock.run_of(ctx.results, stage.name)
+            over = (f"; {whole.seconds}s over its {len(whole.sessions)} sessions"
+                    if whole is not None and len(whole.sessions) > 1 else "")
+            print(f"   finished in {dt}s{over} (log: {log})", file=out, flush=True)
             ran = True
         if stage.after is not None and not dry_run:
             stage.after(ran)

@@ -9,6 +9,7 @@ from typing import Dict, List, Optional, Tuple
 
 from tf_divtrain import paper
 from tf_divtrain import results as results_lib
+from tf_divtrain.pipeline import clock
 from tf_divtrain.results import eps_key
 
 ROLES = (("surrogate", "S"), ("static", "static"), ("base", "T_Base"), ("div", "T_Div"),
@@ -68,20 +69,18 @@ def all_metrics(work: str) -> Dict[str, dict]:
 
 
 def stage_table(results_dir: str) -> List[str]:
-    path = os.path.join(results_dir, "stage_times.tsv")
-    if not os.path.isfile(path):
+    """Each stage's latest run: its wall time summed over the sessions it took (``clock``)."""
+    runs = clock.stage_runs(results_dir)
+    if not runs:
         return []
-    with open(path) as f:
-        rows = [l.rstrip("\n").split("\t") for l in f][1:]
-    # A stage re-run after its outputs were removed appears twice: report its latest run.
-    latest = {r[0]: r for r in rows}
-    rows = [r for r in rows if latest[r[0]] is r]
-    out = ["| stage | seconds | status | command |", "|---|---|---|---|"]
+    out = ["| stage | seconds | sessions | status | command |", "|---|---|---|---|---|"]
     total = 0
-    for name, secs, status, cmd in rows:
-        total += int(secs) if status == "ok" else 0
-        out.append(f"| {name} | {secs} | {status} | `{cmd}` |")
-    out.append(f"| **total (ok stages)** | {total} ({total / 60:.1f} min) | | |")
+    for r in runs:
+        total += r.seconds if r.status == "ok" else 0
+        kinds = [s.status for s in r.sessions[:-1]]
+        sessions = str(len(r.sessions)) + (f" ({', '.join(sorted(set(kinds)))} before)" if kinds else "")
+        out.append(f"| {r.stage} | {r.seconds} | {sessions} | {r.status} | `{r.command}` |")
+    out.append(f"| **total (ok stages)** | {total} ({total / 60:.1f} min) | | | |")
     return out
 
 
