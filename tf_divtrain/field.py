@@ -31,6 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from tf_divtrain import attacks as attacks_lib
+from tf_divtrain.results import eps_key, per_example_mask, surrogate_blocks
 
 PROTOCOLS = ("paper", "field")
 FAMILIES = ("mpgd", "mdi2fgsm", "sgm", "pgd50")  # DVERGE's three, TRS's PGD-50
@@ -134,22 +135,20 @@ def annotate(results: dict, settings: dict) -> dict:
     """Adds ``results["field"]`` (the settings, sets and reductions) and, per row, ``worst_set``
     ``{eps: {"set", "accuracy"}}`` and ``robust_to_all_and_clean`` ``{eps: acc, "all": acc}``,
     computed from the rows' per-example masks (the evaluation already stored ``robust_to_all``)."""
-    from tf_divtrain import evaluation
-
-    sets, eps = results["attacks"], [evaluation.eps_key(e) for e in results["eps"]]
-    for block in evaluation.surrogate_blocks(results):
+    sets, eps = results["attacks"], [eps_key(e) for e in results["eps"]]
+    for block in surrogate_blocks(results):
         for row in block["rows"]:
             row[WORST_KEY] = {}
             for e in eps:
                 name = min(sets, key=lambda s: (row["attacks"][s][e], sets.index(s)))
                 row[WORST_KEY][e] = {"set": name, "accuracy": row["attacks"][name][e]}
-            clean = evaluation.per_example_mask(row)
-            per = {e: [evaluation.per_example_mask(row, s, e) for s in sets] for e in eps}
+            clean = per_example_mask(row)
+            per = {e: [per_example_mask(row, s, e) for s in sets] for e in eps}
             row[CLEAN_KEY] = {e: float(np.mean(robust_to_all(per[e], clean))) for e in eps}
             row[CLEAN_KEY]["all"] = float(np.mean(robust_to_all([m for e in eps for m in per[e]], clean)))
     results["protocol"] = "field"
     results["field"] = dict(settings, reductions=reductions(results, settings))
-    if len(evaluation.surrogate_blocks(results)) == 1:  # keep the version-1 keys in step
+    if len(surrogate_blocks(results)) == 1:  # keep the version-1 keys in step
         results["rows"] = results["by_surrogate"][0]["rows"]
     return results
 
@@ -184,9 +183,7 @@ def reductions(results: dict, settings: dict) -> List[str]:
 def format_lines(results: dict) -> List[str]:
     """Markdown: per surrogate, clean / worst single set / robust-to-all per eps, and the list of
     reductions."""
-    from tf_divtrain import evaluation
-
-    eps = [evaluation.eps_key(e) for e in results["eps"]]
+    eps = [eps_key(e) for e in results["eps"]]
     f = results.get("field") or {}
     sets = f.get("sets", {})
     pct = lambda v: f"{100.0 * v:.1f}"  # noqa: E731
@@ -194,7 +191,7 @@ def format_lines(results: dict) -> List[str]:
              "Per eps: worst single set (its name) / robust to all sets (DVERGE) / robust to all "
              "and clean (TRS), accuracy %.", ""]
     head = ["TARGET", "CLEAN"] + [f"eps {e}" for e in eps] + ["ALL EPS (all / +clean)"]
-    for b in evaluation.surrogate_blocks(results):
+    for b in surrogate_blocks(results):
         lines += [f"Surrogate {b['label']}:", "", "| " + " | ".join(head) + " |",
                   "|" + "|".join(["---"] * len(head)) + "|"]
         for row in b["rows"]:

@@ -10,6 +10,7 @@ from typing import Dict, List
 
 
 from tf_divtrain import attacks as attacks_lib
+from tf_divtrain import field as field_lib
 from tf_divtrain import io_utils
 from tf_divtrain.results import ROBUST_ALL_KEY, attack_options_text, eps_key, surrogate_blocks
 
@@ -90,8 +91,6 @@ def format_table2(results: dict) -> str:
                      f"every attack at that eps; {ROBUST_HEADERS[1]}: under every attack at every "
                      f"eps (same crafted examples, per example).")
     if results.get("field"):
-        from tf_divtrain import field as field_lib
-
         lines += [""] + field_lib.format_lines(results)
     return "\n".join(lines) + "\n"
 

@@ -1,4 +1,5 @@
-"""Helpers shared by the peer methods: dtype policy, member forward passes, argument checks."""
+"""Helpers shared by the peer methods: dtype policy, member forward passes, the member count.
+(The argument checks are in :mod:`.configs`.)"""
 
 from __future__ import annotations
 
@@ -39,5 +40,3 @@ def check_members(members: Sequence, method: str, minimum: int = 2) -> int:
         raise ValueError(f"{method} needs an ensemble of at least {minimum} members, got {n}.")
     return n
 
-
-from tf_divtrain.methods.configs import _range_text, check_bool, check_number  # noqa: E402,F401

@@ -135,7 +135,7 @@ class DVERGEConfig:
         ``distill_layer_choices(member)``, reproducible from (seed, epoch)."""
         import numpy as np
 
-        from tf_divtrain.methods.dverge import distill_layer_choices, feature_model
+        from tf_divtrain.methods.features import distill_layer_choices, feature_model
 
         if self.layer is not None:
             feature_model(member, self.layer)  # range check against this model

@@ -44,75 +44,15 @@ Deviations from their code:
 
 from __future__ import annotations
 
-import weakref
-from typing import List, Sequence
+from typing import Sequence
 
-import keras
-import numpy as np
 import tensorflow as tf
 
 from tf_divtrain import gal as gal_lib
 from tf_divtrain.methods import _common
-
-_ACTIVATIONS = (keras.layers.Activation, keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.ELU,
-                keras.layers.PReLU, keras.layers.Softmax)
-
-
-from tf_divtrain.methods.configs import DVERGEConfig  # noqa: F401
-
-
-# ----------------------------------------------------------------------------------------------
-# Intermediate features of Keras models.
-
-def feature_layers(member) -> list:
-    """The layers a 1-based ``layer`` index refers to: ``member.layers`` without InputLayers."""
-    if not isinstance(member, keras.Model) or not hasattr(member, "inputs") or not member.inputs:
-        raise ValueError(f"DVERGE features need a built functional or Sequential keras.Model, got "
-                         f"{type(member).__name__}.")
-    return [l for l in member.layers if not isinstance(l, keras.layers.InputLayer)]
-
-
-def _producers(layer) -> list:
-    try:
-        inputs = tf.nest.flatten(layer.input)
-    except (AttributeError, ValueError):  # never called / shared layers
-        return []
-    return [t._keras_history.operation for t in inputs if hasattr(t, "_keras_history")]
-
-
-def distill_layer_choices(member) -> List[int]:
-    """1-based indices of the candidate distillation features (see the module docstring)."""
-    layers = feature_layers(member)
-    feeds_activation = {id(p) for l in layers if isinstance(l, _ACTIVATIONS) for p in _producers(l)}
-    outputs = {id(t._keras_history.operation) for t in tf.nest.flatten(member.outputs)}
-    linear = keras.activations.linear
-    choices = []
-    for i, l in enumerate(layers, start=1):
-        fused = getattr(l, "activation", None)
-        fused = fused is not None and fused is not linear and not isinstance(l, _ACTIVATIONS)
-        if id(l) in feeds_activation or id(l) in outputs or fused:
-            choices.append(i)
-    return choices
-
-
-_FEATURE_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def feature_model(member, layer: int):
-    """``x -> f^layer(x)``: the output of ``feature_layers(member)[layer - 1]`` in inference mode,
-    cast to (at least) float32. ``layer`` is 1-based; ValueError names the valid range."""
-    layers = feature_layers(member)
-    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 1 <= layer <= len(layers):
-        raise ValueError(f"dverge: layer={layer!r} is out of range for model {member.name!r}: valid "
-                         f"layers are 1..{len(layers)} (1-based over model.layers without the "
-                         f"InputLayer; 1 = {layers[0].name!r}, {len(layers)} = {layers[-1].name!r}).")
-    cache = _FEATURE_CACHE.setdefault(member, {})
-    if layer not in cache:
-        inputs = member.inputs[0] if len(member.inputs) == 1 else member.inputs
-        cache[int(layer)] = keras.Model(inputs, layers[layer - 1].output,
-                                        name=f"{member.name}_features_{layer}")
-    sub = cache[int(layer)]
-    return lambda x: _common.at_least_float32(sub(x, training=False))
+from tf_divtrain.methods.configs import DVERGEConfig, check_number  # noqa: F401
+from tf_divtrain.methods.features import (  # noqa: F401  (the layer API, also importable from here)
+    distill_layer_choices, feature_layers, feature_model)
 
 
 def feature_distance(features, target_features):
@@ -134,10 +74,10 @@ def distill(feature_fn, x, x_target, eps: float, steps: int, step_size: float, s
     clip(x + U(-eps, eps), 0, 1) drawn from ``seed`` ([2] ints). Returns x' without gradient.
     """
     owner = "dverge.distill"
-    _common.check_number(owner, "eps", eps, low=0.0, high=1.0)
-    _common.check_number(owner, "steps", steps, low=1, integer=True)
-    _common.check_number(owner, "step_size", step_size, low=0.0, high=1.0, low_open=True)
-    _common.check_number(owner, "mu", mu, low=0.0)
+    check_number(owner, "eps", eps, low=0.0, high=1.0)
+    check_number(owner, "steps", steps, low=1, integer=True)
+    check_number(owner, "step_size", step_size, low=0.0, high=1.0, low_open=True)
+    check_number(owner, "mu", mu, low=0.0)
     x = tf.stop_gradient(tf.convert_to_tensor(x))
     target = tf.stop_gradient(feature_fn(tf.convert_to_tensor(x_target, x.dtype)))
     if rand_start:

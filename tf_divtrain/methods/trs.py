@@ -53,7 +53,7 @@ from tf_divtrain import gal as gal_lib
 from tf_divtrain.methods import _common
 
 
-from tf_divtrain.methods.configs import TRSConfig  # noqa: F401
+from tf_divtrain.methods.configs import TRSConfig, check_number  # noqa: F401
 
 
 def abs_pair_cosine(grads):
@@ -75,8 +75,8 @@ def smoothness_pgd(members, x, y, eps, steps: int = 6, seed=None, step_size=None
     """Their ``PGD``: L_inf sign ascent on the members' mean squared input-gradient norm, from a uniform
     random start in the eps-ball, ``steps`` steps of ``step_size`` (default eps/3), projected onto the
     eps-ball of x and [0, 1]. Members run in inference mode. Returns the perturbed x (no gradient)."""
-    _common.check_number("trs.smoothness_pgd", "eps", eps, low=0.0, high=1.0)
-    _common.check_number("trs.smoothness_pgd", "steps", steps, low=1, integer=True)
+    check_number("trs.smoothness_pgd", "eps", eps, low=0.0, high=1.0)
+    check_number("trs.smoothness_pgd", "steps", steps, low=1, integer=True)
     if seed is None:
         raise ValueError("trs.smoothness_pgd: seed (shape [2] int) is required for the random start.")
     fmembers = _common.float32_members(members)
@@ -114,7 +114,7 @@ def objective(members, x, y, training: bool = True, coeff: float = 2.0, lamda: f
     _common.check_members(members, "TRS")
     use_pgd = isinstance(smooth_eps, (tf.Tensor, tf.Variable))
     if not use_pgd:
-        _common.check_number("trs", "smooth_eps", smooth_eps, low=0.0, high=1.0)
+        check_number("trs", "smooth_eps", smooth_eps, low=0.0, high=1.0)
         use_pgd = smooth_eps > 0
     if use_pgd and seed is None:
         raise ValueError("trs: seed (shape [2] int) is required when smooth_eps > 0 (PGD random start).")

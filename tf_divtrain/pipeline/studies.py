@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Callable, Dict, List, Mapping, Tuple
 
-from tf_divtrain.pipeline.plan import Context, Newer, Stage, _copy_run, _module
+from tf_divtrain.pipeline.stage import Context, Newer, Stage, _copy_run, _module
 
 Builder = Callable[[Mapping[str, str], Context], List[Stage]]
 
