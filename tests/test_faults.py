@@ -546,6 +546,103 @@ def test_second_run_on_the_same_out_dir_refuses_and_a_killed_one_leaves_no_stale
     record("lock holder SIGKILLed (stale lock)", True)
 
 
+_STAGE_CODE = r"""
+import os, sys, time
+open(sys.argv[2] + '.pid', 'w').write(str(os.getpid()))
+print('output of the session that', 'finishes' if os.path.exists(sys.argv[1]) else 'is killed', flush=True)
+if os.path.exists(sys.argv[1]):
+    open(sys.argv[2], 'w').close()
+else:
+    time.sleep(120)
+"""
+
+_RUNNER_CODE = r"""
+import sys
+from tf_divtrain.pipeline import clock, plan, runner
+clock.TICK_SECONDS = 0.2
+stage = plan.Stage("train_x", "train", tuple(sys.argv[1:]), done=sys.argv[-1])
+try:
+    runner.run([stage], plan.Context(sys.argv[-2].rsplit("/", 1)[0], "python", "float32"))
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+@pytest.mark.parametrize("how", ["sigkill_group", "sigterm_runner"])
+def test_a_killed_stage_keeps_its_log_and_time_and_the_report_sums_its_sessions(tmp_path, how):
+    """SIGKILL of runner and stage (a session's end), or SIGTERM to the runner alone (which then
+    stops its stage, rather than leaving it running unsupervised): the re-run appends to the
+    stage's log, turns the killed session's clock into an 'interrupted' row, and the report's
+    stage table shows the run's time over both sessions."""
+    import io
+    import signal
+    import time
+
+    from tf_divtrain.pipeline import clock, plan, runner
+    from tf_divtrain.report import common
+
+    res, marker, done = tmp_path / "res", tmp_path / "res" / "go", tmp_path / "res" / "done"
+    res.mkdir()
+    argv = (sys.executable, "-c", _STAGE_CODE, str(marker), str(done))
+    p = subprocess.Popen([sys.executable, "-c", _RUNNER_CODE, *argv], cwd=str(tmp_path), env=_env(),
+                         start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    clock_file = res / clock.CLOCK_DIR / "train_x.json"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if clock_file.exists() and json.loads(clock_file.read_text() or "{}").get("seconds", 0) >= 1:
+            break
+        time.sleep(0.1)
+    if how == "sigkill_group":
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    else:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=30) == 130
+        with pytest.raises(ProcessLookupError):  # the stage was stopped (and reaped) by the runner
+            os.kill(int((res / "done.pid").read_text()), 0)
+    assert clock_file.exists() and not done.exists()
+
+    marker.touch()
+    stage = plan.Stage("train_x", "train", argv, done=str(done))
+    out = io.StringIO()
+    runner.run([stage], plan.Context(str(res), "python", "float32"), out=out)
+    sessions = clock.read_sessions(clock.times_path(str(res)))
+    assert [s.status for s in sessions] == ["interrupted", "ok"] and sessions[0].seconds >= 1
+    assert f"train_x: its last session was killed after about {sessions[0].seconds}s" in out.getvalue()
+    assert "over its 2 sessions" in out.getvalue()
+    assert not (res / clock.CLOCK_DIR).exists()
+    log = (res / "logs" / "train_x.log").read_text()
+    first, second = log.index("session that is killed"), log.index("session that finishes")
+    assert log.index("train_x: session 1,") < first < log.index(
+        "train_x: session 2, resuming after interrupted session(s)") < second
+    total = sessions[0].seconds + sessions[1].seconds
+    assert f"| train_x | {total} | 2 (interrupted before) | ok |" in "\n".join(common.stage_table(str(res)))
+    record(f"pipeline mid-stage: {how}", True)
+
+
+
+def test_second_pipeline_on_the_same_results_refuses(tmp_path, capsys, monkeypatch):
+    """Two ``run_all.sh PRESET`` on one results folder would share stage logs, clocks and caches:
+    the second gets ``error: <results> is in use by another pipeline run (pid N ...)``, exit 2,
+    and writes nothing (no logs, no work dir, no stage_times.tsv)."""
+    from tf_divtrain.pipeline import cli as pipeline_cli
+
+    monkeypatch.chdir(tmp_path)  # the CLI changes into the checkout; put the test's cwd back after
+    results = tmp_path / "smoke"
+    holder = _holder(results)
+    try:
+        code = pipeline_cli.main(["smoke"], env=dict(_env(), RESULTS_ROOT=str(tmp_path)))
+        err = capsys.readouterr().err
+        assert code == 2
+        line = _one_error_line(err, f"{results} is in use by another pipeline run (pid {holder.pid}")
+        assert "RESULTS_ROOT" in line
+        assert sorted(os.listdir(results)) == [".lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    record("two pipelines on one results folder", True)
+
+
 # ----------------------------------------------------------------------------------------------
 # Bad input.
 

@@ -271,68 +271,6 @@ def test_field_stages_of_cpu_methods_and_cifar_paper(tmp_path):
     assert "field_" not in " ".join(_plan("cpu", tmp_path)[0])  # only the rows that ask for it
 
 
-_STAGE_CODE = r"""
-import os, sys, time
-print('output of the session that', 'finishes' if os.path.exists(sys.argv[1]) else 'is killed', flush=True)
-if os.path.exists(sys.argv[1]):
-    open(sys.argv[2], 'w').close()
-else:
-    time.sleep(120)
-"""
-
-_RUNNER_CODE = r"""
-import sys
-from tf_divtrain.pipeline import clock, plan, runner
-clock.TICK_SECONDS = 0.2
-stage = plan.Stage("train_x", "train", tuple(sys.argv[1:]), done=sys.argv[-1])
-runner.run([stage], plan.Context(sys.argv[-2].rsplit("/", 1)[0], "python", "float32"))
-"""
-
-
-def test_a_killed_stage_keeps_its_log_and_time_and_the_report_sums_its_sessions(tmp_path):
-    """SIGKILL of runner and stage (a session's end): the re-run appends to the stage's log, turns
-    the killed session's clock into an 'interrupted' row, and the report's stage table shows the
-    run's time over both sessions."""
-    import io
-    import signal
-    import time
-
-    from tf_divtrain.pipeline import clock, plan, runner
-    from tf_divtrain.report import common
-
-    res, marker, done = tmp_path / "res", tmp_path / "res" / "go", tmp_path / "res" / "done"
-    res.mkdir()
-    argv = (sys.executable, "-c", _STAGE_CODE, str(marker), str(done))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
-    p = subprocess.Popen([sys.executable, "-c", _RUNNER_CODE, *argv], cwd=str(tmp_path), env=env,
-                         start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    clock_file = res / clock.CLOCK_DIR / "train_x.json"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if clock_file.exists() and json.loads(clock_file.read_text() or "{}").get("seconds", 0) >= 1:
-            break
-        time.sleep(0.1)
-    os.killpg(p.pid, signal.SIGKILL)
-    p.wait()
-    assert clock_file.exists() and not done.exists()
-
-    marker.touch()
-    stage = plan.Stage("train_x", "train", argv, done=str(done))
-    out = io.StringIO()
-    runner.run([stage], plan.Context(str(res), "python", "float32"), out=out)
-    sessions = clock.read_sessions(clock.times_path(str(res)))
-    assert [s.status for s in sessions] == ["interrupted", "ok"] and sessions[0].seconds >= 1
-    assert f"train_x: its last session was killed after about {sessions[0].seconds}s" in out.getvalue()
-    assert "over its 2 sessions" in out.getvalue()
-    assert not (res / clock.CLOCK_DIR).exists()
-    log = (res / "logs" / "train_x.log").read_text()
-    first, second = log.index("session that is killed"), log.index("session that finishes")
-    assert log.index("train_x: session 1,") < first < log.index(
-        "train_x: session 2, resuming after interrupted session(s)") < second
-    total = sessions[0].seconds + sessions[1].seconds
-    assert f"| train_x | {total} | 2 (interrupted before) | ok |" in "\n".join(common.stage_table(str(res)))
-
-
 def test_stage_runs_group_sessions_until_an_ok_one(tmp_path):
     """Old 4-column rows and new 5-column rows read alike; failed and interrupted sessions belong
     to the run their stage finishes next; a re-run after an ok run starts a new run."""

@@ -33,7 +33,10 @@ class RunLock:
         self._fd: Optional[int] = None
         self.path = ""
 
-    def acquire(self, out_dir: str) -> "RunLock":
+    def acquire(self, out_dir: str, what: str = "run",
+                elsewhere: str = "use another --out_dir") -> "RunLock":
+        """Locks ``out_dir``; held by a live process -> :class:`LockedError` naming it, ``what`` it
+        is and how to go ``elsewhere``."""
         path = os.path.join(out_dir, LOCK_FILE)
         if self._fd is not None:
             try:
@@ -54,8 +57,8 @@ class RunLock:
             os.close(fd)
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise io_utils.output_error(path, e) from e
-            raise LockedError(f"{out_dir} is in use by another run (pid {holder}, lock {path}); "
-                              f"wait for it to finish, or use another --out_dir") from None
+            raise LockedError(f"{out_dir} is in use by another {what} (pid {holder}, lock {path}); "
+                              f"wait for it to finish, or {elsewhere}") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd, self.path = fd, path

@@ -7,12 +7,16 @@ the log of the session that was killed; its time is kept per session by :mod:`cl
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Sequence, TextIO
 
+from tf_divtrain import locking
 from tf_divtrain.pipeline import clock
 from tf_divtrain.pipeline.plan import Context, Stage
 
@@ -62,7 +66,36 @@ def _call(argv, log: str, header: str, tick, env) -> int:
 
 def run(stages: Sequence[Stage], ctx: Context, dry_run: bool = False, out: TextIO = sys.stdout,
         err: TextIO = sys.stderr, env=None) -> None:
-    """Runs (or, with ``dry_run``, prints) every stage that is not up to date."""
+    """Runs (or, with ``dry_run``, prints) every stage that is not up to date, holding
+    ``<results>/.lock`` so that a second pipeline on the same results refuses (its stages would
+    share logs, clocks and caches)."""
+    if dry_run:
+        return _run(stages, ctx, True, out, err, env)
+    with locking.RunLock() as lock, _sigterm_interrupts():
+        lock.acquire(ctx.results, "pipeline run",
+                     "set RESULTS_ROOT to run this preset in another folder")
+        return _run(stages, ctx, False, out, err, env)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (``kill PID``, a scheduler's stop) acts as Ctrl-C: the running stage is stopped and
+    its clock kept, instead of the runner dying alone and leaving the stage running unsupervised."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(stages, ctx, dry_run, out, err, env) -> None:
     logs = os.path.join(ctx.results, "logs")
     if not dry_run:
         os.makedirs(ctx.work, exist_ok=True)
