@@ -275,7 +275,8 @@ def train_stream(x: np.ndarray, y: np.ndarray, dataset: str, batch_size: int,
         return transform_batch(tf.cast(xb, tf.float32) / 255.0, sources, dataset, noise_eps,
                                step_seed, sizes), yb
 
-    ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(_no_autograph(transform), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -309,6 +310,13 @@ def _call_seed(seed: Optional[int]) -> tf.Tensor:
     return tf.random.uniform([2], maxval=2 ** 31 - 1, dtype=tf.int64, seed=seed)
 
 
+def _no_autograph(fn):
+    """``Dataset.map`` converts its function with autograph unless told not to; these map functions
+    branch only on Python values (dataset names, static shapes and dtypes), so the conversion
+    (about 2 s the first time in a process) changes nothing but the time."""
+    return tf.autograph.experimental.do_not_convert(fn)
+
+
 def _as_batch(x):
     x = tf.convert_to_tensor(x)
     if x.dtype == tf.uint8:
@@ -329,7 +337,7 @@ def augment_map(dataset: str = "mnist", seed: Optional[int] = None):
         out = augment(xb, dataset, _call_seed(seed))
         return (out[0] if single else out), y
 
-    return fn
+    return _no_autograph(fn)
 
 
 def noise_map(eps: float, seed: Optional[int] = None):
@@ -342,7 +350,7 @@ def noise_map(eps: float, seed: Optional[int] = None):
         out = add_noise(xb, eps, _call_seed(seed))
         return (out[0] if single else out), y
 
-    return fn
+    return _no_autograph(fn)
 
 
 def diversity_map(dataset: str = "mnist", noise_eps: Optional[float] = None,
@@ -363,4 +371,4 @@ def diversity_map(dataset: str = "mnist", noise_eps: Optional[float] = None,
         xb, _ = _as_batch(x)
         return transform_batch(xb, sources, dataset, eps, _call_seed(seed)), y
 
-    return fn
+    return _no_autograph(fn)
