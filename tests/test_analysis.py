@@ -166,6 +166,62 @@ def test_transfer_matrix_identical_members_all_high(trained_models, test_slice):
     assert tm["mean_off_diagonal"] >= 0.9
 
 
+class _LogitsOnly:
+    """An ensemble seen only through ``member_logits`` (no members): the straightforward path."""
+
+    def __init__(self, ens):
+        self.ens, self.size = ens, len(ens.members)
+
+    def member_logits(self, x, training=False):
+        return self.ens.member_logits(x)
+
+    def probabilities(self, x, training=False):
+        return self.ens.probabilities(x)
+
+
+def test_transfer_matrix_on_member_alone_equals_the_whole_ensemble_path(trained_models, test_slice):
+    """The fast path (an ensemble with members: PGD on member i's own model) crafts the examples
+    of the straightforward one (PGD through the whole ensemble, member i's logits kept), bit for
+    bit, so the matrices are equal."""
+    from tf_divtrain.analysis import common
+    from tf_divtrain.attacks.core import as_logits_fn
+
+    x, y = test_slice
+    x, y = x[:24], y[:24]
+    ens = models.Ensemble([trained_models[0], trained_models[1]])
+    slow_fn = common._pgd_fn(_LogitsOnly(ens).member_logits, 0.3, 3, (28, 28, 1))
+    fast_fn = common._pgd_fn(as_logits_fn(ens.members[1]), 0.3, 3, (28, 28, 1), members_only=True)
+    slow = common._attack_all(slow_fn, x, y, 24, 7, member=1)
+    fast = common._attack_all(fast_fn, x, y, 24, 7, member=0)
+    np.testing.assert_array_equal(fast, slow)
+    assert np.abs(fast - x).max() > 0.1
+    kw = dict(eps=0.3, nb_iter=3, batch_size=24)
+    tm = analysis.transfer_matrix(ens, x, y, **kw)
+    assert tm == analysis.transfer_matrix(_LogitsOnly(ens), x, y, **kw)
+    assert np.array(tm["counts"]).min() > 15
+
+
+def test_with_members_rebuilds_an_export_only_where_its_logits_are_the_served_ones(
+        trained_models, test_slice, tmp_path, monkeypatch):
+    """An export naming its architectures comes back as Keras members with the served graph's
+    logits (and coherence, within float32 round-off of the served, tiled path); one without them,
+    or whose registry architecture now computes other logits, stays the served graph."""
+    x, y = test_slice[0][:16], test_slice[1][:16]
+    ens = models.Ensemble([trained_models[0], trained_models[1]])
+    loaded = export.load_ensemble(export.export_ensemble(
+        ens, str(tmp_path / "named"), dict(META, models=["conv3", "conv3"])))
+    rebuilt = export.with_members(loaded)
+    assert isinstance(rebuilt, models.Ensemble) and rebuilt.metadata == loaded.metadata
+    np.testing.assert_array_equal(rebuilt.member_logits(x).numpy(), loaded.member_logits(x).numpy())
+    np.testing.assert_allclose(analysis.coherence_values(rebuilt, x, y),
+                               analysis.coherence_values(loaded, x, y), rtol=1e-5, atol=1e-6)
+    unnamed = export.load_ensemble(export.export_ensemble(ens, str(tmp_path / "unnamed"), META))
+    assert export.with_members(unnamed) is unnamed
+    swapped = models.Ensemble([_copy(trained_models[1], 31), _copy(trained_models[0], 32)])
+    monkeypatch.setattr(export.LoadedEnsemble, "keras_ensemble", lambda self, precision: swapped)
+    assert export.with_members(loaded) is loaded
+
+
 class _MaskedEnsemble:
     """Trained members behind a gradient-blocking input (tf.stop_gradient): a masking defence."""
 

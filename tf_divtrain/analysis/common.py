@@ -175,12 +175,13 @@ def ensemble_log_prediction(member_logits):
     return tf.reduce_logsumexp(tf.nn.log_softmax(member_logits, -1), axis=1) - tf.math.log(n)
 
 
-def _pgd_fn(logits_fn, eps: float, nb_iter: int, image_shape):
+def _pgd_fn(logits_fn, eps: float, nb_iter: int, image_shape, members_only: bool = False):
     """Compiled ``(x, y, seed[2], member) -> x_adv``: attacks.pgd with random start and step
     ``2.5 eps / nb_iter``. ``member >= 0`` attacks only that member's CE (logits
     ``[:, member:member+1]``); ``-1`` the whole ensemble's average member CE (the paper's attack
     objective); ``-2`` the CE of the ensemble's *prediction*, -log mean_i softmax_i(x)_y
-    (:func:`~tf_divtrain.attacks.prediction_ce`). One trace.
+    (:func:`~tf_divtrain.attacks.prediction_ce`). One trace; ``members_only`` traces only the
+    member branch (a third of the tracing) for callers that never pass a negative ``member``.
     """
     from tf_divtrain import attacks
 
@@ -206,6 +207,8 @@ def _pgd_fn(logits_fn, eps: float, nb_iter: int, image_shape):
         def attack(fn, loss="ce"):
             return attacks.pgd(fn, x, y, eps, eps_iter, nb_iter, rand_init=True, seed=seed,
                                loss=loss)
+        if members_only:
+            return attack(member_fn)
         return tf.cond(member >= 0, lambda: attack(member_fn),
                        lambda: tf.cond(member == -1, lambda: attack(ensemble_fn),
                                        lambda: attack(ensemble_fn, "prediction_ce")))

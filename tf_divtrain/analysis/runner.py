@@ -32,6 +32,8 @@ def load_targets(ensembles: Mapping[str, object], dataset: str,
 
     ``precision``: what the loaded exports compute in (default float32: the cosines behind
     coherence and GAAS sit near 0, where bfloat16's 8-bit mantissa would change what is measured).
+    Exports come back with their members as Keras models where that is exact
+    (:func:`~tf_divtrain.export.with_members`): per-member gradients and attacks cost 1/N.
     """
     from tf_divtrain import export as export_lib
 
@@ -44,7 +46,7 @@ def load_targets(ensembles: Mapping[str, object], dataset: str,
     out = {}
     for label, t in ensembles.items():
         if isinstance(t, str):
-            ens = export_lib.load_ensemble(t, precision=precision)
+            ens = export_lib.with_members(export_lib.load_ensemble(t, precision=precision))
             problem = export_lib.dataset_mismatch(ens.metadata, dataset)
             if problem:
                 raise AnalysisError(f"Ensemble {label!r} ({t}) {problem}; pass --dataset="

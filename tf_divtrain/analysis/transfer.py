@@ -6,6 +6,7 @@ import numpy as np
 
 from tf_divtrain.analysis.common import (
     PGD_STEP_FACTOR, _attack_all, _compiled, _nan_to_none, _pgd_fn, check_eps)
+from tf_divtrain.attacks.core import as_logits_fn
 
 
 def transfer_matrix(ensemble, x: np.ndarray, y: np.ndarray, eps: float, nb_iter: int = 20,
@@ -25,9 +26,15 @@ def transfer_matrix(ensemble, x: np.ndarray, y: np.ndarray, eps: float, nb_iter:
     ok = clean == y[:, None]
     matrix = np.full((n, n), np.nan)
     counts = np.zeros((n, n), int)
-    fn = _pgd_fn(c.logits_fn, eps, nb_iter, x.shape[1:])
+    members = getattr(ensemble, "members", None)
+    if members is None:  # the straightforward path: the whole ensemble, member i's logits kept
+        fn = _pgd_fn(c.logits_fn, eps, nb_iter, x.shape[1:])
     for i in range(n):
-        adv = _attack_all(fn, x, y, batch_size, seed + 1000 * i, member=i)
+        if members is None:
+            adv = _attack_all(fn, x, y, batch_size, seed + 1000 * i, member=i)
+        else:  # member i alone (1/N of the work; the same examples, tested)
+            own = _pgd_fn(as_logits_fn(members[i]), eps, nb_iter, x.shape[1:], members_only=True)
+            adv = _attack_all(own, x, y, batch_size, seed + 1000 * i, member=0)
         _, pred = c.predict(adv, batch_size)
         for j in range(n):
             both = ok[:, i] & ok[:, j]
