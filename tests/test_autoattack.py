@@ -29,6 +29,20 @@ def test_wrapper_is_the_ensemble_prediction(trained, mnist):
     x = mnist.x_test[:8]
     logp = aa.log_prediction(trained)(x).numpy()
     np.testing.assert_allclose(np.exp(logp), trained.probabilities(x).numpy(), rtol=1e-5, atol=1e-7)
+    # compiled (the default, what ART calls) = eager, the straightforward path, values and gradients
+    import tensorflow as tf
+
+    xt = tf.constant(x)
+    grads = []
+    for compiled in (True, False):
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            out = aa.log_prediction(trained, compiled=compiled)(xt)
+            loss = tf.reduce_sum(out[:, 3])
+        grads.append((out.numpy(), tape.gradient(loss, xt).numpy()))
+    np.testing.assert_allclose(grads[0][0], grads[1][0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(grads[0][1], grads[1][1], rtol=1e-5, atol=1e-7)
+    assert np.abs(grads[0][1]).max() > 0
     clf = aa.art_classifier(trained, (28, 28, 1), 10)
     np.testing.assert_array_equal(clf.predict(x).argmax(1), trained.probabilities(x).numpy().argmax(1))
 

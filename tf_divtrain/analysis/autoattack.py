@@ -46,12 +46,23 @@ def require_art():
     return art
 
 
-def log_prediction(ensemble):
-    """``x -> log of the ensemble's averaged softmax`` [B, C] (module docstring), ART's logits."""
-    def fn(x, training=False):
+def log_prediction(ensemble, compiled: bool = True):
+    """``x -> log of the ensemble's averaged softmax`` [B, C] (module docstring), ART's logits.
+
+    ART calls its model eagerly, so ``compiled`` (default) wraps the maths in one ``tf.function``:
+    Keras members called eagerly run op by op. Measured on the cifar-paper Conv-4 T_Base (APGD-CE +
+    APGD-DLR, 50 iterations, 10 images, under load): eager 29.4 s on the served graph and 42.3 s on
+    the rebuilt members, compiled 29.0 and 27.6 s. ``compiled=False`` is the straightforward path."""
+    def log_mean_softmax(x):
         z = tf.cast(ensemble.member_logits(tf.convert_to_tensor(x, tf.float32)), tf.float32)
         n = tf.cast(tf.shape(z)[1], tf.float32)
         return tf.reduce_logsumexp(tf.nn.log_softmax(z, axis=-1), axis=1) - tf.math.log(n)
+
+    if compiled:
+        log_mean_softmax = tf.function(log_mean_softmax, reduce_retracing=True, autograph=False)
+
+    def fn(x, training=False):
+        return log_mean_softmax(tf.convert_to_tensor(x, tf.float32))
     return fn
 
 
