@@ -643,6 +643,21 @@ def test_second_pipeline_on_the_same_results_refuses(tmp_path, capsys, monkeypat
     record("two pipelines on one results folder", True)
 
 
+def test_pipeline_on_an_unwritable_results_folder_is_one_error_line(tmp_path, capsys, monkeypatch):
+    """RESULTS_ROOT under a file (ENOTDIR, which even root cannot write): ``error: cannot write
+    ...``, exit 2, no traceback."""
+    from tf_divtrain.pipeline import cli as pipeline_cli
+
+    monkeypatch.chdir(tmp_path)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    code = pipeline_cli.main(["smoke"], env=dict(_env(), RESULTS_ROOT=str(blocker / "results")))
+    assert code == 2
+    _one_error_line(capsys.readouterr().err, f"cannot write {blocker}", "Not a directory")
+    assert blocker.read_text() == "not a folder"
+    record("pipeline: unwritable results folder", True)
+
+
 # ----------------------------------------------------------------------------------------------
 # Bad input.
 

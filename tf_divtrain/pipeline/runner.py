@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Sequence, TextIO
 
-from tf_divtrain import locking
+from tf_divtrain import io_utils, locking
 from tf_divtrain.pipeline import clock
 from tf_divtrain.pipeline.plan import Context, Stage
 
@@ -71,10 +71,13 @@ def run(stages: Sequence[Stage], ctx: Context, dry_run: bool = False, out: TextI
     share logs, clocks and caches)."""
     if dry_run:
         return _run(stages, ctx, True, out, err, env)
-    with locking.RunLock() as lock, _sigterm_interrupts():
-        lock.acquire(ctx.results, "pipeline run",
-                     "set RESULTS_ROOT to run this preset in another folder")
-        return _run(stages, ctx, False, out, err, env)
+    try:
+        with locking.RunLock() as lock, _sigterm_interrupts():
+            lock.acquire(ctx.results, "pipeline run",
+                         "set RESULTS_ROOT to run this preset in another folder")
+            return _run(stages, ctx, False, out, err, env)
+    except OSError as e:  # the runner's own files (logs, clocks, stage times): one error line
+        raise io_utils.output_error(e.filename or ctx.results, e) from e
 
 
 @contextlib.contextmanager
