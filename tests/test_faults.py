@@ -658,6 +658,22 @@ def test_pipeline_on_an_unwritable_results_folder_is_one_error_line(tmp_path, ca
     record("pipeline: unwritable results folder", True)
 
 
+def test_pipeline_with_no_interpreter_at_PYTHON_is_one_error_line(tmp_path, capsys, monkeypatch):
+    """PYTHON naming no interpreter: ``error: cannot start ...; set PYTHON ...``, exit 2, no
+    traceback; the stage's log says so and stage_times.tsv records the session as failed."""
+    from tf_divtrain.pipeline import cli as pipeline_cli
+    from tf_divtrain.pipeline import clock
+
+    monkeypatch.chdir(tmp_path)
+    env = dict(_env(), RESULTS_ROOT=str(tmp_path), PYTHON=str(tmp_path / "no_python"))
+    assert pipeline_cli.main(["smoke"], env=env) == 2
+    _one_error_line(capsys.readouterr().err, f"cannot start {tmp_path / 'no_python'}", "set PYTHON")
+    (session,) = clock.read_sessions(clock.times_path(str(tmp_path / "smoke")))
+    assert session.status == "failed"
+    assert "cannot start" in (tmp_path / "smoke" / "logs" / f"{session.stage}.log").read_text()
+    record("pipeline: no interpreter at PYTHON", True)
+
+
 # ----------------------------------------------------------------------------------------------
 # Bad input.
 

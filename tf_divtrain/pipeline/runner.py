@@ -14,11 +14,12 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Sequence, TextIO
+from typing import Optional, Sequence, TextIO
 
 from tf_divtrain import io_utils, locking
 from tf_divtrain.pipeline import clock
 from tf_divtrain.pipeline.plan import Context, Stage
+from tf_divtrain.pipeline.presets import PresetError
 
 
 class StageFailed(RuntimeError):
@@ -51,7 +52,12 @@ def _call(argv, log: str, header: str, tick, env) -> int:
     with open(log, "a") as f:
         f.write(header)
         f.flush()
-        proc = subprocess.Popen(list(argv), stdout=f, stderr=subprocess.STDOUT, env=env)
+        try:
+            proc = subprocess.Popen(list(argv), stdout=f, stderr=subprocess.STDOUT, env=env)
+        except OSError as e:  # e.g. PYTHON names no interpreter: the stage never started
+            f.write(f"== cannot start {argv[0]}: {e.strerror or e}\n")
+            raise PresetError(f"cannot start {argv[0]} ({e.strerror or e}); set PYTHON to an "
+                              f"interpreter that has tf_divtrain installed") from None
         while True:
             try:
                 return proc.wait(timeout=clock.TICK_SECONDS)
@@ -64,11 +70,13 @@ def _call(argv, log: str, header: str, tick, env) -> int:
                 raise
 
 
-def run(stages: Sequence[Stage], ctx: Context, dry_run: bool = False, out: TextIO = sys.stdout,
-        err: TextIO = sys.stderr, env=None) -> None:
+def run(stages: Sequence[Stage], ctx: Context, dry_run: bool = False,
+        out: Optional[TextIO] = None, err: Optional[TextIO] = None, env=None) -> None:
     """Runs (or, with ``dry_run``, prints) every stage that is not up to date, holding
     ``<results>/.lock`` so that a second pipeline on the same results refuses (its stages would
     share logs, clocks and caches)."""
+    out = sys.stdout if out is None else out  # the streams of the call, not of the import
+    err = sys.stderr if err is None else err
     if dry_run:
         return _run(stages, ctx, True, out, err, env)
     try:
@@ -119,7 +127,11 @@ def _run(stages, ctx, dry_run, out, err, env) -> None:
             header = _session_header(log, stage, ctx.results)
             c = clock.Clock(ctx.results, stage.name, stage.command())
             t0 = time.monotonic()
-            rc = _call(stage.argv, log, header, c.tick, env)
+            try:
+                rc = _call(stage.argv, log, header, c.tick, env)
+            except PresetError:
+                c.close(time.monotonic() - t0, "failed")
+                raise
             dt = int(round(time.monotonic() - t0))
             c.close(dt, "ok" if rc == 0 else "failed")
             if rc != 0:
