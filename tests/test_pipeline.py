@@ -282,3 +282,9 @@ def test_stage_runs_group_sessions_until_an_ok_one(tmp_path):
     (tmp_path / "stage_times.tsv").write_text("\n".join(rows) + "\n")
     got = [(r.stage, r.seconds, len(r.sessions), r.status) for r in clock.stage_runs(str(tmp_path))]
     assert got == [("a", 3, 1, "ok"), ("b", 23, 3, "ok"), ("c", 2, 1, "interrupted")]
+    # a row cut off by a kill is skipped, and the next row starts on a line of its own
+    with open(tmp_path / "stage_times.tsv", "a") as f:
+        f.write("c\t4")
+    clock._append(str(tmp_path), clock.Session("c", 5, "ok", "cmd c", "T6"))
+    got = [(r.stage, r.seconds, len(r.sessions)) for r in clock.stage_runs(str(tmp_path))]
+    assert got[-1] == ("c", 7, 2)

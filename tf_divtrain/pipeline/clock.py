@@ -72,10 +72,15 @@ def _clock_path(results: str, stage: str) -> str:
 def _append(results: str, s: Session) -> None:
     path = times_path(results)
     new = not os.path.exists(path)
+    cut = False
+    if not new and os.path.getsize(path):
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            cut = f.read(1) != b"\n"  # a row cut off by a kill: start on a line of our own
     with open(path, "a") as f:
         if new:
             f.write(TIMES_HEADER)
-        f.write(f"{s.stage}\t{s.seconds}\t{s.status}\t{s.command}\t{s.ended}\n")
+        f.write(("\n" if cut else "") + f"{s.stage}\t{s.seconds}\t{s.status}\t{s.command}\t{s.ended}\n")
 
 
 def recover(results: str) -> List[Session]:
@@ -86,14 +91,15 @@ def recover(results: str) -> List[Session]:
         return found
     for name in sorted(os.listdir(d)):
         path = os.path.join(d, name)
-        if not name.endswith(".json"):
+        if not name.endswith(".json"):  # a tick's temp file, left by a kill mid-write
+            os.remove(path)
             continue
         try:
             with open(path) as f:
                 c = json.load(f)
             s = Session(c["stage"], int(c["seconds"]), "interrupted", c["command"], c["ticked"])
         except (OSError, ValueError, KeyError, TypeError):
-            os.remove(path)  # a clock torn by the kill itself: at most one tick, not worth a guess
+            os.remove(path)  # not a clock of ours (ticks are atomic): nothing to recover
             continue
         _append(results, s)
         os.remove(path)
@@ -116,7 +122,10 @@ class Clock:
 
     def close(self, seconds: float, status: str) -> None:
         _append(self.results, Session(self.stage, int(round(seconds)), status, self.command, now()))
-        os.remove(_clock_path(self.results, self.stage))
+        try:
+            os.remove(_clock_path(self.results, self.stage))
+        except FileNotFoundError:
+            pass  # removed by hand while the stage ran: its row is written all the same
         try:
             os.rmdir(os.path.join(self.results, CLOCK_DIR))
         except OSError:
@@ -128,11 +137,11 @@ def read_sessions(path: str) -> List[Session]:
     if not os.path.isfile(path):
         return []
     out = []
-    with open(path) as f:
+    with open(path, errors="replace") as f:
         for line in list(f)[1:]:
             parts = line.rstrip("\n").split("\t")
-            if len(parts) < 4:
-                continue
+            if len(parts) < 4 or not parts[1].isdigit() or parts[2] not in STATUSES:
+                continue  # a row cut off by a kill (the next row starts on its own line)
             ended = parts[4] if len(parts) > 4 else ""
             out.append(Session(parts[0], int(parts[1]), parts[2], parts[3], ended))
     return out
