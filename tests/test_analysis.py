@@ -301,7 +301,8 @@ def exported(trained_models, tmp_path_factory):
     a, b = trained_models
     base = export.export_ensemble(models.Ensemble([a, _copy(a, 31)]), str(root / "base" / "saved_model"),
                                   META)
-    div = export.export_ensemble(models.Ensemble([a, b]), str(root / "div"), META)
+    div = export.export_ensemble(models.Ensemble([a, b]), str(root / "div"),  # rebuildable
+                                 dict(META, models=["conv3", "conv3"]))
     cifar = export.export_ensemble(models.Ensemble([a, b]), str(root / "cifar"),
                                    dict(META, dataset="cifar10"))
     return {"base_out_dir": str(root / "base"), "div": div, "cifar": cifar}
@@ -348,6 +349,9 @@ def test_cli_end_to_end(exported, data_dir, tmp_path, capsys):
         assert _is_png(out / name), name
     rep = json.loads((out / "analysis.json").read_text())
     assert rep["num_examples"] == 40 and set(rep["ensembles"]) == {"T_Base", "T_Div"}
+    assert rep["computed_on"] == {  # T_Base's export does not name its architectures
+        "T_Base": "the export's served graph",
+        "T_Div": "the export's members rebuilt as Keras models (logits checked equal to the served graph's)"}
     assert rep["subset_sizes"] == {"coherence": 40, "gaas": 24, "transfer": 16, "whitebox": 16}
     base, div = rep["ensembles"]["T_Base"], rep["ensembles"]["T_Div"]
     # T_Base holds two identical members: coherence exactly 1; T_Div's independent members: lower

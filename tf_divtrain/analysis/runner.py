@@ -57,6 +57,19 @@ def load_targets(ensembles: Mapping[str, object], dataset: str,
     return out
 
 
+def computed_on(given, ensemble, precision: str = "float32") -> str:
+    """What an ensemble's analyses ran on, for analysis.json (``given``: a dir or an object)."""
+    from tf_divtrain import export as export_lib
+
+    if not isinstance(given, str):
+        return "the ensemble object passed in"
+    if isinstance(ensemble, export_lib.LoadedEnsemble):
+        return "the export's served graph"
+    if precision != "float32":
+        return f"the export's members rebuilt as Keras models in {precision}"
+    return "the export's members rebuilt as Keras models (logits checked equal to the served graph's)"
+
+
 def export_fingerprint(path: str) -> str:
     """The fingerprint of the export at ``path`` (a training out_dir or its saved_model dir)."""
     from tf_divtrain import export as export_lib
@@ -119,6 +132,8 @@ def run(cfg: AnalysisConfig, x: Optional[np.ndarray] = None, y: Optional[np.ndar
     n_sub = cfg.subset_sizes(len(x))
     report = {"dataset": dataset, "num_examples": int(len(x)), "seed": int(seed), "precision": precision,
               "analyses": analyses, "subset_sizes": n_sub, "settings": cfg.settings(),
+              "computed_on": {label: computed_on(ensembles[label], t, precision)
+                              for label, t in targets.items()},
               "ensembles": {}, "files": {}, "warnings": []}
     parts = Parts(out_dir, log)
     common_key = {"dataset": dataset, "data": data_digest(x, y), "seed": int(seed),
