@@ -36,7 +36,7 @@ def _tail(path: str, n: int = 20) -> str:
         return ""
 
 
-def _session_header(log: str, stage: Stage, results: str) -> str:
+def _session_header(stage: Stage, results: str) -> str:
     """The line that opens a session in the stage's log (which earlier sessions' text precedes)."""
     before = clock.run_of(results, stage.name)
     resumed = before is not None and before.status != "ok"
@@ -124,7 +124,7 @@ def _run(stages, ctx, dry_run, out, err, env) -> None:
         elif go:
             print(f"== {stage.name}: {stage.command()}", file=out, flush=True)
             log = os.path.join(logs, f"{stage.name}.log")
-            header = _session_header(log, stage, ctx.results)
+            header = _session_header(stage, ctx.results)
             c = clock.Clock(ctx.results, stage.name, stage.command())
             t0 = time.monotonic()
             try:
